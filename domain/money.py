@@ -46,12 +46,20 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
 
 
-def parse_amount(text: str) -> Decimal:
-    """A finite Decimal from a decimal string; ValueError otherwise (never via float)."""
+class Amount(Decimal):
+    """An amount read from the wire, where it must be a JSON decimal string ("12.50", never 12.5).
+
+    A Decimal in every way (arithmetic on it gives plain Decimals); its own type only so that
+    msgspec hands it to `decode_hook` rather than accepting JSON numbers. Encode with `encode_hook`.
+    """
+
+
+def parse_amount(text: object) -> Amount:
+    """A finite Amount from a decimal string; ValueError otherwise (never via float)."""
     if not isinstance(text, str):
         raise ValueError("must be a decimal string such as \"12.50\", not a JSON number")
     try:
-        amount = Decimal(text.strip())
+        amount = Amount(text.strip())
     except InvalidOperation:
         raise ValueError(f"{text!r} is not a decimal number") from None
     if not amount.is_finite():
@@ -59,8 +67,18 @@ def parse_amount(text: str) -> Decimal:
     return amount
 
 
-class Amount(Decimal):
-    """Wire type of an amount: a JSON decimal string. Decoded (by `parse_amount`) to a plain Decimal."""
+def decode_hook(type_: type, value: object) -> object:
+    """msgspec `dec_hook` for Tally's wire types: an `Amount` is a decimal string (or a Decimal)."""
+    if type_ is Amount:
+        return Amount(value) if isinstance(value, Decimal) else parse_amount(value)
+    raise NotImplementedError(type_)
+
+
+def encode_hook(value: object) -> object:
+    """msgspec `enc_hook`: an Amount goes out as the decimal string it is."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise NotImplementedError(type(value))
 
 
 def trap_floats() -> None:

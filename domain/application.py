@@ -1,0 +1,45 @@
+"""The base of Tally's applications: one event store, shared by all of them.
+
+Every application names itself "Tally", so on PostgreSQL all write to `tally_events` and on SQLite
+to `stored_events`: one notification log, one order of events, read by every projection. Any of
+them can therefore load any aggregate (a key issuer checks that a customer exists).
+"""
+
+from typing import Any, ClassVar
+
+import msgspec
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
+
+from domain.money import decode_hook, encode_hook
+
+
+class StructAsDict(Transcoding):
+    """Stores a msgspec value (a meter's definition, a price) as plain JSON inside an event."""
+
+    def __init__(self, type_: type[msgspec.Struct]) -> None:
+        self.type = type_
+        self.name = f"{type_.__module__}:{type_.__qualname__}"
+
+    def encode(self, obj: msgspec.Struct) -> Any:
+        return msgspec.json.decode(msgspec.json.encode(obj, enc_hook=encode_hook))  # plain JSON: decimals as strings
+
+    def decode(self, data: Any) -> msgspec.Struct:
+        return msgspec.convert(data, self.type, dec_hook=decode_hook)
+
+
+class TallyApplication(Application):
+    name = "Tally"
+    value_types: ClassVar[tuple[type[msgspec.Struct], ...]] = ()
+
+    def register_transcodings(self, transcoder: Transcoder) -> None:
+        super().register_transcodings(transcoder)
+        for type_ in self.value_types:
+            transcoder.register(StructAsDict(type_))
+
+    def save_new(self, *aggregates: Any, exists: Exception) -> None:
+        """Save aggregates whose ids are derived from what must be unique; a clash raises `exists`."""
+        try:
+            self.save(*aggregates)
+        except IntegrityError:
+            raise exists from None

@@ -1,0 +1,107 @@
+"""The catalogue's use cases: meters, features, pricing units, plans and their versions."""
+
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from domain.aggregate import Actor, acting
+from domain.application import TallyApplication
+from domain.errors import Conflict, Invalid, NotFound
+from domain.feature import Feature, FeatureSpec
+from domain.meter import Meter, MeterSpec
+from domain.plan import Plan, PlanSpec
+from domain.plan_version import PlanVersion, PlanVersionSpec
+from domain.price import Entitlement, Price
+from domain.pricing_unit import PricingUnit, PricingUnitSpec
+
+ENTITLEMENT_VALUE = {"metered": "limit", "boolean": "enabled", "config": "value"}
+
+
+class AlreadyDefined(Conflict):
+    def __init__(self, kind: str, code: str) -> None:
+        super().__init__(f"a {kind} with code {code!r} already exists")
+        self.kind, self.code = kind, code
+
+
+class VersionRace(Conflict):
+    def __init__(self, plan_code: str) -> None:
+        super().__init__(f"another version of plan {plan_code!r} was published at the same time; retry")
+
+
+class Catalogue(TallyApplication):
+    value_types = (MeterSpec, FeatureSpec, PricingUnitSpec, PlanSpec, PlanVersionSpec)
+
+    def define_meter(self, by: Actor, tenant_id: UUID, spec: MeterSpec) -> Meter:
+        with acting(by):
+            meter = Meter(tenant_id=tenant_id, spec=spec)
+        self.save_new(meter, exists=AlreadyDefined("meter", spec.code))
+        return meter
+
+    def define_feature(self, by: Actor, tenant_id: UUID, spec: FeatureSpec) -> Feature:
+        if spec.meter_code is not None:
+            self._known(Meter, tenant_id, spec.meter_code, "meter_code")
+        with acting(by):
+            feature = Feature(tenant_id=tenant_id, spec=spec)
+        self.save_new(feature, exists=AlreadyDefined("feature", spec.code))
+        return feature
+
+    def define_pricing_unit(self, by: Actor, tenant_id: UUID, spec: PricingUnitSpec) -> PricingUnit:
+        with acting(by):
+            unit = PricingUnit(tenant_id=tenant_id, spec=spec)
+        self.save_new(unit, exists=AlreadyDefined("pricing unit", spec.code))
+        return unit
+
+    def define_plan(self, by: Actor, tenant_id: UUID, spec: PlanSpec) -> Plan:
+        with acting(by):
+            plan = Plan(tenant_id=tenant_id, spec=spec)
+        self.save_new(plan, exists=AlreadyDefined("plan", spec.code))
+        return plan
+
+    def publish_plan_version(self, by: Actor, tenant_id: UUID, plan_code: str, spec: PlanVersionSpec) -> PlanVersion:
+        plan = self.plan(tenant_id, plan_code)
+        for index, price in enumerate(spec.prices):
+            self._check_price(tenant_id, plan, price, f"prices[{index}]")
+        for index, entitlement in enumerate(spec.entitlements):
+            self._check_entitlement(tenant_id, entitlement, f"entitlements[{index}]")
+        with acting(by):
+            number = plan.publish_version()
+            version = PlanVersion(plan_id=plan.id, tenant_id=tenant_id, plan_code=plan_code, number=number, spec=spec)
+        self.save_new(plan, version, exists=VersionRace(plan_code))
+        return version
+
+    def plan(self, tenant_id: UUID, code: str) -> Plan:
+        plan = self._get(Plan.id_for(tenant_id, code))
+        if plan is None:
+            raise NotFound("plan", code)
+        return plan
+
+    def _check_price(self, tenant_id: UUID, plan: Plan, price: Price, field: str) -> None:
+        currency = price.currency
+        if price.pricing_unit is not None:
+            unit = self._known(PricingUnit, tenant_id, price.pricing_unit, f"{field}.pricing_unit")
+            currency = unit.spec.currency
+        if currency != plan.spec.currency:
+            raise Invalid(f"{field}.currency", f"is {currency}, but plan {plan.spec.code!r} bills in {plan.spec.currency}")
+        if price.meter_code is not None:
+            self._known(Meter, tenant_id, price.meter_code, f"{field}.meter_code")
+
+    def _check_entitlement(self, tenant_id: UUID, entitlement: Entitlement, field: str) -> None:
+        feature = self._known(Feature, tenant_id, entitlement.feature_code, f"{field}.feature_code")
+        needed = ENTITLEMENT_VALUE[feature.spec.type]
+        if getattr(entitlement, needed) is None:
+            raise Invalid(f"{field}.{needed}", f"feature {feature.spec.code!r} is {feature.spec.type}: give {needed}")
+        if entitlement.soft_limit is not None and feature.spec.type != "metered":
+            raise Invalid(f"{field}.soft_limit", "only a metered feature can have a soft limit")
+
+    def _known(self, kind: type, tenant_id: UUID, code: str, field: str):  # noqa: ANN202
+        found = self._get(kind.id_for(tenant_id, code))
+        if found is None:
+            raise Invalid(field, f"no {kind.__name__} with code {code!r}")
+        return found
+
+    def _get(self, aggregate_id: UUID):  # noqa: ANN202
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+

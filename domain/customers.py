@@ -1,0 +1,65 @@
+"""The customers' use cases: register, change, and the parent hierarchy (no cycles)."""
+
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from domain.aggregate import Actor, acting
+from domain.application import TallyApplication
+from domain.customer import Customer, CustomerChanges, CustomerDetails, CustomerSpec
+from domain.errors import Conflict, Invalid, NotFound
+
+MAX_DEPTH = 32  # a hierarchy deeper than this is refused rather than walked
+
+
+class CustomerExists(Conflict):
+    def __init__(self, external_id: str) -> None:
+        super().__init__(f"a customer with external_id {external_id!r} already exists")
+        self.external_id = external_id
+
+
+class Customers(TallyApplication):
+    value_types = (CustomerDetails,)
+
+    def register(self, by: Actor, tenant_id: UUID, spec: CustomerSpec) -> Customer:
+        self._check_parent(tenant_id, spec.external_id, spec.parent_external_id)
+        with acting(by):
+            customer = Customer(
+                tenant_id=tenant_id, external_id=spec.external_id, currency=spec.currency, details=spec.details
+            )
+        self.save_new(customer, exists=CustomerExists(spec.external_id))
+        return customer
+
+    def change(self, by: Actor, tenant_id: UUID, external_id: str, changes: CustomerChanges) -> Customer:
+        customer = self.customer(tenant_id, external_id)
+        try:
+            details = changes.applied_to(customer.details)
+        except ValueError as error:
+            field, _, message = str(error).partition(": ")
+            raise Invalid(field, message) from None
+        if details.parent_external_id != customer.details.parent_external_id:
+            self._check_parent(tenant_id, external_id, details.parent_external_id)
+        with acting(by):
+            customer.change(details)
+        self.save(customer)
+        return customer
+
+    def customer(self, tenant_id: UUID, external_id: str) -> Customer:
+        try:
+            return self.repository.get(Customer.id_for(tenant_id, external_id))
+        except AggregateNotFoundError:
+            raise NotFound("customer", external_id) from None
+
+    def _check_parent(self, tenant_id: UUID, external_id: str, parent_external_id: str | None) -> None:
+        """The parent exists in this tenant, and walking up from it never reaches `external_id`."""
+        ancestor = parent_external_id
+        for _ in range(MAX_DEPTH):
+            if ancestor is None:
+                return
+            if ancestor == external_id:
+                raise Invalid("parent_external_id", f"{parent_external_id!r} is below {external_id!r}: a cycle")
+            try:
+                ancestor = self.customer(tenant_id, ancestor).details.parent_external_id
+            except NotFound:
+                raise Invalid("parent_external_id", f"no customer {ancestor!r}") from None
+        raise Invalid("parent_external_id", f"the hierarchy is deeper than {MAX_DEPTH} levels")
