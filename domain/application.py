@@ -5,13 +5,20 @@ to `stored_events`: one notification log, one order of events, read by every pro
 them can therefore load any aggregate (a key issuer checks that a customer exists).
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
 
+from domain.customer import CustomerDetails
+from domain.feature import FeatureSpec
+from domain.meter import MeterSpec
 from domain.money import decode_hook, encode_hook
+from domain.plan import PlanSpec
+from domain.plan_version import PlanVersionSpec
+from domain.pricing_unit import PricingUnitSpec
+from domain.tenant import TenantSettings
 
 
 class StructAsDict(Transcoding):
@@ -28,13 +35,18 @@ class StructAsDict(Transcoding):
         return msgspec.convert(data, self.type, dec_hook=decode_hook)
 
 
+# Every value stored inside an event. All applications know all of them: they share one store.
+VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
+    TenantSettings, MeterSpec, FeatureSpec, PricingUnitSpec, PlanSpec, PlanVersionSpec, CustomerDetails,
+)
+
+
 class TallyApplication(Application):
     name = "Tally"
-    value_types: ClassVar[tuple[type[msgspec.Struct], ...]] = ()
 
     def register_transcodings(self, transcoder: Transcoder) -> None:
         super().register_transcodings(transcoder)
-        for type_ in self.value_types:
+        for type_ in VALUE_TYPES:
             transcoder.register(StructAsDict(type_))
 
     def save_new(self, *aggregates: Any, exists: Exception) -> None:

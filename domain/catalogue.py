@@ -29,8 +29,6 @@ class VersionRace(Conflict):
 
 
 class Catalogue(TallyApplication):
-    value_types = (MeterSpec, FeatureSpec, PricingUnitSpec, PlanSpec, PlanVersionSpec)
-
     def define_meter(self, by: Actor, tenant_id: UUID, spec: MeterSpec) -> Meter:
         with acting(by):
             meter = Meter(tenant_id=tenant_id, spec=spec)

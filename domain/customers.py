@@ -19,8 +19,6 @@ class CustomerExists(Conflict):
 
 
 class Customers(TallyApplication):
-    value_types = (CustomerDetails,)
-
     def register(self, by: Actor, tenant_id: UUID, spec: CustomerSpec) -> Customer:
         self._check_parent(tenant_id, spec.external_id, spec.parent_external_id)
         with acting(by):

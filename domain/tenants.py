@@ -18,8 +18,6 @@ class KeyExists(Conflict):
 
 
 class Tenants(TallyApplication):
-    value_types = (TenantSettings,)
-
     def open_tenant(self, by: Actor, settings: TenantSettings) -> Tenant:
         with acting(by):
             tenant = Tenant(settings=settings)

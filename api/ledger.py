@@ -1,0 +1,69 @@
+"""The ledger the API answers from: the applications (write side) and the documents (read side),
+opened on one database URL. Commands catch the documents up before they answer, so a client
+reads its own writes."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from domain.catalogue import Catalogue
+from domain.customers import Customers
+from domain.tenants import Tenants
+from projections.documents import Documents
+from projections.drivers.inprocess import Runner
+from projections.store import Database
+
+T = TypeVar("T")
+
+
+def store_env(database_url: str) -> tuple[dict[str, str], str]:
+    """The eventsourcing settings of the event store, and the URL of the read-model store.
+
+    `sqlite:///dir/events.sqlite` keeps the read models in `dir/events.views.sqlite`;
+    `postgresql://user:password@host:port/name` keeps both in that database."""
+    parts = urlsplit(database_url)
+    if parts.scheme == "sqlite":
+        path = Path(unquote(parts.path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path), "SQLITE_LOCK_TIMEOUT": "30"}
+        return env, f"sqlite:///{path.with_suffix('.views' + path.suffix)}"
+    if parts.scheme in ("postgresql", "postgres"):
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": parts.path.lstrip("/") or "postgres",
+            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_POOL_SIZE": "4",
+            "POSTGRES_LOCK_TIMEOUT": "10",
+        }
+        return env, database_url
+    raise ValueError(f"TALLY_DATABASE_URL: unsupported scheme {parts.scheme!r} (sqlite:/// or postgresql://)")
+
+
+class Ledger:
+    def __init__(self, database_url: str) -> None:
+        env, views_url = store_env(database_url)
+        env["CREATE_TABLE"] = "true"
+        self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
+        self.database = Database(views_url)
+        self.documents = Documents(self.database)
+        self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database)
+        self.runner.catch_up()
+
+    def command(self, command: Callable[..., T], *args: Any) -> T:
+        """Run one command, then bring the documents up to date with what it recorded."""
+        result = command(*args)
+        self.runner.catch_up()
+        return result
+
+    def events_recorded(self) -> int:
+        """The position of the last event in the store (0 when empty)."""
+        return self.tenants.recorder.max_notification_id() or 0
+
+    def close(self) -> None:
+        for application in (self.tenants, self.catalogue, self.customers):
+            application.close()
+        self.database.close()

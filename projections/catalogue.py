@@ -1,0 +1,87 @@
+"""Reducers from the events of tenants, keys, the catalogue and customers to their documents.
+
+Pure: `(document | None, event) -> document`; an event they do not know changes nothing.
+"""
+
+from typing import Any
+
+import msgspec
+
+from domain.api_key import ApiKey
+from domain.customer import Customer
+from domain.feature import Feature
+from domain.meter import Meter
+from domain.plan import Plan
+from domain.plan_version import PlanVersion
+from domain.pricing_unit import PricingUnit
+from domain.tenant import Tenant
+from projections.views import (
+    ApiKeyView, CustomerView, Document, FeatureView, MeterView, PlanVersionView, PlanView, PricingUnitView,
+    TenantView, public_id,
+)
+
+COLLECTIONS: dict[type, str] = {
+    Tenant.Opened: "tenants", Tenant.SettingsChanged: "tenants",
+    ApiKey.Issued: "api_keys", ApiKey.Revoked: "api_keys", ApiKey.Reinstated: "api_keys",
+    Meter.Defined: "meters", Feature.Defined: "features", PricingUnit.Defined: "pricing_units",
+    Plan.Defined: "plans", Plan.VersionPublished: "plans", PlanVersion.Published: "plan_versions",
+    Customer.Registered: "customers", Customer.DetailsChanged: "customers",
+}
+
+
+def collection_of(event: Any) -> str | None:
+    return COLLECTIONS.get(type(event))
+
+
+def _new(event: Any, code: str, view: Any, parent: str | None = None) -> Document:
+    return Document(tenant_id=str(event.tenant_id), code=code, parent=parent, view=view)
+
+
+def _changed(document: Document, **changes: Any) -> Document:
+    return msgspec.structs.replace(document, view=msgspec.structs.replace(document.view, **changes))
+
+
+def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C901, PLR0911
+    created = {"id": public_id(collection_of(event) or "tenants", event.originator_id), "created_at": event.timestamp}
+    match event:
+        case Tenant.Opened(settings=settings):
+            view = TenantView(**created, **msgspec.structs.asdict(settings), updated_at=event.timestamp)
+            return Document(tenant_id=str(event.originator_id), code=created["id"], parent=None, view=view)
+        case Tenant.SettingsChanged(settings=settings) if document:
+            return _changed(document, **msgspec.structs.asdict(settings), updated_at=event.timestamp)
+        case ApiKey.Issued():
+            view = ApiKeyView(
+                **created, role=event.role, customer=event.customer, prefix=event.prefix, created_by=event.actor
+            )
+            return _new(event, code=event.secret_hash, view=view)
+        case ApiKey.Revoked() if document:
+            return _changed(document, revoked=True, revoked_at=event.timestamp)
+        case ApiKey.Reinstated() if document:
+            return _changed(document, revoked=False, revoked_at=None)
+        case Meter.Defined(spec=spec):
+            return _new(event, spec.code, MeterView(**created, **msgspec.structs.asdict(spec)))
+        case Feature.Defined(spec=spec):
+            return _new(event, spec.code, FeatureView(**created, **msgspec.structs.asdict(spec)))
+        case PricingUnit.Defined(spec=spec):
+            return _new(event, spec.code, PricingUnitView(**created, **msgspec.structs.asdict(spec)))
+        case Plan.Defined(spec=spec):
+            return _new(event, spec.code, PlanView(**created, **msgspec.structs.asdict(spec), latest_version=0))
+        case Plan.VersionPublished(number=number) if document:
+            return _changed(document, latest_version=number)
+        case PlanVersion.Published(spec=spec):
+            view = PlanVersionView(
+                **created, plan_code=event.plan_code, version=event.number, created_by=event.actor,
+                **msgspec.structs.asdict(spec),
+            )
+            return _new(event, f"{event.plan_code}/{event.number}", view, parent=event.plan_code)
+        case Customer.Registered(details=details):
+            view = CustomerView(
+                **created, external_id=event.external_id, currency=event.currency, updated_at=event.timestamp,
+                **msgspec.structs.asdict(details),
+            )
+            return _new(event, event.external_id, view, parent=details.parent_external_id)
+        case Customer.DetailsChanged(details=details) if document:
+            changed = _changed(document, **msgspec.structs.asdict(details), updated_at=event.timestamp)
+            return msgspec.structs.replace(changed, parent=details.parent_external_id)
+        case _:
+            return document

@@ -1,0 +1,111 @@
+"""The read-model store: SQLite (its own file, beside the event store) or PostgreSQL.
+
+On SQLite the read models live in `views.sqlite`, not in the event store's file, so a projection
+writing never holds the lock the command path needs. The cost: a command and its read-model rows
+commit in two transactions; the rows carry the event position they reflect, and a runner resumes
+from there, so a crash between the two is repaired by the next catch-up (nothing is lost).
+
+SQL is written once with `?` placeholders; on PostgreSQL they become `%s`.
+"""
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tally_documents (
+        collection TEXT NOT NULL, id TEXT NOT NULL, tenant_id TEXT NOT NULL, code TEXT NOT NULL,
+        parent TEXT, position BIGINT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (collection, id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS tally_documents_code ON tally_documents (collection, tenant_id, code)",
+    "CREATE INDEX IF NOT EXISTS tally_documents_lookup ON tally_documents (collection, code)",
+    "CREATE INDEX IF NOT EXISTS tally_documents_order ON tally_documents (collection, tenant_id, position)",
+    "CREATE TABLE IF NOT EXISTS tally_positions (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS tally_idempotency (
+        tenant_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, status INTEGER,
+        body BYTEA, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (tenant_id, key))""",
+)
+
+
+class Cursor:
+    """One transaction's cursor, with `?` placeholders on both databases."""
+
+    def __init__(self, raw: Any, postgres: bool) -> None:
+        self.raw, self.postgres = raw, postgres
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> "Cursor":
+        self.raw.execute(sql.replace("?", "%s") if self.postgres else sql, params)
+        return self
+
+    def one(self) -> tuple | None:
+        return self.raw.fetchone()
+
+    def all(self) -> list[tuple]:
+        return self.raw.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self.raw.rowcount
+
+
+class Database:
+    """Transactions over the read-model store. `transaction(write=True)` serialises writers."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.postgres = url.startswith(("postgresql://", "postgres://"))
+        if self.postgres:
+            self.pool = ConnectionPool(url, min_size=1, max_size=8, open=True, kwargs={"autocommit": False})
+        else:
+            self.path = url.removeprefix("sqlite:///")
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.local = threading.local()
+        with self.transaction(write=True) as cursor:
+            for statement in SCHEMA:
+                cursor.execute(statement if self.postgres else statement.replace("BYTEA", "BLOB"))
+
+    def _sqlite(self) -> sqlite3.Connection:
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            self.local.connection = connection
+        return connection
+
+    @contextmanager
+    def transaction(self, write: bool = False) -> Iterator[Cursor]:
+        if self.postgres:
+            with self.pool.connection() as connection, connection.transaction():
+                yield Cursor(connection.cursor(), postgres=True)
+            return
+        connection = self._sqlite()
+        connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield Cursor(connection.cursor(), postgres=False)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def close(self) -> None:
+        if self.postgres:
+            self.pool.close()
+
+
+def lock_position(cursor: Cursor, name: str) -> int:
+    """The position `name` has applied, locked until the transaction ends (one runner at a time)."""
+    cursor.execute("INSERT INTO tally_positions (name, position) VALUES (?, 0) ON CONFLICT (name) DO NOTHING", (name,))
+    suffix = " FOR UPDATE" if cursor.postgres else ""
+    row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?" + suffix, (name,)).one()
+    assert row is not None
+    return int(row[0])
+
+
+def save_position(cursor: Cursor, name: str, position: int) -> None:
+    cursor.execute("UPDATE tally_positions SET position = ? WHERE name = ?", (position, name))
+

@@ -1,0 +1,135 @@
+"""The read models of the catalogue, tenants, keys and customers, as the API returns them.
+
+Server ids are prefixed strings (`cus_<hex>`); `public_id` and `private_id` convert.
+"""
+
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+import msgspec
+
+from domain.price import Entitlement, Price
+
+PREFIXES = {
+    "tenants": "ten", "api_keys": "key", "meters": "mtr", "features": "feat", "pricing_units": "pu",
+    "plans": "plan", "plan_versions": "pv", "customers": "cus",
+}
+
+
+def public_id(collection: str, aggregate_id: UUID) -> str:
+    return f"{PREFIXES[collection]}_{aggregate_id.hex}"
+
+
+def private_id(collection: str, text: str) -> UUID | None:
+    """The aggregate id behind a public id, or None when `text` is not one of `collection`'s."""
+    prefix, _, hex_ = text.partition("_")
+    if prefix != PREFIXES[collection] or len(hex_) != 32:
+        return None
+    try:
+        return UUID(hex=hex_)
+    except ValueError:
+        return None
+
+
+class View(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    created_at: datetime
+
+
+class TenantView(View, frozen=True, kw_only=True):
+    name: str
+    legal_name: str | None
+    address: str | None
+    tax_id: str | None
+    default_tax_rate: Decimal
+    grace_period_hours: int
+    invoice_prefix: str
+    payment_terms_days: int
+    updated_at: datetime
+
+
+class ApiKeyView(View, frozen=True, kw_only=True):
+    role: str
+    customer: str | None
+    prefix: str
+    revoked: bool = False
+    revoked_at: datetime | None = None
+    created_by: str
+
+
+class IssuedApiKeyView(ApiKeyView, frozen=True, kw_only=True):
+    """The answer to creating a key: the only time its secret is shown."""
+
+    key: str
+
+
+class MeterView(View, frozen=True, kw_only=True):
+    code: str
+    name: str
+    event_name: str
+    aggregation: str
+    field: str | None
+    filters: dict[str, list[str]]
+    group_by: tuple[str, ...]
+
+
+class FeatureView(View, frozen=True, kw_only=True):
+    code: str
+    name: str
+    type: str
+    meter_code: str | None
+    unit: str | None
+
+
+class PricingUnitView(View, frozen=True, kw_only=True):
+    code: str
+    name: str
+    currency: str
+    conversion_rate: Decimal
+
+
+class PlanView(View, frozen=True, kw_only=True):
+    code: str
+    name: str
+    currency: str
+    interval: str
+    latest_version: int
+
+
+class PlanVersionView(View, frozen=True, kw_only=True):
+    plan_code: str
+    version: int
+    prices: tuple[Price, ...]
+    entitlements: tuple[Entitlement, ...]
+    minimum_commitment: Decimal | None
+    trial_days: int | None
+    created_by: str
+
+
+class CustomerView(View, frozen=True, kw_only=True):
+    external_id: str
+    name: str
+    email: str | None
+    currency: str
+    tax_rate: Decimal | None
+    parent_external_id: str | None
+    invoice_to_parent: bool
+    metadata: dict[str, str]
+    updated_at: datetime
+
+
+class Document(msgspec.Struct, frozen=True):
+    """One read-model row: what the store indexes (tenant, code, parent) and the view it returns."""
+
+    tenant_id: str
+    code: str
+    parent: str | None
+    view: View
+
+
+VIEW_TYPES: dict[str, type[View]] = {
+    "tenants": TenantView, "api_keys": ApiKeyView, "meters": MeterView, "features": FeatureView,
+    "pricing_units": PricingUnitView, "plans": PlanView, "plan_versions": PlanVersionView,
+    "customers": CustomerView,
+}
