@@ -46,6 +46,10 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
 
 
+MAX_DIGITS_WHOLE = 15  # amounts below 10^15
+MAX_PLACES = 18  # sub-cent token prices: 0.000000000002
+
+
 class Amount(Decimal):
     """An amount read from the wire, where it must be a JSON decimal string ("12.50", never 12.5).
 
@@ -64,6 +68,9 @@ def parse_amount(text: object) -> Amount:
         raise ValueError(f"{text!r} is not a decimal number") from None
     if not amount.is_finite():
         raise ValueError(f"{text!r} is not a finite decimal number")
+    if amount and (amount.adjusted() >= MAX_DIGITS_WHOLE or -amount.as_tuple().exponent > MAX_PLACES):
+        raise ValueError(f"{text!r} is out of range: at most {MAX_DIGITS_WHOLE} digits before the point and "
+                         f"{MAX_PLACES} after")
     return amount
 
 

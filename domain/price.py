@@ -148,6 +148,8 @@ class PercentagePrice(_Price, frozen=True, tag="percentage"):
         for field in ("rate", "fixed_fee", "min_per_transaction", "max_per_transaction",
                       "free_units", "free_amount"):
             _not_negative(field, getattr(self, field))
+        if self.free_units != self.free_units.to_integral_value():
+            raise ValueError("free_units: counts whole transactions")
         low, high = self.min_per_transaction, self.max_per_transaction
         if low is not None and high is not None and low > high:
             raise ValueError("min_per_transaction: must not exceed max_per_transaction")
