@@ -95,3 +95,12 @@ class Documents:
         if row is None:
             return None
         return row[0].encode() if isinstance(row[0], str) else row[0]
+
+
+def first_tenant(database: Database) -> str | None:
+    """The tenant opened first: the one `tally serve` bootstraps and TALLY_API_KEY belongs to."""
+    with database.transaction() as cursor:
+        row = cursor.execute(
+            "SELECT tenant_id FROM tally_documents WHERE collection = 'tenants' ORDER BY position LIMIT 1"
+        ).one()
+    return None if row is None else row[0]

@@ -1,0 +1,39 @@
+"""The Starlette application: one explicit route table, one error map."""
+
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import catalogue, customers, openapi, tenant
+from api.errors import HANDLERS
+from api.http import JSON, Call, Operation, encoder, endpoint
+from api.idempotency import Idempotency
+from api.ledger import Ledger
+
+PUBLIC = frozenset()
+
+
+async def healthz(call: Call) -> Response:
+    return Response(b'{"status":"ok"}', media_type=JSON)
+
+
+async def openapi_json(call: Call) -> Response:
+    return Response(call.request.app.state.openapi, media_type=JSON)
+
+
+OPERATIONS: list[Operation] = [
+    Operation("GET", "/healthz", healthz, PUBLIC, "Liveness: answers without a key"),
+    Operation("GET", "/openapi.json", openapi_json, PUBLIC, "This OpenAPI 3.1 document"),
+    *tenant.OPERATIONS,
+    *catalogue.OPERATIONS,
+    *customers.OPERATIONS,
+]
+
+
+def create_app(ledger: Ledger) -> Starlette:
+    routes = [Route(op.path, endpoint(op), methods=[op.method]) for op in OPERATIONS]
+    app = Starlette(routes=routes, exception_handlers=HANDLERS)
+    app.state.ledger = ledger
+    app.state.idempotency = Idempotency(ledger.database)
+    app.state.openapi = encoder.encode(openapi.document(OPERATIONS))
+    return app

@@ -1,0 +1,160 @@
+"""The frame every operation runs in: authenticate, check the role, read and decode the body,
+honour Idempotency-Key, then call the handler. Handlers hold no rules: one application call each.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.errors import HANDLERS, ApiError, FieldError
+from api.idempotency import Idempotency, fingerprint
+from api.ledger import Ledger
+from domain.aggregate import Actor
+from domain.api_key import secret_hash, well_formed
+from domain.money import decode_hook, encode_hook
+
+MAX_BODY = 1024 * 1024
+JSON = "application/json"
+encoder = msgspec.json.Encoder(enc_hook=encode_hook)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route: what it takes, what it answers, and which roles may call it (none: public)."""
+
+    method: str
+    path: str
+    handler: Callable[["Call"], Awaitable[Response]]
+    roles: frozenset[str]
+    summary: str
+    body: type | None = None
+    response: type | None = None
+    status: int = 200
+    listing: bool = False
+    decoder: Any = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.body is not None:
+            object.__setattr__(self, "decoder", msgspec.json.Decoder(self.body, dec_hook=decode_hook))
+
+
+class Call:
+    """What a handler gets: the ledger, who calls (tenant, actor, role), the decoded body, the path."""
+
+    def __init__(self, request: Request, ledger: Ledger) -> None:
+        self.request, self.ledger = request, ledger
+        self.params: dict[str, str] = request.path_params
+        self.tenant_id: UUID = UUID(int=0)
+        self.actor = Actor("anonymous")
+        self.role = ""
+        self.customer: str | None = None
+        self.body: Any = None
+
+    async def command(self, command: Callable[..., Any], *args: Any) -> Any:
+        """One application command, as this caller, for this caller's tenant."""
+        return await run_in_threadpool(self.ledger.command, command, self.actor, self.tenant_id, *args)
+
+    async def document(self, collection: str, *, code: str | None = None, id: UUID | None = None,  # noqa: A002
+                       status: int = 200) -> Response:
+        documents, tenant = self.ledger.documents, str(self.tenant_id)
+        if id is not None:
+            body = await run_in_threadpool(documents.by_id, collection, tenant, str(id))
+        else:
+            body = await run_in_threadpool(documents.by_code, collection, tenant, code or "")
+        if body is None:
+            raise ApiError(404, f"no {collection.rstrip('s').replace('_', ' ')} {code or id}")
+        return Response(body, status, media_type=JSON)
+
+    async def page(self, collection: str, *, parent: str | None = None, key: str = "code") -> Response:
+        limit = _limit(self.request.query_params.get("limit", "20"))
+        after = self.request.query_params.get("starting_after")
+        found = await run_in_threadpool(
+            self.ledger.documents.page, collection, str(self.tenant_id), limit, after, parent, key
+        )
+        if found is None:
+            raise ApiError(404, f"starting_after: no {collection} item {after!r}",
+                           [FieldError("starting_after", "names nothing in this list")])
+        bodies, has_more = found
+        body = b'{"data":[' + b",".join(bodies) + b'],"has_more":' + (b"true" if has_more else b"false") + b"}"
+        return Response(body, media_type=JSON)
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise ApiError(422, "limit: a whole number from 1 to 100", [FieldError("limit", "a whole number from 1 to 100")])
+    return int(text)
+
+
+async def authenticate(call: Call) -> None:
+    """Bearer key -> tenant, role and actor; 401 when missing, malformed, unknown or revoked."""
+    scheme, _, secret = call.request.headers.get("authorization", "").partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise ApiError(401, "send an API key: Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
+    found = None
+    if not secret.startswith("tly_") or well_formed(secret):
+        found = await run_in_threadpool(call.ledger.documents.credential, secret_hash(secret))
+    if found is None or found[1]["revoked"]:
+        raise ApiError(401, "this API key is not valid (unknown or revoked)", headers={"WWW-Authenticate": "Bearer"})
+    tenant_id, key = found
+    call.tenant_id, call.role, call.customer = UUID(tenant_id), key["role"], key["customer"]
+    call.actor = Actor(key["id"], call.request.headers.get("idempotency-key"))
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, f"the body is over {MAX_BODY} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"the body is over {MAX_BODY} bytes")
+    return body
+
+
+async def _answer(operation: Operation, call: Call, raw: bytes) -> Response:
+    """The handler's response, or the error response it raised (so it can be kept for replay)."""
+    try:
+        if operation.decoder is not None:
+            call.body = operation.decoder.decode(raw or b"{}")
+        return await operation.handler(call)
+    except tuple(HANDLERS) as error:
+        handler = next(handler for kind, handler in HANDLERS.items() if isinstance(error, kind))
+        return await handler(call.request, error)
+
+
+def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+    async def run(request: Request) -> Response:
+        call = Call(request, request.app.state.ledger)
+        if operation.roles:
+            await authenticate(call)
+            if call.role not in operation.roles:
+                raise ApiError(403, f"a {call.role} key may not {operation.method} {operation.path}")
+        raw = await _read_body(request) if operation.method in ("POST", "PATCH", "PUT") else b""
+        key = request.headers.get("idempotency-key")
+        if key is None or operation.method not in ("POST", "PATCH"):
+            return await _answer(operation, call, raw)
+        idempotency: Idempotency = request.app.state.idempotency
+        tenant = str(call.tenant_id)
+        print_ = fingerprint(operation.method, request.url.path, raw)
+        first = await run_in_threadpool(idempotency.claim, tenant, key, print_)
+        if first is not None:
+            status, body = first
+            media = "application/problem+json" if status >= 400 else JSON
+            return Response(body, status, media_type=media, headers={"Idempotent-Replayed": "true"})
+        try:
+            response = await _answer(operation, call, raw)
+        except BaseException:
+            await run_in_threadpool(idempotency.finish, tenant, key, 500, b"")
+            raise
+        await run_in_threadpool(idempotency.finish, tenant, key, response.status_code, bytes(response.body))
+        return response
+
+    return run

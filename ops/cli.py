@@ -1,0 +1,126 @@
+"""The `tally` command line: serve, tenants, keys."""
+
+import argparse
+import sys
+from uuid import UUID
+
+from api.ledger import Ledger
+from domain.aggregate import Actor
+from domain.api_key import ROLES
+from domain.errors import Refusal
+from domain.money import trap_floats
+from domain.tenant import TenantSettings
+from ops import config
+from projections.documents import first_tenant
+from projections.views import private_id, public_id
+
+CLI = Actor("system:cli")
+
+
+def bootstrap(ledger: Ledger, api_key: str | None) -> None:
+    """On first start, open the first tenant with an admin key; keep TALLY_API_KEY an admin key of it."""
+    by = Actor("system:serve")
+    tenant = first_tenant(ledger.database)
+    if tenant is None:
+        opened = ledger.command(ledger.tenants.open_tenant, by, TenantSettings(name="Default"))
+        tenant = str(opened.id)
+        if api_key is None:
+            _, secret = ledger.command(ledger.tenants.issue_key, by, opened.id, "admin")
+            print(f"Admin API key: {secret}", flush=True)
+    if api_key is not None:
+        ledger.command(ledger.tenants.keep_admin_key, by, UUID(tenant), api_key)
+        print(f"Admin API key: {api_key}", flush=True)
+
+
+def serve(settings: config.Config) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    ledger = Ledger(settings.database_url)
+    bootstrap(ledger, settings.api_key)
+    print(f"Tally listening on http://{settings.host}:{settings.port} (store: {_safe(settings.database_url)})",
+          flush=True)
+    try:
+        uvicorn.run(create_app(ledger), host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        ledger.close()
+
+
+def _safe(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    return f"{head.split('//')[0]}//***@{tail}" if at else url
+
+
+def _tenant_id(text: str) -> UUID:
+    found = private_id("tenants", text)
+    if found is None:
+        try:
+            found = UUID(text)
+        except ValueError:
+            raise SystemExit(f"tally: {text!r} is not a tenant id (ten_...)") from None
+    return found
+
+
+def tenants_create(ledger: Ledger, args: argparse.Namespace) -> None:
+    tenant = ledger.command(ledger.tenants.open_tenant, CLI, TenantSettings(name=args.name))
+    _, secret = ledger.command(ledger.tenants.issue_key, CLI, tenant.id, "admin")
+    print(f"Tenant: {public_id('tenants', tenant.id)}")
+    print(f"Admin API key: {secret}")
+
+
+def keys_create(ledger: Ledger, args: argparse.Namespace) -> None:
+    key, secret = ledger.command(ledger.tenants.issue_key, CLI, _tenant_id(args.tenant), args.role, args.customer)
+    print(f"Key id: {public_id('api_keys', key.id)}")
+    print(f"API key: {secret}")
+
+
+def keys_revoke(ledger: Ledger, args: argparse.Namespace) -> None:
+    key_id = private_id("api_keys", args.id)
+    if key_id is None:
+        raise SystemExit(f"tally: {args.id!r} is not a key id (key_...)")
+    key = ledger.tenants.repository.get(key_id) if ledger.tenants.repository.contains(key_id) else None
+    if key is None:
+        raise SystemExit(f"tally: no API key {args.id}")
+    ledger.command(ledger.tenants.revoke_key, CLI, key.tenant_id, key_id)
+    print(f"Revoked {args.id}")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="tally", description="Tally, the event-sourced billing ledger")
+    commands = root.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API (embedded SQLite unless TALLY_DATABASE_URL is set)")
+    tenants = commands.add_parser("tenants", help="tenants").add_subparsers(dest="action", required=True)
+    create = tenants.add_parser("create", help="open a tenant and print its first admin key")
+    create.add_argument("name")
+    create.set_defaults(run=tenants_create)
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="issue a key and print it (shown once)")
+    create.add_argument("--tenant", required=True, help="tenant id (ten_...)")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--customer", help="the customer's external_id (portal keys)")
+    create.set_defaults(run=keys_create)
+    revoke = keys.add_parser("revoke", help="revoke a key by id (key_...)")
+    revoke.add_argument("id")
+    revoke.set_defaults(run=keys_revoke)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    trap_floats()
+    args = parser().parse_args(argv)
+    settings = config.load()
+    if args.command == "serve":
+        serve(settings)
+        return
+    ledger = Ledger(settings.database_url)
+    try:
+        args.run(ledger, args)
+    except Refusal as refusal:
+        sys.exit(f"tally: {refusal}")
+    finally:
+        ledger.close()
+
+
+if __name__ == "__main__":
+    main()

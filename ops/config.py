@@ -1,0 +1,42 @@
+"""Configuration, read once from the environment; a bad value stops Tally with a clear message."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(SystemExit):
+    def __init__(self, message: str) -> None:
+        super().__init__(f"tally: configuration error: {message}")
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    host: str
+    port: int
+    database_url: str
+    api_key: str | None
+    kafka_bootstrap: str | None
+
+
+def load(environ: Mapping[str, str] = os.environ) -> Config:
+    data_dir = Path(environ.get("TALLY_DATA_DIR", "./.tally")).resolve()
+    port_text = environ.get("TALLY_PORT", "8000")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"TALLY_PORT must be a port number, not {port_text!r}")
+    database_url = environ.get("TALLY_DATABASE_URL") or f"sqlite:///{data_dir / 'events.sqlite'}"
+    if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(f"TALLY_DATABASE_URL must start with sqlite:/// or postgresql://, not {database_url!r}")
+    api_key = environ.get("TALLY_API_KEY") or None
+    if api_key is not None and (len(api_key) < 16 or any(ch.isspace() for ch in api_key)):
+        raise ConfigError("TALLY_API_KEY must be at least 16 characters with no spaces")
+    return Config(
+        data_dir=data_dir,
+        host=environ.get("TALLY_HOST", "127.0.0.1"),
+        port=int(port_text),
+        database_url=database_url,
+        api_key=api_key,
+        kafka_bootstrap=environ.get("TALLY_KAFKA_BOOTSTRAP") or None,
+    )
