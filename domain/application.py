@@ -44,6 +44,10 @@ VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
 class TallyApplication(Application):
     name = "Tally"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = "Tally"  # one store for all: eventsourcing names tables after the application
+
     def register_transcodings(self, transcoder: Transcoder) -> None:
         super().register_transcodings(transcoder)
         for type_ in VALUE_TYPES:

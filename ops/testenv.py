@@ -7,6 +7,7 @@ code.  The services are stopped on every path, including SIGTERM and SIGINT.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,12 +30,21 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds the service context managers
 
 
-def _stop_pytest(proc: subprocess.Popen, interrupted_by: int | None) -> None:
-    """Let pytest run its teardown (it handles SIGINT), then insist."""
+def _in_terminal_foreground() -> bool:
+    """True when a ^C typed in our terminal reaches our whole process group, pytest included."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return True
+    return False
+
+
+def _stop_pytest(proc: subprocess.Popen, exit_code: object) -> None:
+    """Let pytest run its teardown (it handles SIGINT like ^C), then insist."""
     if proc.poll() is not None:
         return
-    if interrupted_by != 128 + signal.SIGINT:  # a terminal ^C already reached pytest
-        proc.send_signal(signal.SIGINT)
+    if exit_code != 128 + signal.SIGINT or not _in_terminal_foreground():
+        proc.send_signal(signal.SIGINT)  # pytest has not seen this ^C yet; one is enough
     try:
         proc.wait(GRACE_SECONDS)
     except subprocess.TimeoutExpired:
