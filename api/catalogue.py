@@ -40,12 +40,12 @@ async def publish_version(call: Call) -> Response:
 
 async def list_versions(call: Call) -> Response:
     await call.document("plans", code=call.params["code"])  # 404 for an unknown plan
-    return await call.page("plan_versions", parent=call.params["code"])
+    return await call.page("plan_versions", parent=call.params["code"], key="id")  # a version has an id, no code
 
 
 async def read_version(call: Call) -> Response:
     number = call.params["number"]
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):  # "²".isdigit(), but int("²") fails
         raise ApiError(404, f"no version {number!r}")
     return await call.document("plan_versions", code=f"{call.params['code']}/{int(number)}")
 

@@ -18,6 +18,7 @@ from api.ledger import Ledger
 from domain.aggregate import Actor
 from domain.api_key import secret_hash, well_formed
 from domain.money import decode_hook, encode_hook
+from projections.views import private_id
 
 MAX_BODY = 1024 * 1024
 JSON = "application/json"
@@ -74,6 +75,8 @@ class Call:
     async def page(self, collection: str, *, parent: str | None = None, key: str = "code") -> Response:
         limit = _limit(self.request.query_params.get("limit", "20"))
         after = self.request.query_params.get("starting_after")
+        if after is not None and key == "id":  # listed by id: the caller names an item by its public id (`key_…`)
+            after = str(private_id(collection, after) or after)  # not one of ours: matches nothing, so 404
         found = await run_in_threadpool(
             self.ledger.documents.page, collection, str(self.tenant_id), limit, after, parent, key
         )
@@ -86,7 +89,7 @@ class Call:
 
 
 def _limit(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 100:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 100:  # "²".isdigit(), but int("²") fails
         raise ApiError(422, "limit: a whole number from 1 to 100", [FieldError("limit", "a whole number from 1 to 100")])
     return int(text)
 
@@ -123,11 +126,19 @@ async def _answer(operation: Operation, call: Call, raw: bytes) -> Response:
     """The handler's response, or the error response it raised (so it can be kept for replay)."""
     try:
         if operation.decoder is not None:
-            call.body = operation.decoder.decode(raw or b"{}")
+            call.body = _decode(operation, raw or b"{}")
         return await operation.handler(call)
     except tuple(HANDLERS) as error:
         handler = next(handler for kind, handler in HANDLERS.items() if isinstance(error, kind))
         return await handler(call.request, error)
+
+
+def _decode(operation: Operation, raw: bytes) -> Any:
+    try:
+        return operation.decoder.decode(raw)
+    except msgspec.ValidationError:
+        msgspec.json.decode(raw)  # malformed JSON is a 400, even when a wrong type came before the syntax error
+        raise
 
 
 def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:

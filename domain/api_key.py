@@ -1,6 +1,6 @@
 """An API key: a tenant's credential with one role. Only its SHA-256 is stored.
 
-Format: `tly_<role letter>_<22 base62 chars = 131 random bits><6-char checksum>`. The checksum
+Format: `tly_<role letter>_<22 base62 chars ≈ 131 random bits><6-char checksum>`. The checksum
 (CRC32 of the rest, base62) lets a typo be told apart from a revoked key without a look-up.
 """
 
@@ -21,6 +21,7 @@ ROLE_LETTERS: dict[str, str] = {"admin": "a", "finance": "f", "readonly": "r", "
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEYS = uuid5(NAMESPACE_URL, "https://tally.dev/api-keys")
 PREFIX_LENGTH = 12  # what listings show: "tly_a_3fK9xQ"
+OPERATOR_PREFIX_LENGTH = 4  # of an operator's own key (TALLY_API_KEY, maybe only 16 chars): show little
 
 
 def _base62(number: int, width: int) -> str:
@@ -37,7 +38,7 @@ def _checksum(body: str) -> str:
 
 
 def new_secret(role: Role) -> str:
-    body = f"tly_{ROLE_LETTERS[role]}_{_base62(secrets.randbits(131), 22)}"
+    body = f"tly_{ROLE_LETTERS[role]}_{_base62(secrets.randbelow(62**22), 22)}"  # 131 bits would not fit
     return body + _checksum(body)
 
 
@@ -46,6 +47,11 @@ def well_formed(secret: str) -> bool:
     if len(secret) != 34 or not secret.startswith("tly_") or secret[5] != "_":
         return False
     return _checksum(secret[:28]) == secret[28:]
+
+
+def shown_prefix(secret: str) -> str:
+    """What listings show of a key: the role and 6 random chars of a Tally key, 4 chars of any other."""
+    return secret[:PREFIX_LENGTH] if well_formed(secret) else secret[:OPERATOR_PREFIX_LENGTH]
 
 
 def secret_hash(secret: str) -> str:

@@ -11,7 +11,7 @@ from domain.feature import Feature, FeatureSpec
 from domain.meter import Meter, MeterSpec
 from domain.plan import Plan, PlanSpec
 from domain.plan_version import PlanVersion, PlanVersionSpec
-from domain.price import Entitlement, Price
+from domain.price import Entitlement, PercentagePrice, Price
 from domain.pricing_unit import PricingUnit, PricingUnitSpec
 
 ENTITLEMENT_VALUE = {"metered": "limit", "boolean": "enabled", "config": "value"}
@@ -81,7 +81,10 @@ class Catalogue(TallyApplication):
         if currency != plan.spec.currency:
             raise Invalid(f"{field}.currency", f"is {currency}, but plan {plan.spec.code!r} bills in {plan.spec.currency}")
         if price.meter_code is not None:
-            self._known(Meter, tenant_id, price.meter_code, f"{field}.meter_code")
+            meter = self._known(Meter, tenant_id, price.meter_code, f"{field}.meter_code")
+            if isinstance(price, PercentagePrice) and meter.spec.aggregation != "sum":
+                raise Invalid(f"{field}.meter_code", f"a percentage is taken of transaction amounts: meter "
+                                                     f"{price.meter_code!r} is {meter.spec.aggregation}, not sum")
 
     def _check_entitlement(self, tenant_id: UUID, entitlement: Entitlement, field: str) -> None:
         feature = self._known(Feature, tenant_id, entitlement.feature_code, f"{field}.feature_code")

@@ -21,6 +21,7 @@ class CustomerExists(Conflict):
 class Customers(TallyApplication):
     def register(self, by: Actor, tenant_id: UUID, spec: CustomerSpec) -> Customer:
         self._check_parent(tenant_id, spec.external_id, spec.parent_external_id)
+        self._check_invoicing(tenant_id, spec.currency, spec.details)
         with acting(by):
             customer = Customer(
                 tenant_id=tenant_id, external_id=spec.external_id, currency=spec.currency, details=spec.details
@@ -37,6 +38,7 @@ class Customers(TallyApplication):
             raise Invalid(field, message) from None
         if details.parent_external_id != customer.details.parent_external_id:
             self._check_parent(tenant_id, external_id, details.parent_external_id)
+        self._check_invoicing(tenant_id, customer.currency, details)
         with acting(by):
             customer.change(details)
         self.save(customer)
@@ -61,3 +63,12 @@ class Customers(TallyApplication):
             except NotFound:
                 raise Invalid("parent_external_id", f"no customer {ancestor!r}") from None
         raise Invalid("parent_external_id", f"the hierarchy is deeper than {MAX_DEPTH} levels")
+
+    def _check_invoicing(self, tenant_id: UUID, currency: str, details: CustomerDetails) -> None:
+        """A customer invoiced to its parent bills in the parent's currency: an invoice has one currency."""
+        if not details.invoice_to_parent or details.parent_external_id is None:
+            return
+        parent = self.customer(tenant_id, details.parent_external_id)
+        if parent.currency != currency:
+            raise Invalid("invoice_to_parent", f"parent {details.parent_external_id!r} bills in {parent.currency}, "
+                                               f"this customer in {currency}: their lines cannot share an invoice")

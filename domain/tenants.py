@@ -5,7 +5,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 
 from domain.aggregate import Actor, acting
-from domain.api_key import PREFIX_LENGTH, ApiKey, Role, new_secret, secret_hash
+from domain.api_key import ApiKey, Role, new_secret, secret_hash, shown_prefix
 from domain.application import TallyApplication
 from domain.customer import Customer
 from domain.errors import Conflict, Invalid, NotFound
@@ -55,7 +55,7 @@ class Tenants(TallyApplication):
         with acting(by):
             key = ApiKey(
                 tenant_id=tenant_id, role=role, customer=customer,
-                prefix=secret[:PREFIX_LENGTH], secret_hash=secret_hash(secret),
+                prefix=shown_prefix(secret), secret_hash=secret_hash(secret),
             )
         self.save_new(key, exists=KeyExists())
         return key, secret

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from api.ledger import Ledger
 from domain.aggregate import Actor
-from domain.api_key import ROLES
+from domain.api_key import ROLES, ApiKey
 from domain.errors import Refusal
 from domain.money import trap_floats
 from domain.tenant import TenantSettings
@@ -27,9 +27,10 @@ def bootstrap(ledger: Ledger, api_key: str | None) -> None:
         if api_key is None:
             _, secret = ledger.command(ledger.tenants.issue_key, by, opened.id, "admin")
             print(f"Admin API key: {secret}", flush=True)
-    if api_key is not None:
-        ledger.command(ledger.tenants.keep_admin_key, by, UUID(tenant), api_key)
-        print(f"Admin API key: {api_key}", flush=True)
+    if api_key is not None:  # the operator knows it: never echo a secret into the logs
+        key = ledger.command(ledger.tenants.keep_admin_key, by, UUID(tenant), api_key)
+        print(f"TALLY_API_KEY is admin key {public_id('api_keys', key.id)} of tenant "
+              f"{public_id('tenants', UUID(tenant))}", flush=True)
 
 
 def serve(settings: config.Config) -> None:
@@ -38,7 +39,11 @@ def serve(settings: config.Config) -> None:
     from api.app import create_app
 
     ledger = Ledger(settings.database_url)
-    bootstrap(ledger, settings.api_key)
+    try:
+        bootstrap(ledger, settings.api_key)
+    except Refusal as refusal:  # TALLY_API_KEY is another tenant's key, or not an admin key
+        ledger.close()
+        sys.exit(f"tally: TALLY_API_KEY: {refusal}")
     print(f"Tally listening on http://{settings.host}:{settings.port} (store: {_safe(settings.database_url)})",
           flush=True)
     try:
@@ -79,8 +84,8 @@ def keys_revoke(ledger: Ledger, args: argparse.Namespace) -> None:
     key_id = private_id("api_keys", args.id)
     if key_id is None:
         raise SystemExit(f"tally: {args.id!r} is not a key id (key_...)")
-    key = ledger.tenants.repository.get(key_id) if ledger.tenants.repository.contains(key_id) else None
-    if key is None:
+    key = ledger.tenants.repository.get(key_id) if key_id in ledger.tenants.repository else None
+    if not isinstance(key, ApiKey):
         raise SystemExit(f"tally: no API key {args.id}")
     ledger.command(ledger.tenants.revoke_key, CLI, key.tenant_id, key_id)
     print(f"Revoked {args.id}")

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from domain.api_key import well_formed
+
 
 class ConfigError(SystemExit):
     def __init__(self, message: str) -> None:
@@ -32,6 +34,9 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
     api_key = environ.get("TALLY_API_KEY") or None
     if api_key is not None and (len(api_key) < 16 or any(ch.isspace() for ch in api_key)):
         raise ConfigError("TALLY_API_KEY must be at least 16 characters with no spaces")
+    if api_key is not None and api_key.startswith("tly_") and not well_formed(api_key):
+        # the API refuses a tly_ key whose checksum fails without looking it up: this one could never sign in
+        raise ConfigError("TALLY_API_KEY starts with tly_ but is not a Tally key (its checksum fails)")
     return Config(
         data_dir=data_dir,
         host=environ.get("TALLY_HOST", "127.0.0.1"),

@@ -1,0 +1,219 @@
+"""Who may call what: API.md's role table, written out here on its own and checked route by route.
+
+The table below is the specification, kept apart from the code's own `roles=`: a route added
+without a rule here fails the suite, and so does a role that may do more (or less) than it says.
+"""
+
+from typing import Any, get_args
+
+import httpx
+from conftest import client
+
+from api.app import OPERATIONS
+from domain.api_key import Role, new_secret
+
+ROLES = ("admin", "finance", "readonly", "ingest", "portal")
+ANONYMOUS = "anonymous"  # a caller with no key at all
+PUBLIC = frozenset({ANONYMOUS, *ROLES})
+ADMIN = frozenset({"admin"})
+READERS = frozenset({"admin", "finance", "readonly"})  # finance reads everything; readonly is GET only
+
+EXPECTED: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    # Tenant settings and keys: the admin's alone, but for reading the settings
+    ("GET", "/v1/tenant"): READERS,
+    ("PATCH", "/v1/tenant"): ADMIN,
+    ("POST", "/v1/api-keys"): ADMIN,
+    ("GET", "/v1/api-keys"): ADMIN,
+    ("GET", "/v1/api-keys/{id}"): ADMIN,
+    ("DELETE", "/v1/api-keys/{id}"): ADMIN,
+    # Catalogue: the admin defines, readers read
+    ("POST", "/v1/meters"): ADMIN,
+    ("GET", "/v1/meters"): READERS,
+    ("GET", "/v1/meters/{code}"): READERS,
+    ("POST", "/v1/features"): ADMIN,
+    ("GET", "/v1/features"): READERS,
+    ("GET", "/v1/features/{code}"): READERS,
+    ("POST", "/v1/pricing-units"): ADMIN,
+    ("GET", "/v1/pricing-units"): READERS,
+    ("GET", "/v1/pricing-units/{code}"): READERS,
+    ("POST", "/v1/plans"): ADMIN,
+    ("GET", "/v1/plans"): READERS,
+    ("GET", "/v1/plans/{code}"): READERS,
+    ("POST", "/v1/plans/{code}/versions"): ADMIN,
+    ("GET", "/v1/plans/{code}/versions"): READERS,
+    ("GET", "/v1/plans/{code}/versions/{number}"): READERS,
+    # Customers: the admin registers and changes, readers read
+    ("POST", "/v1/customers"): ADMIN,
+    ("GET", "/v1/customers"): READERS,
+    ("GET", "/v1/customers/{external_id}"): READERS,
+    ("PATCH", "/v1/customers/{external_id}"): ADMIN,
+    ("GET", "/v1/customers/{external_id}/children"): READERS,
+}
+
+FLAT = {"type": "flat", "currency": "USD", "amount": "49.00", "pay_in": "advance"}
+
+
+def sample_requests(spare_key_id: str) -> dict[tuple[str, str], tuple[str, dict[str, Any] | None]]:
+    """For each route, a request an allowed caller can make succeed: (URL, JSON body)."""
+    return {
+        ("GET", "/healthz"): ("/healthz", None),
+        ("GET", "/openapi.json"): ("/openapi.json", None),
+        ("GET", "/v1/tenant"): ("/v1/tenant", None),
+        ("PATCH", "/v1/tenant"): ("/v1/tenant", {"invoice_prefix": "ACME-"}),
+        ("POST", "/v1/api-keys"): ("/v1/api-keys", {"role": "readonly"}),
+        ("GET", "/v1/api-keys"): ("/v1/api-keys", None),
+        ("GET", "/v1/api-keys/{id}"): (f"/v1/api-keys/{spare_key_id}", None),
+        ("DELETE", "/v1/api-keys/{id}"): (f"/v1/api-keys/{spare_key_id}", None),
+        ("POST", "/v1/meters"): ("/v1/meters", {"code": "images", "name": "Images", "event_name": "image.made",
+                                                "aggregation": "count"}),
+        ("GET", "/v1/meters"): ("/v1/meters", None),
+        ("GET", "/v1/meters/{code}"): ("/v1/meters/tokens", None),
+        ("POST", "/v1/features"): ("/v1/features", {"code": "sso", "name": "SSO", "type": "boolean"}),
+        ("GET", "/v1/features"): ("/v1/features", None),
+        ("GET", "/v1/features/{code}"): ("/v1/features/tokens", None),
+        ("POST", "/v1/pricing-units"): ("/v1/pricing-units", {"code": "gems", "name": "Gems", "currency": "USD",
+                                                              "conversion_rate": "0.10"}),
+        ("GET", "/v1/pricing-units"): ("/v1/pricing-units", None),
+        ("GET", "/v1/pricing-units/{code}"): ("/v1/pricing-units/credits", None),
+        ("POST", "/v1/plans"): ("/v1/plans", {"code": "team", "name": "Team", "currency": "USD",
+                                              "interval": "month"}),
+        ("GET", "/v1/plans"): ("/v1/plans", None),
+        ("GET", "/v1/plans/{code}"): ("/v1/plans/pro", None),
+        ("POST", "/v1/plans/{code}/versions"): ("/v1/plans/pro/versions", {"prices": [FLAT]}),
+        ("GET", "/v1/plans/{code}/versions"): ("/v1/plans/pro/versions", None),
+        ("GET", "/v1/plans/{code}/versions/{number}"): ("/v1/plans/pro/versions/1", None),
+        ("POST", "/v1/customers"): ("/v1/customers", {"external_id": "globex", "name": "Globex",
+                                                      "currency": "USD"}),
+        ("GET", "/v1/customers"): ("/v1/customers", None),
+        ("GET", "/v1/customers/{external_id}"): ("/v1/customers/acme", None),
+        ("PATCH", "/v1/customers/{external_id}"): ("/v1/customers/acme", {"name": "Acme Inc"}),
+        ("GET", "/v1/customers/{external_id}/children"): ("/v1/customers/acme/children", None),
+    }
+
+
+def test_every_route_and_every_role_has_a_rule_in_the_table():
+    # Given the routes Tally serves and the roles a key can carry
+    routes = {(operation.method, operation.path) for operation in OPERATIONS}
+    # Then the table has exactly those routes, and knows exactly those roles
+    assert set(EXPECTED) == routes, "a route without a rule in EXPECTED, or a rule for a route that is gone"
+    assert set(get_args(Role)) == set(ROLES)
+    assert set(sample_requests("key_x")) == routes
+
+
+def _given_a_tenant_with_a_key_of_each_role(admin: httpx.Client) -> tuple[dict[str, str], str]:
+    """The catalogue and customers the walk reads, a key of each role, and a spare key to revoke."""
+    for path, body in [
+        ("/v1/meters", {"code": "tokens", "name": "Tokens", "event_name": "llm.call", "aggregation": "sum",
+                        "field": "tokens"}),
+        ("/v1/features", {"code": "tokens", "name": "Tokens", "type": "metered", "meter_code": "tokens"}),
+        ("/v1/pricing-units", {"code": "credits", "name": "Credits", "currency": "USD", "conversion_rate": "0.01"}),
+        ("/v1/plans", {"code": "pro", "name": "Pro", "currency": "USD", "interval": "month"}),
+        ("/v1/plans/pro/versions", {"prices": [FLAT]}),
+        ("/v1/customers", {"external_id": "acme", "name": "Acme", "currency": "USD"}),
+        ("/v1/customers", {"external_id": "acme-eu", "name": "Acme EU", "currency": "EUR",
+                           "parent_external_id": "acme"}),
+    ]:
+        response = admin.post(path, json=body)
+        assert response.status_code == 201, (path, response.text)
+    secrets = {"admin": admin.headers["Authorization"].removeprefix("Bearer ")}
+    for role in ROLES[1:]:
+        body = {"role": role, "customer": "acme"} if role == "portal" else {"role": role}
+        issued = admin.post("/v1/api-keys", json=body)
+        assert issued.status_code == 201, issued.text
+        assert issued.json()["key"].startswith(f"tly_{role[0]}_")
+        secrets[role] = issued.json()["key"]
+    spare = admin.post("/v1/api-keys", json={"role": "finance"}).json()["id"]
+    return secrets, spare
+
+
+def test_each_role_may_call_exactly_the_routes_the_role_table_allows(admin, ledger, base_url):
+    # Given a tenant with a catalogue, customers "acme" and its child "acme-eu", and a key of each role
+    secrets, spare = _given_a_tenant_with_a_key_of_each_role(admin)
+    samples = sample_requests(spare)
+    callers = {role: client(base_url, secret) for role, secret in secrets.items()} | {
+        ANONYMOUS: client(base_url, None)}
+    mismatches = []
+    try:
+        # When every caller sends every route's request
+        for route, allowed in EXPECTED.items():
+            url, body = samples[route]
+            for caller, http in callers.items():
+                recorded = ledger.events_recorded()
+                response = http.request(route[0], url, json=body)
+                # Then an allowed caller succeeds; a key whose role may not gets 403, no key 401;
+                # and a refused caller changes nothing
+                if caller in allowed:
+                    ok = 200 <= response.status_code < 300
+                else:
+                    refused = 401 if caller == ANONYMOUS else 403
+                    ok = response.status_code == refused and ledger.events_recorded() == recorded
+                if not ok:
+                    mismatches.append((caller, *route, response.status_code, response.text[:200]))
+        paths = callers[ANONYMOUS].get("/openapi.json").json()["paths"]
+    finally:
+        for http in callers.values():
+            http.close()
+    assert mismatches == []
+    # And the OpenAPI document states each operation's roles as the table does (none when public)
+    for (method, path), allowed in EXPECTED.items():
+        spec = paths[path][method.lower()]
+        if allowed == PUBLIC:
+            assert (spec["x-roles"], spec["security"]) == ([], []), (method, path)
+        else:
+            assert spec["x-roles"] == sorted(allowed), (method, path)
+
+
+def test_a_missing_malformed_unknown_or_revoked_key_is_a_401(admin, ledger, base_url):
+    # Given a finance key that works
+    issued = admin.post("/v1/api-keys", json={"role": "finance"}).json()
+    with client(base_url, issued["key"]) as finance:
+        assert finance.get("/v1/meters").status_code == 200
+    well_shaped_but_never_issued = new_secret("admin")
+    typo = issued["key"][:-1] + ("A" if issued["key"][-1] != "A" else "B")
+    with client(base_url, None) as anonymous:
+        attempts = {
+            "no header": {},
+            "empty bearer": {"Authorization": "Bearer"},
+            "another scheme": {"Authorization": f"Basic {issued['key']}"},
+            "garbage": {"Authorization": "Bearer not-a-key"},
+            "never issued": {"Authorization": f"Bearer {well_shaped_but_never_issued}"},
+            "checksum typo": {"Authorization": f"Bearer {typo}"},
+        }
+        # When each is sent
+        for name, headers in attempts.items():
+            response = anonymous.get("/v1/meters", headers=headers)
+            # Then each is a 401 problem that asks for a bearer key
+            assert response.status_code == 401, (name, response.text)
+            assert response.headers["content-type"] == "application/problem+json", name
+            assert response.headers["www-authenticate"] == "Bearer", name
+        # When the finance key is revoked
+        assert admin.delete(f"/v1/api-keys/{issued['id']}").status_code == 200
+        assert admin.get(f"/v1/api-keys/{issued['id']}").json()["revoked"] is True
+        # Then it is a 401 from then on, and a refused write records nothing
+        recorded = ledger.events_recorded()
+        revoked = {"Authorization": f"Bearer {issued['key']}"}
+        assert anonymous.get("/v1/meters", headers=revoked).status_code == 401
+        assert anonymous.patch("/v1/tenant", headers=revoked, json={"name": "X"}).status_code == 401
+        assert ledger.events_recorded() == recorded
+
+
+def test_only_a_portal_key_is_bound_to_a_customer_and_it_must_exist(admin, ledger):
+    # Given customer "acme"
+    assert admin.post("/v1/customers", json={"external_id": "acme", "name": "Acme",
+                                             "currency": "USD"}).status_code == 201
+    recorded = ledger.events_recorded()
+    # When keys are asked for with the wrong customer binding
+    unbound_portal = admin.post("/v1/api-keys", json={"role": "portal"})
+    unknown_customer = admin.post("/v1/api-keys", json={"role": "portal", "customer": "nobody"})
+    bound_finance = admin.post("/v1/api-keys", json={"role": "finance", "customer": "acme"})
+    # Then each is a 422 naming customer, and no key was issued
+    for response in (unbound_portal, unknown_customer, bound_finance):
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "customer"
+    assert ledger.events_recorded() == recorded
+    # And a portal key bound to acme is issued, bound to acme
+    portal = admin.post("/v1/api-keys", json={"role": "portal", "customer": "acme"})
+    assert portal.status_code == 201, portal.text
+    assert (portal.json()["role"], portal.json()["customer"]) == ("portal", "acme")
