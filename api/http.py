@@ -2,6 +2,7 @@
 honour Idempotency-Key, then call the handler. Handlers hold no rules: one application call each.
 """
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.errors import HANDLERS, ApiError, FieldError
+from api.errors import HANDLERS, ApiError, FieldError, problem
 from api.idempotency import Idempotency, fingerprint
 from api.ledger import Ledger
 from domain.aggregate import Actor
@@ -21,6 +22,7 @@ from domain.money import decode_hook, encode_hook
 from projections.views import private_id
 
 MAX_BODY = 1024 * 1024
+log = logging.getLogger("tally.api")
 JSON = "application/json"
 encoder = msgspec.json.Encoder(enc_hook=encode_hook)
 
@@ -55,6 +57,7 @@ class Call:
         self.actor = Actor("anonymous")
         self.role = ""
         self.customer: str | None = None
+        self.secret = ""  # the caller's API key: seals what Idempotency-Key keeps for replay
         self.body: Any = None
 
     async def command(self, command: Callable[..., Any], *args: Any) -> Any:
@@ -107,6 +110,7 @@ async def authenticate(call: Call) -> None:
         raise ApiError(401, "this API key is not valid (unknown or revoked)", headers={"WWW-Authenticate": "Bearer"})
     tenant_id, key = found
     call.tenant_id, call.role, call.customer = UUID(tenant_id), key["role"], key["customer"]
+    call.secret = secret
     call.actor = Actor(key["id"], call.request.headers.get("idempotency-key"))
 
 
@@ -143,6 +147,15 @@ def _decode(operation: Operation, raw: bytes) -> Any:
 
 def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
+        try:
+            return await _run(request)
+        except tuple(HANDLERS):
+            raise
+        except Exception:  # a defect: log it, answer problem+json, keep no Idempotency-Key claim
+            log.exception("%s %s failed", operation.method, request.url.path)
+            return problem(500, "an internal error occurred; the request may be retried")
+
+    async def _run(request: Request) -> Response:
         call = Call(request, request.app.state.ledger)
         if operation.roles:
             await authenticate(call)
@@ -155,7 +168,7 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
         idempotency: Idempotency = request.app.state.idempotency
         tenant = str(call.tenant_id)
         print_ = fingerprint(operation.method, request.url.path, raw)
-        first = await run_in_threadpool(idempotency.claim, tenant, key, print_)
+        first = await run_in_threadpool(idempotency.claim, tenant, key, print_, call.secret)
         if first is not None:
             status, body = first
             media = "application/problem+json" if status >= 400 else JSON
@@ -163,9 +176,11 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
         try:
             response = await _answer(operation, call, raw)
         except BaseException:
-            await run_in_threadpool(idempotency.finish, tenant, key, 500, b"")
+            await run_in_threadpool(idempotency.finish, tenant, key, 500, b"", call.secret)
             raise
-        await run_in_threadpool(idempotency.finish, tenant, key, response.status_code, bytes(response.body))
+        await run_in_threadpool(
+            idempotency.finish, tenant, key, response.status_code, bytes(response.body), call.secret
+        )
         return response
 
     return run

@@ -24,10 +24,10 @@ def store_env(database_url: str) -> tuple[dict[str, str], str]:
     `postgresql://user:password@host:port/name` keeps both in that database."""
     parts = urlsplit(database_url)
     if parts.scheme == "sqlite":
-        path = Path(unquote(parts.path))
+        path = Path(unquote(database_url.removeprefix("sqlite:///")))  # sqlite:///relative, sqlite:////absolute
         path.parent.mkdir(parents=True, exist_ok=True)
         env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path), "SQLITE_LOCK_TIMEOUT": "30"}
-        return env, f"sqlite:///{path.with_suffix('.views' + path.suffix)}"
+        return env, f"sqlite:///{path.with_suffix('.views' + path.suffix)}"  # same form as the URL given
     if parts.scheme in ("postgresql", "postgres"):
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -55,9 +55,10 @@ class Ledger:
 
     def command(self, command: Callable[..., T], *args: Any) -> T:
         """Run one command, then bring the documents up to date with what it recorded."""
-        result = command(*args)
-        self.runner.catch_up()
-        return result
+        try:
+            return command(*args)
+        finally:  # a refused command may still follow events others recorded meanwhile
+            self.runner.catch_up()
 
     def events_recorded(self) -> int:
         """The position of the last event in the store (0 when empty)."""

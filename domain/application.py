@@ -53,9 +53,10 @@ class TallyApplication(Application):
         for type_ in VALUE_TYPES:
             transcoder.register(StructAsDict(type_))
 
-    def save_new(self, *aggregates: Any, exists: Exception) -> None:
-        """Save aggregates whose ids are derived from what must be unique; a clash raises `exists`."""
+    def save_or(self, refusal: Exception, *aggregates: Any) -> None:
+        """Save, or raise `refusal` when another command got there first: an aggregate with the same
+        derived id was created, or one of these aggregates moved on since it was read."""
         try:
             self.save(*aggregates)
         except IntegrityError:
-            raise exists from None
+            raise refusal from None

@@ -1,5 +1,6 @@
 """The catalogue's use cases: meters, features, pricing units, plans and their versions."""
 
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -14,6 +15,7 @@ from domain.plan_version import PlanVersion, PlanVersionSpec
 from domain.price import Entitlement, PercentagePrice, Price
 from domain.pricing_unit import PricingUnit, PricingUnitSpec
 
+T = TypeVar("T")
 ENTITLEMENT_VALUE = {"metered": "limit", "boolean": "enabled", "config": "value"}
 
 
@@ -30,30 +32,24 @@ class VersionRace(Conflict):
 
 class Catalogue(TallyApplication):
     def define_meter(self, by: Actor, tenant_id: UUID, spec: MeterSpec) -> Meter:
-        with acting(by):
-            meter = Meter(tenant_id=tenant_id, spec=spec)
-        self.save_new(meter, exists=AlreadyDefined("meter", spec.code))
-        return meter
+        return self._define(by, Meter, "meter", tenant_id, spec)
 
     def define_feature(self, by: Actor, tenant_id: UUID, spec: FeatureSpec) -> Feature:
         if spec.meter_code is not None:
             self._known(Meter, tenant_id, spec.meter_code, "meter_code")
-        with acting(by):
-            feature = Feature(tenant_id=tenant_id, spec=spec)
-        self.save_new(feature, exists=AlreadyDefined("feature", spec.code))
-        return feature
+        return self._define(by, Feature, "feature", tenant_id, spec)
 
     def define_pricing_unit(self, by: Actor, tenant_id: UUID, spec: PricingUnitSpec) -> PricingUnit:
-        with acting(by):
-            unit = PricingUnit(tenant_id=tenant_id, spec=spec)
-        self.save_new(unit, exists=AlreadyDefined("pricing unit", spec.code))
-        return unit
+        return self._define(by, PricingUnit, "pricing unit", tenant_id, spec)
 
     def define_plan(self, by: Actor, tenant_id: UUID, spec: PlanSpec) -> Plan:
+        return self._define(by, Plan, "plan", tenant_id, spec)
+
+    def _define(self, by: Actor, kind: type[T], noun: str, tenant_id: UUID, spec: Any) -> T:
         with acting(by):
-            plan = Plan(tenant_id=tenant_id, spec=spec)
-        self.save_new(plan, exists=AlreadyDefined("plan", spec.code))
-        return plan
+            entry = kind(tenant_id=tenant_id, spec=spec)
+        self.save_or(AlreadyDefined(noun, spec.code), entry)
+        return entry
 
     def publish_plan_version(self, by: Actor, tenant_id: UUID, plan_code: str, spec: PlanVersionSpec) -> PlanVersion:
         plan = self.plan(tenant_id, plan_code)
@@ -64,7 +60,7 @@ class Catalogue(TallyApplication):
         with acting(by):
             number = plan.publish_version()
             version = PlanVersion(plan_id=plan.id, tenant_id=tenant_id, plan_code=plan_code, number=number, spec=spec)
-        self.save_new(plan, version, exists=VersionRace(plan_code))
+        self.save_or(VersionRace(plan_code), plan, version)
         return version
 
     def plan(self, tenant_id: UUID, code: str) -> Plan:

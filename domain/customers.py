@@ -8,6 +8,7 @@ from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
 from domain.customer import Customer, CustomerChanges, CustomerDetails, CustomerSpec
 from domain.errors import Conflict, Invalid, NotFound
+from domain.hierarchy import Hierarchy
 
 MAX_DEPTH = 32  # a hierarchy deeper than this is refused rather than walked
 
@@ -18,6 +19,16 @@ class CustomerExists(Conflict):
         self.external_id = external_id
 
 
+class HierarchyRace(Conflict):
+    def __init__(self) -> None:
+        super().__init__("the customer hierarchy changed at the same time; retry")
+
+
+class ChangedMeanwhile(Conflict):
+    def __init__(self, external_id: str) -> None:
+        super().__init__(f"customer {external_id!r} or its hierarchy changed at the same time; retry")
+
+
 class Customers(TallyApplication):
     def register(self, by: Actor, tenant_id: UUID, spec: CustomerSpec) -> Customer:
         self._check_parent(tenant_id, spec.external_id, spec.parent_external_id)
@@ -26,7 +37,13 @@ class Customers(TallyApplication):
             customer = Customer(
                 tenant_id=tenant_id, external_id=spec.external_id, currency=spec.currency, details=spec.details
             )
-        self.save_new(customer, exists=CustomerExists(spec.external_id))
+            hierarchy = self._hierarchy_changed(tenant_id, spec.external_id, spec.parent_external_id)
+        try:
+            self.save_or(HierarchyRace(), customer, *hierarchy)
+        except HierarchyRace:
+            if Customer.id_for(tenant_id, spec.external_id) in self.repository:
+                raise CustomerExists(spec.external_id) from None
+            raise
         return customer
 
     def change(self, by: Actor, tenant_id: UUID, external_id: str, changes: CustomerChanges) -> Customer:
@@ -36,13 +53,26 @@ class Customers(TallyApplication):
         except ValueError as error:
             field, _, message = str(error).partition(": ")
             raise Invalid(field, message) from None
-        if details.parent_external_id != customer.details.parent_external_id:
+        moved = details.parent_external_id != customer.details.parent_external_id
+        if moved:
             self._check_parent(tenant_id, external_id, details.parent_external_id)
         self._check_invoicing(tenant_id, customer.currency, details)
         with acting(by):
             customer.change(details)
-        self.save(customer)
+            hierarchy = self._hierarchy_changed(tenant_id, external_id, details.parent_external_id) if moved else []
+        self.save_or(ChangedMeanwhile(external_id), customer, *hierarchy)
         return customer
+
+    def _hierarchy_changed(self, tenant_id: UUID, child: str, parent: str | None) -> list[Hierarchy]:
+        """The tenant's hierarchy, recording a new parent link: saved with the change, it serialises them."""
+        if parent is None:
+            return []
+        try:
+            hierarchy = self.repository.get(Hierarchy.create_id(tenant_id))
+        except AggregateNotFoundError:
+            hierarchy = Hierarchy(tenant_id=tenant_id)
+        hierarchy.change_parent(child, parent)
+        return [hierarchy]
 
     def customer(self, tenant_id: UUID, external_id: str) -> Customer:
         try:

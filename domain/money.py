@@ -6,7 +6,8 @@ invoice line amount and the invoice's tax, half-up to the currency's minor unit.
 """
 
 import decimal
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
 
 # ISO 4217 minor units (exponents) of the currencies Tally accepts. A currency missing here is
 # refused at the edge rather than guessed at.
@@ -46,6 +47,7 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
 
 
+DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 MAX_DIGITS_WHOLE = 15  # amounts below 10^15
 MAX_PLACES = 18  # sub-cent token prices: 0.000000000002
 
@@ -62,12 +64,9 @@ def parse_amount(text: object) -> Amount:
     """A finite Amount from a decimal string; ValueError otherwise (never via float)."""
     if not isinstance(text, str):
         raise ValueError("must be a decimal string such as \"12.50\", not a JSON number")
-    try:
-        amount = Amount(text.strip())
-    except InvalidOperation:
-        raise ValueError(f"{text!r} is not a decimal number") from None
-    if not amount.is_finite():
-        raise ValueError(f"{text!r} is not a finite decimal number")
+    if not DECIMAL_STRING.fullmatch(text):
+        raise ValueError(f"{text!r} is not a plain decimal number such as \"12.50\" (no exponent, no spaces)")
+    amount = Amount(text)
     if amount and (amount.adjusted() >= MAX_DIGITS_WHOLE or -amount.as_tuple().exponent > MAX_PLACES):
         raise ValueError(f"{text!r} is out of range: at most {MAX_DIGITS_WHOLE} digits before the point and "
                          f"{MAX_PLACES} after")
@@ -84,7 +83,7 @@ def decode_hook(type_: type, value: object) -> object:
 def encode_hook(value: object) -> object:
     """msgspec `enc_hook`: an Amount goes out as the decimal string it is."""
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")  # plain notation: "0.000000000002", never "2E-12"
     raise NotImplementedError(type(value))
 
 

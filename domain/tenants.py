@@ -57,7 +57,7 @@ class Tenants(TallyApplication):
                 tenant_id=tenant_id, role=role, customer=customer,
                 prefix=shown_prefix(secret), secret_hash=secret_hash(secret),
             )
-        self.save_new(key, exists=KeyExists())
+        self.save_or(KeyExists(), key)
         return key, secret
 
     def revoke_key(self, by: Actor, tenant_id: UUID, key_id: UUID) -> ApiKey:

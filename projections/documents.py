@@ -79,9 +79,11 @@ class Documents:
         with self.database.transaction() as cursor:
             if starting_after is not None:
                 row = cursor.execute(
-                    f"SELECT position FROM tally_documents WHERE collection = ? AND tenant_id = ? AND {key} = ?",
+                    f"SELECT position, parent FROM tally_documents WHERE collection = ? AND tenant_id = ? AND {key} = ?",
                     (collection, tenant_id, starting_after),
                 ).one()
+                if row is not None and parent is not None and row[1] != parent:
+                    row = None  # not an item of this list
                 if row is None:
                     return None
                 sql, params = sql + " AND position > ?", [*params, row[0]]

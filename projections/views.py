@@ -4,11 +4,11 @@ Server ids are prefixed strings (`cus_<hex>`); `public_id` and `private_id` conv
 """
 
 from datetime import datetime
-from decimal import Decimal
 from uuid import UUID
 
 import msgspec
 
+from domain.money import Amount
 from domain.price import Entitlement, Price
 
 PREFIXES = {
@@ -42,7 +42,7 @@ class TenantView(View, frozen=True, kw_only=True):
     legal_name: str | None
     address: str | None
     tax_id: str | None
-    default_tax_rate: Decimal
+    default_tax_rate: Amount
     grace_period_hours: int
     invoice_prefix: str
     payment_terms_days: int
@@ -86,7 +86,7 @@ class PricingUnitView(View, frozen=True, kw_only=True):
     code: str
     name: str
     currency: str
-    conversion_rate: Decimal
+    conversion_rate: Amount
 
 
 class PlanView(View, frozen=True, kw_only=True):
@@ -102,7 +102,7 @@ class PlanVersionView(View, frozen=True, kw_only=True):
     version: int
     prices: tuple[Price, ...]
     entitlements: tuple[Entitlement, ...]
-    minimum_commitment: Decimal | None
+    minimum_commitment: Amount | None
     trial_days: int | None
     created_by: str
 
@@ -112,7 +112,7 @@ class CustomerView(View, frozen=True, kw_only=True):
     name: str
     email: str | None
     currency: str
-    tax_rate: Decimal | None
+    tax_rate: Amount | None
     parent_external_id: str | None
     invoice_to_parent: bool
     metadata: dict[str, str]

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -110,7 +110,17 @@ def admin(ledger: Ledger, base_url: str) -> Iterator[httpx.Client]:
         yield http
 
 
-@pytest.fixture
-def clients(ledger: Ledger, base_url: str) -> Iterator[ExitStack]:
-    with ExitStack() as stack:
-        yield stack
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    """An RFC 9457 problem of `status`; with `field`, its first error names that field."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM, response.headers
+    body = response.json()
+    assert {"type", "title", "status", "detail"} <= body.keys(), body
+    assert body["status"] == status
+    assert body["title"] and body["detail"] and body["type"]
+    if field is not None:
+        assert body["errors"][0]["field"] == field, body
+    return body

@@ -6,10 +6,10 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from conftest import client, open_tenant
+from conftest import SETUP, client, open_tenant
 
 from api.ledger import Ledger
-from domain.customer import Customer
+from domain.customer import Customer, CustomerChanges
 
 ACME_HQ = {"external_id": "acme-hq", "name": "Acme Holdings", "currency": "EUR"}
 ACME_EU = {
@@ -243,3 +243,45 @@ def test_another_tenants_customers_are_not_found_and_cannot_be_parents(admin, le
         # And they may use the same external_id for their own customer
         created(other.post("/v1/customers", json=ACME_HQ))
     assert admin.get("/v1/customers/acme-hq").json()["name"] == "Acme Holdings"
+
+
+def test_two_concurrent_parent_changes_cannot_close_a_loop(admin, ledger, monkeypatch):
+    # Given customers a and b, neither with a parent
+    register(admin, "a")
+    register(admin, "b")
+    tenant_id = UUID(admin.get("/v1/tenant").json()["id"].removeprefix("ten_"))
+    customers = ledger.customers
+    read_hierarchy = customers._hierarchy_changed
+    raced = []
+
+    def interleaved(tenant: UUID, child: str, parent: str | None):  # noqa: ANN202
+        hierarchy = read_hierarchy(tenant, child, parent)
+        if not raced:  # while "a -> b" is between its check and its save, "b -> a" runs whole
+            raced.append(child)
+            customers.change(SETUP, tenant, "b", CustomerChanges(parent_external_id="a"))
+        return hierarchy
+
+    monkeypatch.setattr(customers, "_hierarchy_changed", interleaved)
+    recorded = ledger.events_recorded()
+    # When "a -> b" is sent while "b -> a" lands in between its cycle check and its save
+    response = admin.patch("/v1/customers/a", json={"parent_external_id": "b"})
+    # Then the later one is refused with a 409 and only "b -> a" was recorded: no loop exists
+    assert refused(response, 409) == []
+    assert raced == ["a"]
+    assert admin.get("/v1/customers/a").json()["parent_external_id"] is None
+    assert admin.get("/v1/customers/b").json()["parent_external_id"] == "a"
+    assert ledger.events_recorded() == recorded + 3  # b changed; the hierarchy started and recorded it
+
+
+def test_children_are_paged_only_after_one_of_the_children(admin):
+    # Given hq with children x and y, and z outside the family
+    register(admin, "hq")
+    register(admin, "x", parent_external_id="hq")
+    register(admin, "y", parent_external_id="hq")
+    register(admin, "z")
+    # When the children are paged after x, and after z
+    after_x = admin.get("/v1/customers/hq/children", params={"starting_after": "x"})
+    after_z = admin.get("/v1/customers/hq/children", params={"starting_after": "z"})
+    # Then after x comes y; z is not a child, so paging after it is a 404
+    assert [c["external_id"] for c in after_x.json()["data"]] == ["y"]
+    assert refused(after_z, 404) == ["starting_after"]

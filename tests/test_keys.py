@@ -11,7 +11,7 @@ import pytest
 
 from api.ledger import Ledger
 from domain.api_key import BASE62, ROLES, new_secret, secret_hash, well_formed
-from conftest import client, open_tenant
+from conftest import assert_problem, client, open_tenant
 
 KEY_SHAPE = re.compile(r"^tly_(?P<letter>[afrip])_[0-9A-Za-z]{28}$")
 ROLE_LETTERS = {"admin": "a", "finance": "f", "readonly": "r", "ingest": "i", "portal": "p"}
@@ -106,8 +106,6 @@ def test_a_key_is_stored_as_its_sha256_only_never_the_secret(ledger: Ledger, adm
     assert secret_hash(secret) in stored["views"]
 
 
-@pytest.mark.xfail(strict=True, reason="api/http.py keeps the whole 201 body, key included, for Idempotency-Key "
-                                        "replays in tally_idempotency: the secret is stored in clear")
 def test_a_key_created_with_an_idempotency_key_is_not_stored_in_clear_either(admin, database_url):
     # Given a key created with an Idempotency-Key
     created = admin.post("/v1/api-keys", json={"role": "readonly"}, headers={"Idempotency-Key": "key-1"})
@@ -116,6 +114,23 @@ def test_a_key_created_with_an_idempotency_key_is_not_stored_in_clear_either(adm
     stored = stored_text(database_url)
     # Then the secret appears nowhere
     assert created.json()["key"] not in stored["events"] + stored["views"]
+    # And the same caller's retry still gets the first answer, secret included (it was sealed, not dropped)
+    replay = admin.post("/v1/api-keys", json={"role": "readonly"}, headers={"Idempotency-Key": "key-1"})
+    assert (replay.status_code, replay.json()) == (201, created.json())
+    assert replay.headers["Idempotent-Replayed"] == "true"
+
+
+def test_another_key_of_the_tenant_cannot_replay_a_kept_answer(admin, base_url):
+    # Given a key created under Idempotency-Key "key-1" by the first admin key
+    first = admin.post("/v1/api-keys", json={"role": "admin"}, headers={"Idempotency-Key": "key-1"})
+    assert first.status_code == 201, first.text
+    # When the new admin key sends the same request under the same Idempotency-Key
+    with client(base_url, first.json()["key"]) as other:
+        replay = other.post("/v1/api-keys", json={"role": "admin"}, headers={"Idempotency-Key": "key-1"})
+    # Then it is refused naming the header, and the first secret is not revealed
+    assert_problem(replay, 422)
+    assert replay.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert first.json()["key"] not in replay.text
 
 
 def test_keys_are_listed_and_read_by_prefix_never_with_the_secret(admin):

@@ -527,7 +527,7 @@ def test_an_amount_sent_as_a_json_number_is_refused():
     ({"type": "per_unit", "meter_code": "tokens", "currency": "USD", "unit_amount": "-0.01"},
      "unit_amount: must not be negative"),
     ({"type": "per_unit", "meter_code": "tokens", "currency": "USD", "unit_amount": "NaN"},
-     "not a finite decimal number"),
+     "not a plain decimal number"),
     ({"type": "per_unit", "meter_code": "tokens", "currency": "XXY", "unit_amount": "1"},
      "currency: 'XXY' is not an ISO 4217 currency"),
     ({"type": "per_unit", "currency": "USD", "unit_amount": "1"},
