@@ -124,3 +124,13 @@ def assert_problem(response: httpx.Response, status: int, field: str | None = No
     if field is not None:
         assert body["errors"][0]["field"] == field, body
     return body
+
+
+def created(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def refused(response: httpx.Response, status: int = 422) -> list[str]:
+    """The fields a problem+json refusal names."""
+    return [error["field"] for error in assert_problem(response, status).get("errors", [])]

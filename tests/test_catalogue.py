@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from conftest import client, open_tenant
+from conftest import client, created, open_tenant, refused
 
 from api.ledger import Ledger
 from domain.feature import Feature
@@ -61,20 +61,6 @@ EVERY_ENTITLEMENT = [
 ]
 EVERY_KIND = {"prices": EVERY_PRICE, "entitlements": EVERY_ENTITLEMENT, "minimum_commitment": "100.00",
               "trial_days": 14}
-
-
-def created(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def refused(response: httpx.Response, status: int = 422) -> list[str]:
-    """The fields a problem+json refusal names."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem = response.json()
-    assert problem["status"] == status
-    return [error["field"] for error in problem.get("errors", [])]
 
 
 def holds(answered: Any, sent: Any) -> bool:

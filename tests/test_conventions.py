@@ -9,7 +9,6 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-import pytest
 from conftest import PROBLEM, SETUP, assert_problem, client, open_tenant
 
 from api.app import OPERATIONS

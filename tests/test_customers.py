@@ -6,7 +6,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from conftest import SETUP, client, open_tenant
+from conftest import SETUP, client, created, open_tenant, refused
 
 from api.ledger import Ledger
 from domain.customer import Customer, CustomerChanges
@@ -17,19 +17,6 @@ ACME_EU = {
     "tax_rate": "0.20", "parent_external_id": "acme-hq", "invoice_to_parent": True,
     "metadata": {"region": "eu", "crm_id": "0012"},
 }
-
-
-def created(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def refused(response: httpx.Response, status: int = 422) -> list[str]:
-    """The fields a problem+json refusal names."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["status"] == status
-    return [error["field"] for error in response.json().get("errors", [])]
 
 
 def stored_events(ledger: Ledger, customer: dict[str, Any]) -> list[Any]:
@@ -249,7 +236,6 @@ def test_two_concurrent_parent_changes_cannot_close_a_loop(admin, ledger, monkey
     # Given customers a and b, neither with a parent
     register(admin, "a")
     register(admin, "b")
-    tenant_id = UUID(admin.get("/v1/tenant").json()["id"].removeprefix("ten_"))
     customers = ledger.customers
     read_hierarchy = customers._hierarchy_changed
     raced = []

@@ -5,7 +5,7 @@ the events alone. Pure domain on the in-memory store, except where the store or 
 from decimal import Decimal
 from functools import reduce
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import msgspec
 import pytest
@@ -315,15 +315,6 @@ HISTORY = [  # a tenant's catalogue, versions, customers and keys, changed after
     ("PATCH", "/v1/tenant", {"default_tax_rate": "0.19"}),
 ]
 READS = ("/v1/meters", "/v1/plans/pro", "/v1/plans/pro/versions", "/v1/customers", "/v1/tenant", "/v1/api-keys")
-
-
-def documents_table(ledger: Ledger) -> list[tuple]:
-    with ledger.database.transaction() as cursor:
-        rows = cursor.execute(
-            "SELECT collection, id, tenant_id, code, parent, position, body FROM tally_documents "
-            "ORDER BY collection, id"
-        ).all()
-    return [tuple(row) for row in rows]
 
 
 def test_the_documents_rebuilt_from_zero_equal_the_live_ones_byte_for_byte(ledger, base_url):

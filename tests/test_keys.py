@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from api.ledger import Ledger
 from domain.api_key import BASE62, ROLES, new_secret, secret_hash, well_formed

@@ -11,7 +11,6 @@ and prints one row per store. Not a test.
 import argparse
 import asyncio
 import contextlib
-import itertools
 import os
 import re
 import signal
