@@ -4,7 +4,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalogue, customers, openapi, tenant
+from api import catalogue, customers, openapi, tenant, usage
 from api.errors import HANDLERS
 from api.http import JSON, Call, Operation, encoder, endpoint
 from api.idempotency import Idempotency
@@ -27,6 +27,7 @@ OPERATIONS: list[Operation] = [
     *tenant.OPERATIONS,
     *catalogue.OPERATIONS,
     *customers.OPERATIONS,
+    *usage.OPERATIONS,
 ]
 
 

@@ -40,10 +40,11 @@ class Operation:
     response: type | None = None
     status: int = 200
     listing: bool = False
+    max_body: int = MAX_BODY
     decoder: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.body is not None:
+        if self.body is not None and self.decoder is None:
             object.__setattr__(self, "decoder", msgspec.json.Decoder(self.body, dec_hook=decode_hook))
 
 
@@ -114,16 +115,17 @@ async def authenticate(call: Call) -> None:
     call.actor = Actor(key["id"], call.request.headers.get("idempotency-key"))
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise ApiError(413, f"the body is over {MAX_BODY} bytes")
-    body = b""
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the body is over {limit} bytes")
+    chunks, size = [], 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"the body is over {MAX_BODY} bytes")
-    return body
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body is over {limit} bytes")
+    return b"".join(chunks)
 
 
 async def _answer(operation: Operation, call: Call, raw: bytes) -> Response:
@@ -161,7 +163,7 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
             await authenticate(call)
             if call.role not in operation.roles:
                 raise ApiError(403, f"a {call.role} key may not {operation.method} {operation.path}")
-        raw = await _read_body(request) if operation.method in ("POST", "PATCH", "PUT") else b""
+        raw = await _read_body(request, operation.max_body) if operation.method in ("POST", "PATCH", "PUT") else b""
         key = request.headers.get("idempotency-key")
         if key is None or operation.method not in ("POST", "PATCH"):
             return await _answer(operation, call, raw)

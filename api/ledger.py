@@ -12,22 +12,26 @@ from domain.customers import Customers
 from domain.tenants import Tenants
 from projections.documents import Documents
 from projections.drivers.inprocess import Runner
-from projections.store import Database
+from projections.store import SCHEMA, Database
+from projections.usage_log import UsageLog
 
 T = TypeVar("T")
 
 
-def store_env(database_url: str) -> tuple[dict[str, str], str]:
-    """The eventsourcing settings of the event store, and the URL of the read-model store.
+def store_env(database_url: str) -> tuple[dict[str, str], str, str]:
+    """The eventsourcing settings of the event store, and the URLs of the read-model store and
+    of the usage log.
 
-    `sqlite:///dir/events.sqlite` keeps the read models in `dir/events.views.sqlite`;
-    `postgresql://user:password@host:port/name` keeps both in that database."""
+    `sqlite:///dir/events.sqlite` keeps the read models in `dir/events.views.sqlite` and the usage
+    log in `dir/events.usage.sqlite`; `postgresql://user:password@host:port/name` keeps all in
+    that database."""
     parts = urlsplit(database_url)
     if parts.scheme == "sqlite":
         path = Path(unquote(database_url.removeprefix("sqlite:///")))  # sqlite:///relative, sqlite:////absolute
         path.parent.mkdir(parents=True, exist_ok=True)
         env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path), "SQLITE_LOCK_TIMEOUT": "30"}
-        return env, f"sqlite:///{path.with_suffix('.views' + path.suffix)}"  # same form as the URL given
+        views, usage = (f"sqlite:///{path.with_suffix(f'.{part}{path.suffix}')}" for part in ("views", "usage"))
+        return env, views, usage  # the same form as the URL given
     if parts.scheme in ("postgresql", "postgres"):
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -39,16 +43,18 @@ def store_env(database_url: str) -> tuple[dict[str, str], str]:
             "POSTGRES_POOL_SIZE": "4",
             "POSTGRES_LOCK_TIMEOUT": "10",
         }
-        return env, database_url
+        return env, database_url, database_url
     raise ValueError(f"TALLY_DATABASE_URL: unsupported scheme {parts.scheme!r} (sqlite:/// or postgresql://)")
 
 
 class Ledger:
     def __init__(self, database_url: str) -> None:
-        env, views_url = store_env(database_url)
+        env, views_url, usage_url = store_env(database_url)
         env["CREATE_TABLE"] = "true"
         self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
         self.database = Database(views_url)
+        self.database.migrate(SCHEMA)
+        self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
         self.documents = Documents(self.database)
         self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database)
         self.runner.catch_up()
@@ -67,4 +73,6 @@ class Ledger:
     def close(self) -> None:
         for application in (self.tenants, self.catalogue, self.customers):
             application.close()
+        if self.usage.database is not self.database:
+            self.usage.database.close()
         self.database.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-SCHEMA = (
+SCHEMA = (  # the documents, their positions, and kept Idempotency-Key answers
     """CREATE TABLE IF NOT EXISTS tally_documents (
         collection TEXT NOT NULL, id TEXT NOT NULL, tenant_id TEXT NOT NULL, code TEXT NOT NULL,
         parent TEXT, position BIGINT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (collection, id))""",
@@ -40,6 +40,15 @@ class Cursor:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> "Cursor":
         self.raw.execute(sql.replace("?", "%s") if self.postgres else sql, params)
         return self
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run `sql` for each row; the number of rows it changed in all."""
+        if self.postgres:
+            self.raw.executemany(sql.replace("?", "%s"), rows, returning=False)
+            return self.raw.rowcount
+        before = self.raw.connection.total_changes
+        self.raw.executemany(sql, rows)
+        return self.raw.connection.total_changes - before
 
     def one(self) -> tuple | None:
         return self.raw.fetchone()
@@ -64,9 +73,15 @@ class Database:
             self.path = url.removeprefix("sqlite:///")
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.local = threading.local()
+
+    def migrate(self, statements: Sequence[str]) -> None:
+        """Create what is missing; SQLite spells BYTEA as BLOB and BIGSERIAL keys as AUTOINCREMENT."""
         with self.transaction(write=True) as cursor:
-            for statement in SCHEMA:
-                cursor.execute(statement if self.postgres else statement.replace("BYTEA", "BLOB"))
+            for statement in statements:
+                if not self.postgres:
+                    statement = statement.replace("BYTEA", "BLOB").replace(
+                        "BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
+                cursor.execute(statement)
 
     def _sqlite(self) -> sqlite3.Connection:
         connection = getattr(self.local, "connection", None)

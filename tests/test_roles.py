@@ -17,6 +17,7 @@ ANONYMOUS = "anonymous"  # a caller with no key at all
 PUBLIC = frozenset({ANONYMOUS, *ROLES})
 ADMIN = frozenset({"admin"})
 READERS = frozenset({"admin", "finance", "readonly"})  # finance reads everything; readonly is GET only
+INGEST = frozenset({"admin", "ingest"})  # usage ingestion: the ingest key's job (and the admin's)
 
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/healthz"): PUBLIC,
@@ -50,7 +51,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/customers/{external_id}"): READERS,
     ("PATCH", "/v1/customers/{external_id}"): ADMIN,
     ("GET", "/v1/customers/{external_id}/children"): READERS,
+    # Usage
+    ("POST", "/v1/events"): INGEST,
+    ("POST", "/v1/events/batch"): INGEST,
 }
+USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call", "timestamp": "2026-01-01T00:00:00Z",
+         "properties": {"tokens": 12}}
 
 FLAT = {"type": "flat", "currency": "USD", "amount": "49.00", "pay_in": "advance"}
 
@@ -90,6 +96,8 @@ def sample_requests(spare_key_id: str) -> dict[tuple[str, str], tuple[str, dict[
         ("GET", "/v1/customers/{external_id}"): ("/v1/customers/acme", None),
         ("PATCH", "/v1/customers/{external_id}"): ("/v1/customers/acme", {"name": "Acme Inc"}),
         ("GET", "/v1/customers/{external_id}/children"): ("/v1/customers/acme/children", None),
+        ("POST", "/v1/events"): ("/v1/events", USAGE),
+        ("POST", "/v1/events/batch"): ("/v1/events/batch", {"events": [USAGE]}),
     }
 
 

@@ -1,0 +1,83 @@
+"""Usage ingestion: one event, or a batch in which a bad event is rejected alone.
+
+202 means durable: the answer is sent after the transaction holding the events committed.
+"""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from api.errors import ApiError, FieldError, field_error
+from api.http import JSON, Call, Operation, encoder
+from domain.money import decode_hook
+from domain.usage import EventBatch, UsageEvent, too_far_ahead
+
+INGEST = frozenset({"admin", "ingest"})
+MAX_EVENTS = 10_000
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+# Numbers in properties are read as Decimal from their text (float_hook), never through float. Only
+# here: with a float_hook, msgspec would also let a JSON number into an `Amount` field.
+_event = msgspec.json.Decoder(UsageEvent, dec_hook=decode_hook, float_hook=Decimal)
+
+
+class Ingested(msgspec.Struct, frozen=True):
+    accepted: int  # new events, now durable
+    duplicates: int  # events recorded before (same customer and event_id): counted once, ever
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    index: int
+    errors: list[FieldError]
+
+
+class BatchIngested(msgspec.Struct, frozen=True):
+    accepted: int
+    duplicates: int
+    rejected: list[Rejected]
+
+
+def _future_error(event: UsageEvent) -> FieldError:
+    return FieldError("timestamp", f"{event.timestamp.isoformat()} is more than 5 minutes in the future")
+
+
+async def ingest_one(call: Call) -> Response:
+    event: UsageEvent = call.body
+    now = datetime.now(UTC)
+    if too_far_ahead(event, now):
+        error = _future_error(event)
+        raise ApiError(422, f"timestamp: {error.message}", [error])
+    accepted = await run_in_threadpool(call.ledger.usage.append, str(call.tenant_id), [event], now)
+    return Response(encoder.encode(Ingested(accepted, 1 - accepted)), 202, media_type=JSON)
+
+
+async def ingest_batch(call: Call) -> Response:
+    batch: EventBatch = call.body
+    if len(batch.events) > MAX_EVENTS:
+        raise ApiError(413, f"a batch holds at most {MAX_EVENTS} events, not {len(batch.events)}")
+    now = datetime.now(UTC)
+    events, rejected = [], []
+    for index, raw in enumerate(batch.events):
+        try:
+            event = _event.decode(raw)
+        except msgspec.ValidationError as error:
+            rejected.append(Rejected(index, [field_error(error)]))
+            continue
+        if too_far_ahead(event, now):
+            rejected.append(Rejected(index, [_future_error(event)]))
+            continue
+        events.append(event)
+    accepted = await run_in_threadpool(call.ledger.usage.append, str(call.tenant_id), events, now)
+    answer = BatchIngested(accepted, len(events) - accepted, rejected)
+    return Response(encoder.encode(answer), 202, media_type=JSON)
+
+
+OPERATIONS = [
+    Operation("POST", "/v1/events", ingest_one, INGEST, "Ingest one usage event (202 once durable)",
+              UsageEvent, Ingested, status=202, decoder=_event),
+    Operation("POST", "/v1/events/batch", ingest_batch, INGEST,
+              f"Ingest up to {MAX_EVENTS:,} usage events; a bad event is rejected alone", EventBatch, BatchIngested,
+              status=202, max_body=MAX_BATCH_BYTES),
+]

@@ -1,0 +1,64 @@
+"""The usage log: every accepted usage event, once, in the order it was recorded.
+
+`(tenant, customer, event_id)` is a unique key of the store itself, so a retried event is counted
+once, ever, whatever the caller or a cache does. An append commits before it returns: acknowledged
+means durable (SQLite WAL with synchronous=FULL, or a PostgreSQL commit). Each event's position
+orders it for the projections and the relay. On SQLite the log has a file of its own, so ingesting
+never waits for the event store or the read models.
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+
+from domain.money import encode_hook
+from domain.usage import UsageEvent
+from projections.store import Database
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tally_usage (
+        position BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
+        event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
+        recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, UNIQUE (tenant_id, customer, event_id))""",
+    "CREATE INDEX IF NOT EXISTS tally_usage_customer ON tally_usage (tenant_id, customer, timestamp_us)",
+)
+INSERT = (
+    "INSERT INTO tally_usage (tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_id) DO NOTHING"
+)
+_encoder = msgspec.json.Encoder(enc_hook=encode_hook)
+
+
+def microseconds(moment: datetime) -> int:
+    """Exact microseconds since the epoch (UTC): integer time, sortable, never a float."""
+    assert moment.tzinfo is not None, moment
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+class UsageLog:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        database.migrate(SCHEMA)
+
+    def append(self, tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> int:
+        """Record the events not recorded before, in one transaction; returns how many were new."""
+        recorded = microseconds(recorded_at)
+        rows = [
+            (tenant_id, e.customer, e.event_id, e.event_name, microseconds(e.timestamp), recorded,
+             _encoder.encode(e.properties).decode())
+            for e in events
+        ]
+        with self.database.transaction(write=True) as cursor:
+            return cursor.execute_many(INSERT, rows) if rows else 0
+
+    def size(self) -> int:
+        """How many events the log holds (all tenants)."""
+        with self.database.transaction() as cursor:
+            row = cursor.execute("SELECT COUNT(*) FROM tally_usage").one()
+        assert row is not None
+        return int(row[0])
