@@ -163,6 +163,8 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
             await authenticate(call)
             if call.role not in operation.roles:
                 raise ApiError(403, f"a {call.role} key may not {operation.method} {operation.path}")
+            if call.role == "portal" and call.params.get("external_id", call.customer) != call.customer:
+                raise ApiError(404, f"no customer {call.params['external_id']!r}")  # a portal key sees its own
         raw = await _read_body(request, operation.max_body) if operation.method in ("POST", "PATCH", "PUT") else b""
         key = request.headers.get("idempotency-key")
         if key is None or operation.method not in ("POST", "PATCH"):

@@ -3,16 +3,20 @@ opened on one database URL. Commands catch the documents up before they answer, 
 reads its own writes."""
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
+from uuid import UUID
 
 from domain.catalogue import Catalogue
 from domain.customers import Customers
+from domain.errors import Invalid
 from domain.tenants import Tenants
 from projections.documents import Documents
 from projections.drivers.inprocess import Runner
 from projections.store import SCHEMA, Database
+from projections.usage import UsageReport, Window, report
 from projections.usage_log import UsageLog
 
 T = TypeVar("T")
@@ -65,6 +69,15 @@ class Ledger:
             return command(*args)
         finally:  # a refused command may still follow events others recorded meanwhile
             self.runner.catch_up()
+
+    def usage_report(self, tenant_id: UUID, customer: str, meter_code: str, start: datetime, end: datetime,
+                     window: Window | None, group_by: tuple[str, ...]) -> UsageReport:
+        """A customer's usage of one meter, from the usage log as it stands (fresh to the last 202)."""
+        meter = self.catalogue.meter(tenant_id, meter_code).spec
+        unknown = [name for name in group_by if name not in meter.group_by]
+        if unknown:
+            raise Invalid("group_by", f"{unknown[0]!r} is not among meter {meter_code!r}'s group_by {list(meter.group_by)}")
+        return report(self.usage.database, str(tenant_id), customer, meter, start, end, window, group_by)
 
     def events_recorded(self) -> int:
         """The position of the last event in the store (0 when empty)."""

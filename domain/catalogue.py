@@ -63,6 +63,12 @@ class Catalogue(TallyApplication):
         self.save_or(VersionRace(plan_code), plan, version)
         return version
 
+    def meter(self, tenant_id: UUID, code: str) -> Meter:
+        meter = self._get(Meter.id_for(tenant_id, code))
+        if meter is None:
+            raise NotFound("meter", code)
+        return meter
+
     def plan(self, tenant_id: UUID, code: str) -> Plan:
         plan = self._get(Plan.id_for(tenant_id, code))
         if plan is None:

@@ -12,6 +12,7 @@ from datetime import datetime
 
 import msgspec
 
+from domain.metering import Reading
 from domain.money import encode_hook
 from domain.usage import UsageEvent
 from projections.store import Database
@@ -62,3 +63,31 @@ class UsageLog:
             row = cursor.execute("SELECT COUNT(*) FROM tally_usage").one()
         assert row is not None
         return int(row[0])
+
+
+_properties = msgspec.json.Decoder(dict)
+
+
+def readings(database: Database, tenant_id: str, customer: str, event_name: str,
+             start_us: int, end_us: int) -> list[Reading]:
+    """The customer's events of one name with event time in [start_us, end_us), in log order."""
+    with database.transaction() as cursor:
+        rows = cursor.execute(
+            "SELECT timestamp_us, position, properties FROM tally_usage WHERE tenant_id = ? AND customer = ? "
+            "AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ? ORDER BY position",
+            (tenant_id, customer, event_name, start_us, end_us),
+        ).all()
+    return [Reading(t, p, _properties.decode(props)) for t, p, props in rows]
+
+
+def latest_before(database: Database, tenant_id: str, customer: str, event_name: str, start_us: int,
+                  limit: int = 100) -> list[Reading]:
+    """Up to `limit` of the customer's last events of that name before start_us (newest first):
+    where a weighted_sum's level in force at start_us is found."""
+    with database.transaction() as cursor:
+        rows = cursor.execute(
+            "SELECT timestamp_us, position, properties FROM tally_usage WHERE tenant_id = ? AND customer = ? "
+            "AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC LIMIT ?",
+            (tenant_id, customer, event_name, start_us, limit),
+        ).all()
+    return [Reading(t, p, _properties.decode(props)) for t, p, props in rows]

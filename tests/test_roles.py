@@ -51,6 +51,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/customers/{external_id}"): READERS,
     ("PATCH", "/v1/customers/{external_id}"): ADMIN,
     ("GET", "/v1/customers/{external_id}/children"): READERS,
+    ("GET", "/v1/customers/{external_id}/usage"): READERS | {"portal"},  # a portal key: its own customer's
     # Usage
     ("POST", "/v1/events"): INGEST,
     ("POST", "/v1/events/batch"): INGEST,
@@ -96,6 +97,8 @@ def sample_requests(spare_key_id: str) -> dict[tuple[str, str], tuple[str, dict[
         ("GET", "/v1/customers/{external_id}"): ("/v1/customers/acme", None),
         ("PATCH", "/v1/customers/{external_id}"): ("/v1/customers/acme", {"name": "Acme Inc"}),
         ("GET", "/v1/customers/{external_id}/children"): ("/v1/customers/acme/children", None),
+        ("GET", "/v1/customers/{external_id}/usage"): (
+            "/v1/customers/acme/usage?meter_code=tokens&from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z", None),
         ("POST", "/v1/events"): ("/v1/events", USAGE),
         ("POST", "/v1/events/batch"): ("/v1/events/batch", {"events": [USAGE]}),
     }

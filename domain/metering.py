@@ -1,0 +1,120 @@
+"""Metering: what a meter reads from usage events, as pure functions over exact decimals.
+
+An event here is a `Reading`: its time, its position in the usage log, and its properties. The
+aggregations are API.md's:
+- `count`: the events; `sum`, `max`: of the field's numeric values; `unique_count`: distinct values;
+- `latest`: the value of the last event by event time, ties by record order (position);
+- `weighted_sum`: the field is a level held until the next event; Σ level x time held / period
+  length, i.e. the time-weighted average level over [start, end). The level in force at `start`
+  is carried in from the last event before it (none: 0).
+An event without a usable value for the field (missing, not a number) is left out of the numeric
+aggregations; `count` counts every event that passes the meter's filters.
+"""
+
+from collections.abc import Iterable, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+
+from domain.meter import MeterSpec
+
+ZERO = Decimal(0)
+
+
+class Reading(msgspec.Struct, frozen=True, gc=False):
+    timestamp_us: int
+    position: int
+    properties: dict[str, Any]
+
+
+def number(value: Any) -> Decimal | None:
+    """A property's exact numeric value (ints, Decimals, numeric strings), else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, Decimal)):
+        return Decimal(value)
+    if isinstance(value, str):
+        try:
+            found = Decimal(value)
+        except InvalidOperation:
+            return None
+        return found if found.is_finite() else None
+    return None
+
+
+def matches(meter: MeterSpec, reading: Reading) -> bool:
+    """The reading passes every filter: its property's value (as text) is one of those listed."""
+    for name, allowed in meter.filters.items():
+        value = reading.properties.get(name)
+        if value is None or _text(value) not in allowed:
+            return False
+    return True
+
+
+def group_of(meter: MeterSpec, reading: Reading) -> tuple[str | None, ...]:
+    return tuple(_text(reading.properties.get(name)) for name in meter.group_by)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
+
+
+def aggregate(meter: MeterSpec, readings: Sequence[Reading], start_us: int, end_us: int,
+              carried: Decimal | None = None) -> Decimal:
+    """The meter's value over [start_us, end_us) from readings inside it (any order).
+
+    `carried` is the weighted_sum level in force at start_us (from the last reading before it)."""
+    assert start_us < end_us, (start_us, end_us)
+    inside = sorted((r for r in readings if start_us <= r.timestamp_us < end_us),
+                    key=lambda r: (r.timestamp_us, r.position))
+    match meter.aggregation:
+        case "count":
+            return Decimal(len(inside))
+        case "sum":
+            return sum(_values(meter, inside), ZERO)
+        case "max":
+            return max(_values(meter, inside), default=ZERO)
+        case "unique_count":
+            return Decimal(len({_text(r.properties.get(meter.field)) for r in inside
+                                if r.properties.get(meter.field) is not None}))
+        case "latest":
+            values = list(_values(meter, inside))
+            return values[-1] if values else ZERO
+        case "weighted_sum":
+            return _time_weighted(meter, inside, start_us, end_us, carried or ZERO)
+    raise AssertionError(meter.aggregation)
+
+
+def _values(meter: MeterSpec, readings: Iterable[Reading]) -> Iterable[Decimal]:
+    for reading in readings:
+        value = number(reading.properties.get(meter.field))
+        if value is not None:
+            yield value
+
+
+def _time_weighted(meter: MeterSpec, readings: Sequence[Reading], start_us: int, end_us: int,
+                   level: Decimal) -> Decimal:
+    held_since, total = start_us, ZERO
+    for reading in readings:
+        value = number(reading.properties.get(meter.field))
+        if value is None:
+            continue
+        total += level * (reading.timestamp_us - held_since)
+        level, held_since = value, reading.timestamp_us
+    total += level * (end_us - held_since)
+    return total / (end_us - start_us)
+
+
+def level_before(meter: MeterSpec, readings: Iterable[Reading]) -> Decimal | None:
+    """The weighted_sum level in force after `readings` (all before the window): the last value."""
+    last = None
+    for reading in sorted(readings, key=lambda r: (r.timestamp_us, r.position)):
+        value = number(reading.properties.get(meter.field))
+        if value is not None:
+            last = value
+    return last

@@ -1,0 +1,91 @@
+"""Usage totals of one customer and meter over [from, to), with buckets by hour or day and groups.
+
+Read from the usage log itself, so every acknowledged event counts at once (DESIGN.md
+"Freshness"); the aggregation is `domain.metering`'s, a pure function of the events.
+"""
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+from domain.errors import Invalid
+from domain.meter import MeterSpec
+from domain.metering import Reading, aggregate, group_of, level_before, matches
+from domain.money import Amount
+from projections.store import Database
+from projections.usage_log import EPOCH, latest_before, microseconds, readings
+
+Window = Literal["hour", "day"]
+WINDOW_US = {"hour": 3_600_000_000, "day": 86_400_000_000}
+MAX_BUCKETS = 10_000
+
+
+class Bucket(msgspec.Struct, frozen=True, omit_defaults=True):
+    start: datetime
+    end: datetime
+    value: Amount
+    group: dict[str, str | None] | None = None
+
+
+class UsageReport(msgspec.Struct, frozen=True):
+    meter_code: str
+    customer: str
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    total: Amount
+    buckets: list[Bucket]
+
+
+def _moment(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def edges(start_us: int, end_us: int, window: Window | None) -> list[int]:
+    """Bucket boundaries: [start, end] with the UTC hour or day grid between them."""
+    if window is None:
+        return [start_us, end_us]
+    size = WINDOW_US[window]
+    first = (start_us // size + 1) * size
+    inner = list(range(first, end_us, size))
+    assert len(inner) < MAX_BUCKETS, "checked by the caller"
+    return [start_us, *inner, end_us]
+
+
+def report(database: Database, tenant_id: str, customer: str, meter: MeterSpec, start: datetime, end: datetime,
+           window: Window | None, group_by: tuple[str, ...]) -> UsageReport:
+    """The meter's total over [start, end) and its buckets, one series per group of `group_by`."""
+    start_us, end_us = microseconds(start), microseconds(end)
+    assert start_us < end_us and set(group_by) <= set(meter.group_by), (start, end, group_by)
+    if window is not None and (end_us - start_us) // WINDOW_US[window] >= MAX_BUCKETS:
+        raise Invalid("window", f"more than {MAX_BUCKETS} buckets: choose a wider window or a shorter range")
+    inside = [r for r in readings(database, tenant_id, customer, meter.event_name, start_us, end_us)
+              if matches(meter, r)]
+    before = [r for r in latest_before(database, tenant_id, customer, meter.event_name, start_us) if matches(meter, r)]
+    query = msgspec.structs.replace(meter, group_by=group_by)
+    groups = sorted({group_of(query, r) for r in inside + before}, key=str) or [tuple(None for _ in group_by)]
+    bounds = edges(start_us, end_us, window)
+    buckets = []
+    for group in groups:
+        mine = [r for r in inside if group_of(query, r) == group]
+        earlier = [r for r in before if group_of(query, r) == group]
+        label = dict(zip(group_by, group, strict=True)) if group_by else None
+        for low, high in zip(bounds, bounds[1:], strict=False):
+            value = _value(meter, mine, earlier, low, high)
+            buckets.append(Bucket(_moment(low), _moment(high), Amount(value), label))
+    total = _value(meter, inside, before, start_us, end_us)
+    return UsageReport(meter.code, customer, _moment(start_us), _moment(end_us), Amount(total), buckets)
+
+
+def _value(meter: MeterSpec, inside: list[Reading], before: list[Reading], low: int, high: int) -> Decimal:
+    """The meter over [low, high). A weighted_sum holds one level per group of the meter's own
+    group_by (a level per model, say); the value is the sum of those levels' averages."""
+    if meter.aggregation != "weighted_sum":
+        return aggregate(meter, inside, low, high)
+    total = Decimal(0)
+    for group in {group_of(meter, r) for r in inside + before}:
+        mine = [r for r in inside if group_of(meter, r) == group]
+        held = [r for r in before + mine if r.timestamp_us < low]
+        total += aggregate(meter, mine, low, high, level_before(meter, held))
+    return total
