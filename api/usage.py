@@ -5,6 +5,7 @@
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Annotated
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +14,8 @@ from starlette.responses import Response
 from api.errors import ApiError, FieldError, field_error
 from api.http import JSON, Call, Operation, encoder
 from domain.money import decode_hook
-from domain.usage import EventBatch, UsageEvent, too_far_ahead
+from domain.codes import ExternalId
+from domain.usage import EventBatch, EventId, UsageEvent, too_far_ahead
 
 INGEST = frozenset({"admin", "ingest"})
 MAX_EVENTS = 10_000
@@ -74,10 +76,33 @@ async def ingest_batch(call: Call) -> Response:
     return Response(encoder.encode(answer), 202, media_type=JSON)
 
 
+class VoidBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    customer: ExternalId
+    event_ids: Annotated[list[EventId], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class Voided(msgspec.Struct, frozen=True):
+    voided: int  # taken out of the totals by this request
+    already_voided: int
+    not_found: list[str]  # never recorded for this customer
+
+
+async def void(call: Call) -> Response:
+    body: VoidBody = call.body
+    event_ids = list(dict.fromkeys(body.event_ids))
+    voided, missing = await run_in_threadpool(
+        call.ledger.usage.void, str(call.tenant_id), body.customer, event_ids, call.actor.key_id, datetime.now(UTC)
+    )
+    answer = Voided(voided, len(event_ids) - len(missing) - voided, missing)
+    return Response(encoder.encode(answer), media_type=JSON)
+
+
 OPERATIONS = [
     Operation("POST", "/v1/events", ingest_one, INGEST, "Ingest one usage event (202 once durable)",
               UsageEvent, Ingested, status=202, decoder=_event),
     Operation("POST", "/v1/events/batch", ingest_batch, INGEST,
               f"Ingest up to {MAX_EVENTS:,} usage events; a bad event is rejected alone", EventBatch, BatchIngested,
               status=202, max_body=MAX_BATCH_BYTES),
+    Operation("POST", "/v1/events/void", void, frozenset({"admin"}),
+              "Take wrongly sent events out of the totals (a void is recorded, with who and when)", VoidBody, Voided),
 ]

@@ -23,7 +23,12 @@ SCHEMA = (
         event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
         recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, UNIQUE (tenant_id, customer, event_id))""",
     "CREATE INDEX IF NOT EXISTS tally_usage_customer ON tally_usage (tenant_id, customer, timestamp_us)",
+    """CREATE TABLE IF NOT EXISTS tally_usage_voids (
+        position BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_id TEXT NOT NULL,
+        voided_us BIGINT NOT NULL, actor TEXT NOT NULL, UNIQUE (tenant_id, customer, event_id))""",
 )
+VOIDED = ("NOT EXISTS (SELECT 1 FROM tally_usage_voids v WHERE v.tenant_id = tally_usage.tenant_id "
+          "AND v.customer = tally_usage.customer AND v.event_id = tally_usage.event_id)")
 INSERT = (
     "INSERT INTO tally_usage (tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_id) DO NOTHING"
@@ -57,6 +62,22 @@ class UsageLog:
         with self.database.transaction(write=True) as cursor:
             return cursor.execute_many(INSERT, rows) if rows else 0
 
+    def void(self, tenant_id: str, customer: str, event_ids: Sequence[str], actor: str,
+             voided_at: datetime) -> tuple[int, list[str]]:
+        """Take recorded events out of the totals, by recording a void for each (a void is kept like
+        an event: who, when). Returns how many were voided now, and the ids never recorded."""
+        with self.database.transaction(write=True) as cursor:
+            known = {row[0] for row in cursor.execute(
+                f"SELECT event_id FROM tally_usage WHERE tenant_id = ? AND customer = ? AND event_id IN "
+                f"({','.join('?' * len(event_ids))})", (tenant_id, customer, *event_ids)).all()}
+            rows = [(tenant_id, customer, event_id, microseconds(voided_at), actor)
+                    for event_id in event_ids if event_id in known]
+            voided = cursor.execute_many(
+                "INSERT INTO tally_usage_voids (tenant_id, customer, event_id, voided_us, actor) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_id) DO NOTHING", rows,
+            ) if rows else 0
+        return voided, [event_id for event_id in event_ids if event_id not in known]
+
     def size(self) -> int:
         """How many events the log holds (all tenants)."""
         with self.database.transaction() as cursor:
@@ -74,7 +95,7 @@ def readings(database: Database, tenant_id: str, customer: str, event_name: str,
     with database.transaction() as cursor:
         rows = cursor.execute(
             "SELECT timestamp_us, position, properties FROM tally_usage WHERE tenant_id = ? AND customer = ? "
-            "AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ? ORDER BY position",
+            "AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ? AND " + VOIDED + " ORDER BY position",
             (tenant_id, customer, event_name, start_us, end_us),
         ).all()
     return [Reading(t, p, _properties.decode(props)) for t, p, props in rows]
@@ -87,7 +108,7 @@ def latest_before(database: Database, tenant_id: str, customer: str, event_name:
     with database.transaction() as cursor:
         rows = cursor.execute(
             "SELECT timestamp_us, position, properties FROM tally_usage WHERE tenant_id = ? AND customer = ? "
-            "AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC LIMIT ?",
+            "AND event_name = ? AND timestamp_us < ? AND " + VOIDED + " ORDER BY timestamp_us DESC, position DESC LIMIT ?",
             (tenant_id, customer, event_name, start_us, limit),
         ).all()
     return [Reading(t, p, _properties.decode(props)) for t, p, props in rows]

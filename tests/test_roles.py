@@ -55,6 +55,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     # Usage
     ("POST", "/v1/events"): INGEST,
     ("POST", "/v1/events/batch"): INGEST,
+    ("POST", "/v1/events/void"): ADMIN,  # a correction, not ingestion
 }
 USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call", "timestamp": "2026-01-01T00:00:00Z",
          "properties": {"tokens": 12}}
@@ -101,6 +102,7 @@ def sample_requests(spare_key_id: str) -> dict[tuple[str, str], tuple[str, dict[
             "/v1/customers/acme/usage?meter_code=tokens&from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z", None),
         ("POST", "/v1/events"): ("/v1/events", USAGE),
         ("POST", "/v1/events/batch"): ("/v1/events/batch", {"events": [USAGE]}),
+        ("POST", "/v1/events/void"): ("/v1/events/void", {"customer": "acme", "event_ids": ["e-1"]}),
     }
 
 

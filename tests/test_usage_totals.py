@@ -150,3 +150,25 @@ def test_usage_times_answer_in_utc(metered):
     body = usage(metered, **{"from": "2026-11-01T02:00:00+02:00", "to": "2026-11-01T03:00:00+02:00"}).json()
     assert body["from"] == "2026-11-01T00:00:00Z" and body["to"] == "2026-11-01T01:00:00Z"
     assert datetime.fromisoformat(body["buckets"][0]["end"]) == datetime(2026, 11, 1, 1, tzinfo=UTC)
+
+
+def test_a_voided_event_drops_out_of_the_totals_and_the_void_is_kept(metered, ledger):
+    # Given two events counted in the day
+    events = [usage_event("a", "2026-11-01T03:00:00Z", tokens=10, model="m1", region="eu"),
+              usage_event("b", "2026-11-01T04:00:00Z", tokens=20, model="m1", region="eu")]
+    metered.post("/v1/events/batch", json={"events": events})
+    assert usage(metered, **DAY).json()["total"] == "30"
+    # When "b" is voided, with an id never sent, and then voided again
+    first = metered.post("/v1/events/void", json={"customer": "acme", "event_ids": ["b", "zzz"]})
+    again = metered.post("/v1/events/void", json={"customer": "acme", "event_ids": ["b"]})
+    # Then "b" no longer counts, the unknown id is named, and the second void changes nothing
+    assert first.json() == {"voided": 1, "already_voided": 0, "not_found": ["zzz"]}
+    assert again.json() == {"voided": 0, "already_voided": 1, "not_found": []}
+    assert usage(metered, **DAY).json()["total"] == "10"
+    # And the void is kept with who made it; the event itself is still in the log, and re-sending it
+    # is a duplicate (an event id counts once, ever)
+    with ledger.usage.database.transaction() as cursor:
+        voids = cursor.execute("SELECT event_id, actor FROM tally_usage_voids").all()
+    assert [(event_id, actor.startswith("key_")) for event_id, actor in voids] == [("b", True)]
+    assert metered.post("/v1/events", json=events[1]).json() == {"accepted": 0, "duplicates": 1}
+    assert usage(metered, **DAY).json()["total"] == "10"
