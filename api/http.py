@@ -171,8 +171,8 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
             return await _answer(operation, call, raw)
         idempotency: Idempotency = request.app.state.idempotency
         tenant = str(call.tenant_id)
-        print_ = fingerprint(operation.method, request.url.path, raw)
-        first = await run_in_threadpool(idempotency.claim, tenant, key, print_, call.secret)
+        request_print = fingerprint(operation.method, request.url.path, raw)
+        first = await run_in_threadpool(idempotency.claim, tenant, key, request_print, call.secret)
         if first is not None:
             status, body = first
             media = "application/problem+json" if status >= 400 else JSON

@@ -57,12 +57,18 @@ def report(database: Database, tenant_id: str, customer: str, meter: MeterSpec, 
            window: Window | None, group_by: tuple[str, ...]) -> UsageReport:
     """The meter's total over [start, end) and its buckets, one series per group of `group_by`."""
     start_us, end_us = microseconds(start), microseconds(end)
-    assert start_us < end_us and set(group_by) <= set(meter.group_by), (start, end, group_by)
+    assert start_us < end_us, (start, end)
+    unknown = [name for name in group_by if name not in meter.group_by]
+    if unknown:
+        raise Invalid("group_by", f"{unknown[0]!r} is not among meter {meter.code!r}'s group_by {list(meter.group_by)}")
     if window is not None and (end_us - start_us) // WINDOW_US[window] >= MAX_BUCKETS:
         raise Invalid("window", f"more than {MAX_BUCKETS} buckets: choose a wider window or a shorter range")
     inside = [r for r in readings(database, tenant_id, customer, meter.event_name, start_us, end_us)
               if matches(meter, r)]
-    before = [r for r in latest_before(database, tenant_id, customer, meter.event_name, start_us) if matches(meter, r)]
+    before = []  # only a weighted_sum reads before the range: the level in force at its start
+    if meter.aggregation == "weighted_sum":
+        before = [r for r in latest_before(database, tenant_id, customer, meter.event_name, start_us)
+                  if matches(meter, r)]
     query = msgspec.structs.replace(meter, group_by=group_by)
     groups = sorted({group_of(query, r) for r in inside + before}, key=str) or [tuple(None for _ in group_by)]
     bounds = edges(start_us, end_us, window)

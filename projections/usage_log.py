@@ -92,23 +92,23 @@ _properties = msgspec.json.Decoder(dict)
 def readings(database: Database, tenant_id: str, customer: str, event_name: str,
              start_us: int, end_us: int) -> list[Reading]:
     """The customer's events of one name with event time in [start_us, end_us), in log order."""
-    with database.transaction() as cursor:
-        rows = cursor.execute(
-            "SELECT timestamp_us, position, properties FROM tally_usage WHERE tenant_id = ? AND customer = ? "
-            "AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ? AND " + VOIDED + " ORDER BY position",
-            (tenant_id, customer, event_name, start_us, end_us),
-        ).all()
-    return [Reading(t, p, _properties.decode(props)) for t, p, props in rows]
+    return _select(database, "timestamp_us >= ? AND timestamp_us < ? AND " + VOIDED + " ORDER BY position",
+                   (tenant_id, customer, event_name, start_us, end_us))
 
 
 def latest_before(database: Database, tenant_id: str, customer: str, event_name: str, start_us: int,
                   limit: int = 100) -> list[Reading]:
     """Up to `limit` of the customer's last events of that name before start_us (newest first):
     where a weighted_sum's level in force at start_us is found."""
+    return _select(database, "timestamp_us < ? AND " + VOIDED + " ORDER BY timestamp_us DESC, position DESC LIMIT ?",
+                   (tenant_id, customer, event_name, start_us, limit))
+
+
+def _select(database: Database, condition: str, params: tuple) -> list[Reading]:
+    """Not-voided events of one customer and event name that meet `condition`."""
     with database.transaction() as cursor:
         rows = cursor.execute(
-            "SELECT timestamp_us, position, properties FROM tally_usage WHERE tenant_id = ? AND customer = ? "
-            "AND event_name = ? AND timestamp_us < ? AND " + VOIDED + " ORDER BY timestamp_us DESC, position DESC LIMIT ?",
-            (tenant_id, customer, event_name, start_us, limit),
+            "SELECT timestamp_us, position, properties FROM tally_usage "
+            "WHERE tenant_id = ? AND customer = ? AND event_name = ? AND " + condition, params,
         ).all()
     return [Reading(t, p, _properties.decode(props)) for t, p, props in rows]

@@ -172,3 +172,14 @@ def test_a_voided_event_drops_out_of_the_totals_and_the_void_is_kept(metered, le
     assert [(event_id, actor.startswith("key_")) for event_id, actor in voids] == [("b", True)]
     assert metered.post("/v1/events", json=events[1]).json() == {"accepted": 0, "duplicates": 1}
     assert usage(metered, **DAY).json()["total"] == "10"
+
+
+def test_groups_seen_only_before_the_range_do_not_show_in_a_sum(metered):
+    # Given m3 used only the day before, and m1 used in the day
+    metered.post("/v1/events/batch", json={"events": [
+        usage_event("old", "2026-10-31T12:00:00Z", tokens=9, model="m3", region="eu"),
+        usage_event("new", "2026-11-01T12:00:00Z", tokens=4, model="m1", region="eu")]})
+    # When the day is read by model
+    body = usage(metered, group_by="model", **DAY).json()
+    # Then only m1 has a bucket
+    assert [(b["group"]["model"], b["value"]) for b in body["buckets"]] == [("m1", "4")]
