@@ -1,5 +1,8 @@
 """The Starlette application: one explicit route table, one error map."""
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,9 +34,20 @@ OPERATIONS: list[Operation] = [
 ]
 
 
+def _following(ledger: Ledger) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """While the app serves, the usage read model follows the usage log in this process."""
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        ledger.follow_usage()
+        yield
+
+    return lifespan
+
+
 def create_app(ledger: Ledger) -> Starlette:
     routes = [Route(op.path, endpoint(op), methods=[op.method]) for op in OPERATIONS]
-    app = Starlette(routes=routes, exception_handlers=HANDLERS)
+    app = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=_following(ledger))
     app.state.ledger = ledger
     app.state.idempotency = Idempotency(ledger.database)
     app.state.openapi = encoder.encode(openapi.document(OPERATIONS))

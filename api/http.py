@@ -60,6 +60,7 @@ class Call:
         self.customer: str | None = None
         self.secret = ""  # the caller's API key: seals what Idempotency-Key keeps for replay
         self.body: Any = None
+        self.raw = b""  # the body as sent
 
     async def command(self, command: Callable[..., Any], *args: Any) -> Any:
         """One application command, as this caller, for this caller's tenant."""
@@ -130,6 +131,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def _answer(operation: Operation, call: Call, raw: bytes) -> Response:
     """The handler's response, or the error response it raised (so it can be kept for replay)."""
+    call.raw = raw
     try:
         if operation.decoder is not None:
             call.body = _decode(operation, raw or b"{}")

@@ -13,7 +13,8 @@ from domain.catalogue import Catalogue
 from domain.customers import Customers
 from domain.tenants import Tenants
 from projections.documents import Documents
-from projections.drivers.inprocess import Runner
+from projections import usage_readings
+from projections.drivers.inprocess import Runner, UsageRunner
 from projections.store import SCHEMA, Database
 from projections.usage import UsageReport, Window, report
 from projections.usage_log import UsageLog
@@ -51,16 +52,26 @@ def store_env(database_url: str) -> tuple[dict[str, str], str, str]:
 
 
 class Ledger:
-    def __init__(self, database_url: str) -> None:
+    """`distributed`: the usage read model is kept by `tally worker` from Kafka (one position per
+    partition), not by this process's runner."""
+
+    def __init__(self, database_url: str, distributed: bool = False) -> None:
         env, views_url, usage_url = store_env(database_url)
         env["CREATE_TABLE"] = "true"
         self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
         self.database = Database(views_url)
-        self.database.migrate(SCHEMA)
+        self.database.migrate(SCHEMA + usage_readings.SCHEMA)
         self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
         self.documents = Documents(self.database)
         self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database)
         self.runner.catch_up()
+        self.distributed = distributed
+        self.usage_runner = UsageRunner(self.usage, self.database)
+
+    def follow_usage(self) -> None:
+        """Keep the usage read model up to date in this process (embedded, or PostgreSQL without Kafka)."""
+        if not self.distributed:
+            self.usage_runner.follow()
 
     def command(self, command: Callable[..., T], *args: Any) -> T:
         """Run one command, then bring the documents up to date with what it recorded."""
@@ -71,15 +82,24 @@ class Ledger:
 
     def usage_report(self, tenant_id: UUID, customer: str, meter_code: str, start: datetime, end: datetime,
                      window: Window | None, group_by: tuple[str, ...]) -> UsageReport:
-        """A customer's usage of one meter, from the usage log as it stands (fresh to the last 202)."""
+        """A customer's usage of one meter: the read model plus the log's unapplied tail (fresh to the last 202)."""
         meter = self.catalogue.meter(tenant_id, meter_code).spec
-        return report(self.usage.database, str(tenant_id), customer, meter, start, end, window, group_by)
+        tenant = str(tenant_id)
+        partition = usage_readings.partition_of(tenant, customer) if self.distributed else None
+
+        def read(start_us: int, end_us: int) -> tuple[list, list]:
+            return usage_readings.fresh(self.database, self.usage, tenant, customer, meter.event_name,
+                                        start_us, end_us, partition)
+
+        return report(read, customer, meter, start, end, window, group_by)
 
     def events_recorded(self) -> int:
         """The position of the last event in the store (0 when empty)."""
         return self.tenants.recorder.max_notification_id() or 0
 
     def close(self) -> None:
+        self.usage_runner.stop()
+        self.usage.close()
         for application in (self.tenants, self.catalogue, self.customers):
             application.close()
         if self.usage.database is not self.database:

@@ -1,8 +1,14 @@
 """Usage ingestion: one event, or a batch in which a bad event is rejected alone.
 
-202 means durable: the answer is sent after the transaction holding the events committed.
+202 means durable: the answer is sent after the transaction holding the events committed. The
+events are handed to the usage log's group commit and the request waits for it without holding a
+thread, so many concurrent batches share one transaction.
+
+A batch is decoded in one call when every event is valid (the usual case); only a batch with a bad
+event is decoded event by event, to reject that one alone.
 """
 
+import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
@@ -16,6 +22,7 @@ from api.http import JSON, Call, Operation, encoder
 from domain.money import decode_hook
 from domain.codes import ExternalId
 from domain.usage import EventBatch, EventId, UsageEvent, too_far_ahead
+from projections.usage_log import rows_of
 
 INGEST = frozenset({"admin", "ingest"})
 MAX_EVENTS = 10_000
@@ -23,6 +30,13 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 # Numbers in properties are read as Decimal from their text (float_hook), never through float. Only
 # here: with a float_hook, msgspec would also let a JSON number into an `Amount` field.
 _event = msgspec.json.Decoder(UsageEvent, dec_hook=decode_hook, float_hook=Decimal)
+
+
+class _ValidBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    events: list[UsageEvent]
+
+
+_batch = msgspec.json.Decoder(_ValidBatch, dec_hook=decode_hook, float_hook=Decimal)
 
 
 class Ingested(msgspec.Struct, frozen=True):
@@ -51,8 +65,13 @@ async def ingest_one(call: Call) -> Response:
     if too_far_ahead(event, now):
         error = _future_error(event)
         raise ApiError(422, f"timestamp: {error.message}", [error])
-    accepted = await run_in_threadpool(call.ledger.usage.append, str(call.tenant_id), [event], now)
+    accepted = await _record(call, [event], now)
     return Response(encoder.encode(Ingested(accepted, 1 - accepted)), 202, media_type=JSON)
+
+
+async def _record(call: Call, events: list[UsageEvent], now: datetime) -> int:
+    """Hand the events to the group commit; how many were new, once durable."""
+    return await asyncio.wrap_future(call.ledger.usage.submit(rows_of(str(call.tenant_id), events, now)))
 
 
 async def ingest_batch(call: Call) -> Response:
@@ -60,6 +79,20 @@ async def ingest_batch(call: Call) -> Response:
     if len(batch.events) > MAX_EVENTS:
         raise ApiError(413, f"a batch holds at most {MAX_EVENTS} events, not {len(batch.events)}")
     now = datetime.now(UTC)
+    events, rejected = _decode(call.raw, batch, now)
+    accepted = await _record(call, events, now)
+    answer = BatchIngested(accepted, len(events) - accepted, rejected)
+    return Response(encoder.encode(answer), 202, media_type=JSON)
+
+
+def _decode(raw: bytes, batch: EventBatch, now: datetime) -> tuple[list[UsageEvent], list[Rejected]]:
+    """The batch's good events, and the bad ones' indexes and errors."""
+    try:
+        events = _batch.decode(raw).events
+    except msgspec.ValidationError:
+        events = None
+    if events is not None and not any(too_far_ahead(event, now) for event in events):
+        return events, []
     events, rejected = [], []
     for index, raw in enumerate(batch.events):
         try:
@@ -71,9 +104,7 @@ async def ingest_batch(call: Call) -> Response:
             rejected.append(Rejected(index, [_future_error(event)]))
             continue
         events.append(event)
-    accepted = await run_in_threadpool(call.ledger.usage.append, str(call.tenant_id), events, now)
-    answer = BatchIngested(accepted, len(events) - accepted, rejected)
-    return Response(encoder.encode(answer), 202, media_type=JSON)
+    return events, rejected
 
 
 class VoidBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,9 +1,11 @@
 """Usage totals of one customer and meter over [from, to), with buckets by hour or day and groups.
 
-Read from the usage log itself, so every acknowledged event counts at once (DESIGN.md
-"Freshness"); the aggregation is `domain.metering`'s, a pure function of the events.
+The caller reads the events (the usage read model plus the log's unapplied tail, so every
+acknowledged event counts at once: DESIGN.md "Freshness"); the aggregation is `domain.metering`'s,
+a pure function of them.
 """
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -14,8 +16,7 @@ from domain.errors import Invalid
 from domain.meter import MeterSpec
 from domain.metering import Reading, aggregate, group_of, level_before, matches
 from domain.money import Amount
-from projections.store import Database
-from projections.usage_log import EPOCH, latest_before, microseconds, readings
+from projections.usage_log import EPOCH, microseconds
 
 Window = Literal["hour", "day"]
 WINDOW_US = {"hour": 3_600_000_000, "day": 86_400_000_000}
@@ -53,9 +54,14 @@ def edges(start_us: int, end_us: int, window: Window | None) -> list[int]:
     return [start_us, *inner, end_us]
 
 
-def report(database: Database, tenant_id: str, customer: str, meter: MeterSpec, start: datetime, end: datetime,
+Read = Callable[[int, int], tuple[list[Reading], list[Reading]]]
+
+
+def report(read: Read, customer: str, meter: MeterSpec, start: datetime, end: datetime,
            window: Window | None, group_by: tuple[str, ...]) -> UsageReport:
-    """The meter's total over [start, end) and its buckets, one series per group of `group_by`."""
+    """The meter's total over [start, end) and its buckets, one series per group of `group_by`.
+    `read(start_us, end_us)` gives the readings of the meter's event name inside the range (in log
+    order) and before it (newest first)."""
     start_us, end_us = microseconds(start), microseconds(end)
     assert start_us < end_us, (start, end)
     unknown = [name for name in group_by if name not in meter.group_by]
@@ -63,12 +69,10 @@ def report(database: Database, tenant_id: str, customer: str, meter: MeterSpec, 
         raise Invalid("group_by", f"{unknown[0]!r} is not among meter {meter.code!r}'s group_by {list(meter.group_by)}")
     if window is not None and (end_us - start_us) // WINDOW_US[window] >= MAX_BUCKETS:
         raise Invalid("window", f"more than {MAX_BUCKETS} buckets: choose a wider window or a shorter range")
-    inside = [r for r in readings(database, tenant_id, customer, meter.event_name, start_us, end_us)
-              if matches(meter, r)]
-    before = []  # only a weighted_sum reads before the range: the level in force at its start
-    if meter.aggregation == "weighted_sum":
-        before = [r for r in latest_before(database, tenant_id, customer, meter.event_name, start_us)
-                  if matches(meter, r)]
+    inside, before = read(start_us, end_us)
+    inside = [r for r in inside if matches(meter, r)]
+    # only a weighted_sum reads before the range: the level in force at its start
+    before = [r for r in before if matches(meter, r)] if meter.aggregation == "weighted_sum" else []
     query = msgspec.structs.replace(meter, group_by=group_by)
     groups = sorted({group_of(query, r) for r in inside + before}, key=str) or [tuple(None for _ in group_by)]
     bounds = edges(start_us, end_us, window)

@@ -1,39 +1,65 @@
-"""The usage log: every accepted usage event, once, in the order it was recorded.
+"""The usage log: every accepted usage event, once, in the order it was recorded, and every void.
 
-`(tenant, customer, event_id)` is a unique key of the store itself, so a retried event is counted
-once, ever, whatever the caller or a cache does. An append commits before it returns: acknowledged
-means durable (SQLite WAL with synchronous=FULL, or a PostgreSQL commit). Each event's position
-orders it for the projections and the relay. On SQLite the log has a file of its own, so ingesting
-never waits for the event store or the read models.
+`(tenant, customer, event_id, kind)` is a unique key of the store itself, so a retried event is
+counted once, ever, whatever the caller or a cache does. A void is a row of the log too (kind
+`void`, with who and when), so the projections and the relay follow one ordered stream.
+
+Acknowledged means durable: `submit` resolves after the transaction holding the events committed
+(SQLite WAL with synchronous=FULL, or a PostgreSQL commit). Appends are group-committed: one writer
+thread takes every batch waiting when it is free and writes them all in one transaction, each
+batch counted apart. On PostgreSQL each transaction locks the table first (EXCLUSIVE: readers go
+on), so positions become visible in order and a reader that has seen position N never sees a
+smaller one appear later. On SQLite the log has a file of its own, so ingesting never waits for
+the event store or the read models.
 """
 
+import queue
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from datetime import datetime
+from typing import Any, NamedTuple
 
 import msgspec
 
-from domain.metering import Reading
 from domain.money import encode_hook
 from domain.usage import UsageEvent
-from projections.store import Database
+from projections.store import Cursor, Database
 
+COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
 SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS tally_usage (
+    f"""CREATE TABLE IF NOT EXISTS tally_usage (
         position BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
         event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
-        recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, UNIQUE (tenant_id, customer, event_id))""",
-    "CREATE INDEX IF NOT EXISTS tally_usage_customer ON tally_usage (tenant_id, customer, timestamp_us)",
-    """CREATE TABLE IF NOT EXISTS tally_usage_voids (
-        position BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_id TEXT NOT NULL,
-        voided_us BIGINT NOT NULL, actor TEXT NOT NULL, UNIQUE (tenant_id, customer, event_id))""",
+        recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'event',
+        actor TEXT, UNIQUE (tenant_id, customer, event_id, kind))""",
 )
-VOIDED = ("NOT EXISTS (SELECT 1 FROM tally_usage_voids v WHERE v.tenant_id = tally_usage.tenant_id "
-          "AND v.customer = tally_usage.customer AND v.event_id = tally_usage.event_id)")
-INSERT = (
-    "INSERT INTO tally_usage (tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_id) DO NOTHING"
-)
+STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS tally_usage_stage (batch INT, seq INT, tenant_id TEXT, customer TEXT, "
+         "event_id TEXT, event_name TEXT, timestamp_us BIGINT, recorded_us BIGINT, properties TEXT) "
+         "ON COMMIT DELETE ROWS")
+CONFLICT = "ON CONFLICT (tenant_id, customer, event_id, kind) DO NOTHING"
+INSERT = f"INSERT INTO tally_usage ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) {CONFLICT}"
+MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds an answer's wait)
 _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
+
+Row = tuple[str, str, str, str, int, int, str]
+
+
+class Entry(NamedTuple):
+    """One row of the log, as the projections and the relay read it."""
+
+    position: int
+    tenant_id: str
+    customer: str
+    event_id: str
+    event_name: str
+    timestamp_us: int
+    recorded_us: int
+    properties: str  # JSON text
+    kind: str  # "event" or "void"
+
+
+ENTRY = "position, " + COLUMNS + ", kind"
 
 
 def microseconds(moment: datetime) -> int:
@@ -46,69 +72,142 @@ def microseconds(moment: datetime) -> int:
 EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
+def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> list[Row]:
+    recorded, encode = microseconds(recorded_at), _encoder.encode
+    return [(tenant_id, e.customer, e.event_id, e.event_name, microseconds(e.timestamp), recorded,
+             encode(e.properties).decode()) for e in events]
+
+
 class UsageLog:
     def __init__(self, database: Database) -> None:
         self.database = database
         database.migrate(SCHEMA)
+        self._waiting: queue.SimpleQueue[tuple[list[Row], Future[int]] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._start = threading.Lock()
+        self.changed = threading.Event()  # set after each commit here: a follower need not poll
 
     def append(self, tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> int:
-        """Record the events not recorded before, in one transaction; returns how many were new."""
-        recorded = microseconds(recorded_at)
-        rows = [
-            (tenant_id, e.customer, e.event_id, e.event_name, microseconds(e.timestamp), recorded,
-             _encoder.encode(e.properties).decode())
-            for e in events
-        ]
-        with self.database.transaction(write=True) as cursor:
-            return cursor.execute_many(INSERT, rows) if rows else 0
+        """Record the events not recorded before; returns how many were new, once they are durable."""
+        return self.submit(rows_of(tenant_id, events, recorded_at)).result()
+
+    def submit(self, rows: list[Row]) -> "Future[int]":
+        """Queue rows for the next group commit. The future gives how many were new, after the commit."""
+        future: Future[int] = Future()
+        if not rows:
+            future.set_result(0)
+            return future
+        if self._writer is None:
+            with self._start:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_groups, name="usage-writer", daemon=True)
+                    self._writer.start()
+        self._waiting.put((rows, future))
+        return future
+
+    def _write_groups(self) -> None:
+        while (first := self._waiting.get()) is not None:
+            group, size = [first], len(first[0])
+            while size < MAX_GROUP_ROWS:
+                try:
+                    more = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._waiting.put(None)  # stop after this group
+                    break
+                group.append(more)
+                size += len(more[0])
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[list[Row], "Future[int]"]]) -> None:
+        try:
+            with self.database.transaction(write=True) as cursor:
+                _lock(cursor)
+                counts = _insert_copy(cursor, group) if cursor.postgres else [
+                    cursor.execute_many(INSERT, rows) for rows, _ in group]
+        except BaseException as error:  # nothing of the group committed: each caller is told
+            for _, future in group:
+                future.set_exception(error)
+            return
+        self.changed.set()
+        for (_, future), count in zip(group, counts, strict=True):
+            future.set_result(count)
 
     def void(self, tenant_id: str, customer: str, event_ids: Sequence[str], actor: str,
              voided_at: datetime) -> tuple[int, list[str]]:
-        """Take recorded events out of the totals, by recording a void for each (a void is kept like
-        an event: who, when). Returns how many were voided now, and the ids never recorded."""
+        """Take recorded events out of the totals by recording a void for each (who, when).
+        Returns how many were voided now, and the ids never recorded."""
+        marks = ",".join("?" * len(event_ids))
         with self.database.transaction(write=True) as cursor:
+            _lock(cursor)
             known = {row[0] for row in cursor.execute(
-                f"SELECT event_id FROM tally_usage WHERE tenant_id = ? AND customer = ? AND event_id IN "
-                f"({','.join('?' * len(event_ids))})", (tenant_id, customer, *event_ids)).all()}
-            rows = [(tenant_id, customer, event_id, microseconds(voided_at), actor)
-                    for event_id in event_ids if event_id in known]
-            voided = cursor.execute_many(
-                "INSERT INTO tally_usage_voids (tenant_id, customer, event_id, voided_us, actor) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_id) DO NOTHING", rows,
-            ) if rows else 0
+                f"SELECT event_id FROM tally_usage WHERE tenant_id = ? AND customer = ? AND kind = 'event' "
+                f"AND event_id IN ({marks})", (tenant_id, customer, *event_ids)).all()}
+            ordered = [event_id for event_id in event_ids if event_id in known]
+            voided = cursor.execute(
+                f"INSERT INTO tally_usage ({COLUMNS}, kind, actor) SELECT {COLUMNS.replace('recorded_us', '?')}, "
+                f"'void', ? FROM tally_usage WHERE tenant_id = ? AND customer = ? AND kind = 'event' "
+                f"AND event_id IN ({','.join('?' * len(ordered))}) ORDER BY position {CONFLICT}",
+                (microseconds(voided_at), actor, tenant_id, customer, *ordered),
+            ).rowcount if ordered else 0
+        if voided:
+            self.changed.set()
         return voided, [event_id for event_id in event_ids if event_id not in known]
 
-    def size(self) -> int:
-        """How many events the log holds (all tenants)."""
+    def entries(self, after: int, limit: int) -> list[Entry]:
+        """Up to `limit` entries after position `after`, in log order."""
         with self.database.transaction() as cursor:
-            row = cursor.execute("SELECT COUNT(*) FROM tally_usage").one()
+            rows = cursor.execute(f"SELECT {ENTRY} FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?",
+                                  (after, limit)).all()
+        return [Entry(*row) for row in rows]
+
+    def tail(self, after: int, tenant_id: str, customer: str, event_name: str) -> list[Entry]:
+        """One customer's entries of one event name after position `after`: what a read model that
+        has applied up to `after` does not hold yet."""
+        with self.database.transaction() as cursor:
+            rows = cursor.execute(
+                f"SELECT {ENTRY} FROM tally_usage WHERE position > ? AND tenant_id = ? AND customer = ? "
+                "AND event_name = ? ORDER BY position", (after, tenant_id, customer, event_name)).all()
+        return [Entry(*row) for row in rows]
+
+    def last_position(self) -> int:
+        with self.database.transaction() as cursor:
+            row = cursor.execute("SELECT MAX(position) FROM tally_usage").one()
+        return int(row[0] or 0) if row else 0
+
+    def size(self) -> int:
+        """How many events the log holds (all tenants; voids not counted)."""
+        with self.database.transaction() as cursor:
+            row = cursor.execute("SELECT COUNT(*) FROM tally_usage WHERE kind = 'event'").one()
         assert row is not None
         return int(row[0])
 
-
-_properties = msgspec.json.Decoder(dict)
-
-
-def readings(database: Database, tenant_id: str, customer: str, event_name: str,
-             start_us: int, end_us: int) -> list[Reading]:
-    """The customer's events of one name with event time in [start_us, end_us), in log order."""
-    return _select(database, "timestamp_us >= ? AND timestamp_us < ? AND " + VOIDED + " ORDER BY position",
-                   (tenant_id, customer, event_name, start_us, end_us))
+    def close(self) -> None:
+        """Finish the queued groups, then stop the writer."""
+        if self._writer is not None:
+            self._waiting.put(None)
+            self._writer.join()
+            self._writer = None
 
 
-def latest_before(database: Database, tenant_id: str, customer: str, event_name: str, start_us: int,
-                  limit: int = 100) -> list[Reading]:
-    """Up to `limit` of the customer's last events of that name before start_us (newest first):
-    where a weighted_sum's level in force at start_us is found."""
-    return _select(database, "timestamp_us < ? AND " + VOIDED + " ORDER BY timestamp_us DESC, position DESC LIMIT ?",
-                   (tenant_id, customer, event_name, start_us, limit))
+def _lock(cursor: Cursor) -> None:
+    if cursor.postgres:  # SQLite's BEGIN IMMEDIATE already admits one writer at a time
+        cursor.execute("LOCK TABLE tally_usage IN EXCLUSIVE MODE")
 
 
-def _select(database: Database, condition: str, params: tuple) -> list[Reading]:
-    """Not-voided events of one customer and event name that meet `condition`."""
-    with database.transaction() as cursor:
-        rows = cursor.execute(
-            "SELECT timestamp_us, position, properties FROM tally_usage "
-            "WHERE tenant_id = ? AND customer = ? AND event_name = ? AND " + condition, params,
-        ).all()
-    return [Reading(t, p, _properties.decode(props)) for t, p, props in rows]
+def _insert_copy(cursor: Cursor, group: list[tuple[list[Row], Any]]) -> list[int]:
+    """PostgreSQL: COPY the whole group into a staging table, then insert batch by batch (so each
+    batch's count of new events is its own, and a batch wins over a later one in the group)."""
+    raw = cursor.raw
+    raw.execute(STAGE)
+    with raw.copy(f"COPY tally_usage_stage (batch, seq, {COLUMNS}) FROM STDIN") as copy:
+        for batch, (rows, _) in enumerate(group):
+            for seq, row in enumerate(rows):
+                copy.write_row((batch, seq, *row))
+    counts = []
+    for batch in range(len(group)):
+        raw.execute(f"INSERT INTO tally_usage ({COLUMNS}) SELECT {COLUMNS} FROM tally_usage_stage "
+                    f"WHERE batch = %s ORDER BY seq {CONFLICT}", (batch,))
+        counts.append(raw.rowcount)
+    return counts

@@ -1,0 +1,106 @@
+"""The usage read model: each customer's events by name and time, voids applied.
+
+One row per recorded event, keyed by `(tenant, customer, event_id)`; a void deletes it. Rows are
+indexed by (customer, event name, time), which the log is not (the log keeps only what ingest needs,
+so ingest stays fast). Totals are computed from the rows by `domain.metering` when asked, so a meter
+defined after its events counts them all, and a void is a plain delete.
+
+`reduce` is the pure part; both drivers (the in-process runner and the Faust worker) call `apply`,
+which writes the changes with the positions they consumed, in the caller's transaction.
+
+The hot path reads the read model plus the log's tail after the position the model has applied
+(`fresh`), through the same `reduce`: usage acknowledged (202) counts at once (DESIGN.md "Freshness").
+"""
+
+import zlib
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from domain.metering import Reading
+from projections.store import Cursor, Database
+from projections.usage_log import Entry, UsageLog
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tally_usage_readings (
+        tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_id TEXT NOT NULL, event_name TEXT NOT NULL,
+        timestamp_us BIGINT NOT NULL, position BIGINT NOT NULL, properties TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, customer, event_id))""",
+    "CREATE INDEX IF NOT EXISTS tally_usage_readings_time ON tally_usage_readings "
+    "(tenant_id, customer, event_name, timestamp_us)",
+)
+PUT = ("INSERT INTO tally_usage_readings (tenant_id, customer, event_id, event_name, timestamp_us, position, "
+       "properties) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_id) DO NOTHING")
+DELETE = "DELETE FROM tally_usage_readings WHERE tenant_id = ? AND customer = ? AND event_id = ?"
+IN_PROCESS = "usage"  # the in-process runner's position; the Faust worker keeps one per partition
+PARTITIONS = 4
+BEFORE_LIMIT = 10_000  # a weighted_sum looks this many events back for the level in force at its start
+
+Key = tuple[str, str, str]
+Put = tuple[str, str, str, str, int, int, str]
+
+
+def reduce(entries: Iterable[Entry]) -> tuple[dict[Key, Put], list[Key]]:
+    """The changes the entries make, in log order: keys to delete, then rows to put. A void deletes
+    its event, whether an earlier batch put it or this one would."""
+    puts: dict[Key, Put] = {}
+    deletes: list[Key] = []
+    for entry in entries:
+        key = (entry.tenant_id, entry.customer, entry.event_id)
+        if entry.kind == "void":
+            puts.pop(key, None)
+            deletes.append(key)
+        else:
+            puts.setdefault(key, (*key, entry.event_name, entry.timestamp_us, entry.position, entry.properties))
+    return puts, deletes
+
+
+def apply(cursor: Cursor, entries: Sequence[Entry]) -> None:
+    """Write what the entries change (idempotent: a replayed entry changes nothing more)."""
+    puts, deletes = reduce(entries)
+    if deletes:
+        cursor.execute_many(DELETE, deletes)
+    if puts:
+        cursor.execute_many(PUT, list(puts.values()))
+
+
+def partition_of(tenant_id: str, customer: str, partitions: int = PARTITIONS) -> int:
+    """The `tally.usage` partition of a customer's events (stable across processes and versions)."""
+    return zlib.crc32(f"{tenant_id}/{customer}".encode()) % partitions
+
+
+def position_name(partition: int | None) -> str:
+    return IN_PROCESS if partition is None else f"{IN_PROCESS}:{partition}"
+
+
+_properties = msgspec.json.Decoder(dict)
+
+
+def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, event_name: str, start_us: int,
+          end_us: int, partition: int | None) -> tuple[list[Reading], list[Reading]]:
+    """The customer's readings of one event name in [start_us, end_us), and (newest first) up to
+    BEFORE_LIMIT before start_us: the read model's rows, plus the log's tail it has not applied."""
+    key = (tenant_id, customer, event_name)
+    with database.transaction() as cursor:
+        row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (position_name(partition),)).one()
+        applied = int(row[0]) if row else 0
+        inside = cursor.execute(
+            "SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
+            "AND customer = ? AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ?", (*key, start_us, end_us),
+        ).all()
+        before = cursor.execute(
+            "SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
+            "AND customer = ? AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC "
+            "LIMIT ?", (*key, start_us, BEFORE_LIMIT),
+        ).all()
+    rows = {event_id: (t, p, props) for event_id, t, p, props in inside + before}
+    puts, deletes = reduce(log.tail(applied, *key))
+    for _, _, event_id in deletes:
+        rows.pop(event_id, None)
+    for _, _, event_id, _, t, p, props in puts.values():
+        rows.setdefault(event_id, (t, p, props))
+    readings = sorted((Reading(t, p, _properties.decode(props)) for t, p, props in rows.values()),
+                      key=lambda r: r.position)
+    return ([r for r in readings if start_us <= r.timestamp_us < end_us],
+            sorted((r for r in readings if r.timestamp_us < start_us),
+                   key=lambda r: (r.timestamp_us, r.position), reverse=True)[:BEFORE_LIMIT])
