@@ -29,7 +29,7 @@ MAX_EVENTS = 10_000
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 # Numbers in properties are read as Decimal from their text (float_hook), never through float. Only
 # here: with a float_hook, msgspec would also let a JSON number into an `Amount` field.
-_event = msgspec.json.Decoder(UsageEvent, dec_hook=decode_hook, float_hook=Decimal)
+decode_event = msgspec.json.Decoder(UsageEvent, dec_hook=decode_hook, float_hook=Decimal)
 
 
 class _ValidBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -96,7 +96,7 @@ def _decode(raw: bytes, batch: EventBatch, now: datetime) -> tuple[list[UsageEve
     events, rejected = [], []
     for index, raw in enumerate(batch.events):
         try:
-            event = _event.decode(raw)
+            event = decode_event.decode(raw)
         except msgspec.ValidationError as error:
             rejected.append(Rejected(index, [field_error(error)]))
             continue
@@ -130,7 +130,7 @@ async def void(call: Call) -> Response:
 
 OPERATIONS = [
     Operation("POST", "/v1/events", ingest_one, INGEST, "Ingest one usage event (202 once durable)",
-              UsageEvent, Ingested, status=202, decoder=_event),
+              UsageEvent, Ingested, status=202, decoder=decode_event),
     Operation("POST", "/v1/events/batch", ingest_batch, INGEST,
               f"Ingest up to {MAX_EVENTS:,} usage events; a bad event is rejected alone", EventBatch, BatchIngested,
               status=202, max_body=MAX_BATCH_BYTES),

@@ -1,4 +1,4 @@
-"""The `tally` command line: serve, tenants, keys."""
+"""The `tally` command line: serve, worker, relay, tenants, keys."""
 
 import argparse
 import sys
@@ -12,6 +12,8 @@ from domain.money import trap_floats
 from domain.tenant import TenantSettings
 from ops import config
 from projections.documents import first_tenant
+from projections.store import SCHEMA, Database
+from projections.usage_log import UsageLog
 from projections.views import private_id, public_id
 
 CLI = Actor("system:cli")
@@ -38,7 +40,7 @@ def serve(settings: config.Config) -> None:
 
     from api.app import create_app
 
-    ledger = Ledger(settings.database_url)
+    ledger = Ledger(settings.database_url, distributed=settings.kafka_bootstrap is not None)
     try:
         bootstrap(ledger, settings.api_key)
     except Refusal as refusal:  # TALLY_API_KEY is another tenant's key, or not an admin key
@@ -50,6 +52,55 @@ def serve(settings: config.Config) -> None:
         uvicorn.run(create_app(ledger), host=settings.host, port=settings.port, log_level="warning")
     finally:
         ledger.close()
+
+
+def _distributed(settings: config.Config, command: str) -> str:
+    """The Kafka bootstrap servers; worker and relay need Kafka and a PostgreSQL store."""
+    if settings.kafka_bootstrap is None:
+        sys.exit(f"tally {command}: set TALLY_KAFKA_BOOTSTRAP (host:port of the Kafka brokers)")
+    if not settings.database_url.startswith(("postgresql://", "postgres://")):
+        sys.exit(f"tally {command}: set TALLY_DATABASE_URL to the PostgreSQL database `tally serve` uses")
+    return settings.kafka_bootstrap
+
+
+def worker(settings: config.Config) -> None:
+    """Keep the usage read model from Kafka `tally.usage` (Faust; several workers share the partitions)."""
+    from faust import Worker
+
+    from projections.drivers.worker import create_worker
+
+    bootstrap = _distributed(settings, "worker")
+    database = Database(settings.database_url)
+    print(f"Tally worker: {bootstrap} -> {_safe(settings.database_url)}", flush=True)
+    try:
+        Worker(create_worker(bootstrap, database), loglevel="WARNING").execute_from_commandline()
+    finally:
+        database.close()
+
+
+def relay(settings: config.Config) -> None:
+    """Publish the usage log to Kafka `tally.usage`, from what the workers applied, until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    from gateways.kafka import UsageRelay
+
+    bootstrap = _distributed(settings, "relay")
+    database = Database(settings.database_url)
+    database.migrate(SCHEMA)
+    usage = UsageLog(database)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await UsageRelay(usage, database, bootstrap, stall_seconds=settings.relay_stall_seconds).run(stop)
+
+    print(f"Tally relay: {_safe(settings.database_url)} -> {bootstrap}", flush=True)
+    try:
+        asyncio.run(run())
+    finally:
+        database.close()
 
 
 def _safe(url: str) -> str:
@@ -95,6 +146,8 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tally", description="Tally, the event-sourced billing ledger")
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP API (embedded SQLite unless TALLY_DATABASE_URL is set)")
+    commands.add_parser("worker", help="keep the read models from Kafka (needs TALLY_KAFKA_BOOTSTRAP)")
+    commands.add_parser("relay", help="publish the usage log to Kafka (needs TALLY_KAFKA_BOOTSTRAP)")
     tenants = commands.add_parser("tenants", help="tenants").add_subparsers(dest="action", required=True)
     create = tenants.add_parser("create", help="open a tenant and print its first admin key")
     create.add_argument("name")
@@ -111,12 +164,15 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+SERVICES = {"serve": serve, "worker": worker, "relay": relay}
+
+
 def main(argv: list[str] | None = None) -> None:
     trap_floats()
     args = parser().parse_args(argv)
     settings = config.load()
-    if args.command == "serve":
-        serve(settings)
+    if args.command in SERVICES:
+        SERVICES[args.command](settings)
         return
     ledger = Ledger(settings.database_url)
     try:

@@ -21,6 +21,7 @@ class Config:
     database_url: str
     api_key: str | None
     kafka_bootstrap: str | None
+    relay_stall_seconds: float = 5.0  # the relay sends again when consumers stop this long behind it
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Config:
@@ -44,4 +45,18 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
         database_url=database_url,
         api_key=api_key,
         kafka_bootstrap=environ.get("TALLY_KAFKA_BOOTSTRAP") or None,
+        relay_stall_seconds=_seconds(environ, "TALLY_RELAY_STALL_SECONDS", 5.0),
     )
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    text = environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)  # a duration in seconds, not money
+    except ValueError:
+        value = -1
+    if not 0 < value <= 3600:
+        raise ConfigError(f"{name} must be a number of seconds between 0 and 3600, not {text!r}")
+    return value

@@ -118,9 +118,10 @@ def _wait_for_port(proc: subprocess.Popen, port: int, log: Path, timeout: float)
 
 
 @contextlib.contextmanager
-def tansu(timeout: float = 30.0) -> Iterator[str]:
-    """An in-memory Tansu broker; yields '127.0.0.1:PORT' once it accepts connections."""
-    port = free_port()
+def tansu(timeout: float = 30.0, port: int | None = None) -> Iterator[str]:
+    """An in-memory Tansu broker; yields '127.0.0.1:PORT' once it accepts connections. Given the
+    port of one that was stopped, it comes back there, empty (what a test of broker loss needs)."""
+    port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     cmd = [_tansu_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
            "--storage-engine", "memory://tansu/"]

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
@@ -45,8 +45,8 @@ _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
 Row = tuple[str, str, str, str, int, int, str]
 
 
-class Entry(NamedTuple):
-    """One row of the log, as the projections and the relay read it."""
+class Entry(msgspec.Struct, frozen=True, gc=False):
+    """One row of the log, as the projections read it and the relay publishes it (JSON)."""
 
     position: int
     tenant_id: str
@@ -56,7 +56,8 @@ class Entry(NamedTuple):
     timestamp_us: int
     recorded_us: int
     properties: str  # JSON text
-    kind: str  # "event" or "void"
+    kind: str  # "event" or "void"; on Kafka also "mark" (see gateways/kafka.py)
+    previous: int = 0  # on Kafka: the position of the message sent before it to the same partition
 
 
 ENTRY = "position, " + COLUMNS + ", kind"

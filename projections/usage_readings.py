@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from domain.metering import Reading
-from projections.store import Cursor, Database
+from projections.store import Cursor, Database, lock_position, save_position
 from projections.usage_log import Entry, UsageLog
 
 SCHEMA = (
@@ -33,6 +33,7 @@ PUT = ("INSERT INTO tally_usage_readings (tenant_id, customer, event_id, event_n
        "properties) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_id) DO NOTHING")
 DELETE = "DELETE FROM tally_usage_readings WHERE tenant_id = ? AND customer = ? AND event_id = ?"
 IN_PROCESS = "usage"  # the in-process runner's position; the Faust worker keeps one per partition
+USAGE_TOPIC = "tally.usage"  # filled by the relay (gateways/kafka.py), consumed by the worker
 PARTITIONS = 4
 BEFORE_LIMIT = 10_000  # a weighted_sum looks this many events back for the level in force at its start
 
@@ -62,6 +63,30 @@ def apply(cursor: Cursor, entries: Sequence[Entry]) -> None:
         cursor.execute_many(DELETE, deletes)
     if puts:
         cursor.execute_many(PUT, list(puts.values()))
+
+
+def apply_partition(cursor: Cursor, partition: int, messages: Sequence[Entry]) -> int:
+    """Apply one partition's messages from Kafka, in their order, with the partition's position.
+
+    A message at or below the position was applied before (a redelivery or a relay resend). A
+    message whose `previous` is above the position comes after messages this consumer never saw (a
+    broker that lost them): nothing from there is applied, the position stays, and the relay, seeing
+    it stop, sends again from it. Returns the position reached."""
+    name = position_name(partition)
+    position = start = lock_position(cursor, name)
+    ready: list[Entry] = []
+    for message in messages:
+        if message.position <= position:
+            continue
+        if message.previous > position:
+            break
+        if message.kind != "mark":
+            ready.append(message)
+        position = message.position
+    if position != start:
+        apply(cursor, ready)
+        save_position(cursor, name, position)
+    return position
 
 
 def partition_of(tenant_id: str, customer: str, partitions: int = PARTITIONS) -> int:

@@ -1,0 +1,139 @@
+"""Kafka: the `tally.usage` topic and the relay that fills it from the durable usage log.
+
+Each message is one log entry (JSON: position, tenant_id, customer, event_id, event_name,
+timestamp_us, recorded_us, properties as JSON text, kind `event` or `void`, and `previous`), keyed
+by `tenant/customer` on the partition `projections.usage_readings.partition_of` names. After each
+batch the relay also sends every partition a `mark` (kind `mark`, its position the batch's last):
+"nothing for you up to here", so each partition's consumer position reaches the log's end even when
+its customers are quiet. `previous` chains a partition's messages: a consumer that finds a message
+whose `previous` it has not applied knows messages were lost in between, and waits.
+
+The relay publishes at least once and resumes from what consumers applied (the positions the
+worker saves with its read model), never from what the broker acknowledged. When consumers stop
+moving while the relay is ahead (a broker that came back empty has lost what it held, or a chain
+is broken), the relay rewinds to the lowest applied position and sends again; consumers skip what
+they already applied.
+"""
+
+import asyncio
+import logging
+import time
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from projections.store import Database
+from projections.usage_log import Entry, UsageLog
+from projections.usage_readings import PARTITIONS, USAGE_TOPIC, partition_of, position_name
+
+BATCH = 5_000
+POLL_SECONDS = 0.05
+log = logging.getLogger("tally.relay")
+_encode = msgspec.json.Encoder().encode
+
+
+async def ensure_topics(bootstrap: str, partitions: int = PARTITIONS) -> None:
+    """Create `tally.usage` with its partitions before anything is produced (never auto-created)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(USAGE_TOPIC, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+
+
+def applied(database: Database, partitions: int = PARTITIONS) -> list[int]:
+    """The log position each partition's consumer has applied."""
+    names = [position_name(p) for p in range(partitions)]
+    with database.transaction() as cursor:
+        found = dict(cursor.execute(
+            f"SELECT name, position FROM tally_positions WHERE name IN ({','.join('?' * partitions)})", names).all())
+    return [int(found.get(name, 0)) for name in names]
+
+
+class UsageRelay:
+    def __init__(self, usage: UsageLog, database: Database, bootstrap: str, *, stall_seconds: float = 5.0,
+                 partitions: int = PARTITIONS) -> None:
+        self.usage, self.database, self.bootstrap = usage, database, bootstrap
+        self.stall_seconds, self.partitions = stall_seconds, partitions
+        self.sent = 0  # the position published so far in this session (a rewind moves it back)
+        self.chain = [0] * partitions  # per partition, the position of the last message sent to it
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until `stop` is set; a broker that goes away is waited for, then refilled."""
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except (KafkaError, OSError) as error:
+                log.warning("relay: broker unavailable (%s); retrying", error)
+                await _sleep(stop, 1.0)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        await ensure_topics(self.bootstrap, self.partitions)
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
+                                    max_batch_size=1 << 20, request_timeout_ms=5_000)
+        await producer.start()
+        try:
+            self._restart_at(min(await asyncio.to_thread(applied, self.database, self.partitions)))
+            watch = _Stall(self.stall_seconds)
+            while not stop.is_set():
+                entries = await asyncio.to_thread(self.usage.entries, self.sent, BATCH)
+                if entries:
+                    await self._publish(producer, entries)
+                    continue
+                low = min(await asyncio.to_thread(applied, self.database, self.partitions))
+                if watch.stalled(low, self.sent):
+                    log.warning("relay: consumers stopped at %d, %d published: sending again from %d",
+                                low, self.sent, low)
+                    await ensure_topics(self.bootstrap, self.partitions)
+                    self._restart_at(low)
+                await _sleep(stop, POLL_SECONDS)
+        finally:
+            await producer.stop()
+
+    def _restart_at(self, position: int) -> None:
+        """Send everything after `position` (at or below every consumer's position)."""
+        self.sent, self.chain = position, [position] * self.partitions
+
+    async def _publish(self, producer: AIOKafkaProducer, entries: list[Entry]) -> None:
+        """Send the entries, then a mark to every partition; return once the broker acknowledged all."""
+        last = entries[-1].position
+        marks = [Entry(last, "", "", "", "", 0, 0, "{}", "mark") for _ in range(self.partitions)]
+        sends = []
+        for entry in [*entries, *marks]:
+            partition = (partition_of(entry.tenant_id, entry.customer, self.partitions) if entry.kind != "mark"
+                         else len(sends) - len(entries))
+            message = msgspec.structs.replace(entry, previous=self.chain[partition])
+            self.chain[partition] = entry.position
+            key = b"mark" if entry.kind == "mark" else f"{entry.tenant_id}/{entry.customer}".encode()
+            sends.append(await producer.send(USAGE_TOPIC, _encode(message), key=key, partition=partition))
+        await asyncio.gather(*sends)
+        self.sent = last
+
+
+class _Stall:
+    """Consumers behind the relay whose position has not moved for `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.low, self.since = seconds, -1, time.monotonic()
+
+    def stalled(self, low: int, sent: int) -> bool:
+        now = time.monotonic()
+        if low >= sent or low != self.low:
+            self.low, self.since = low, now
+            return False
+        if now - self.since < self.seconds:
+            return False
+        self.since = now
+        return True
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

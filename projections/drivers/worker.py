@@ -1,0 +1,58 @@
+"""The distributed driver: a Faust app (`tally worker`) that keeps the usage read model from Kafka.
+
+It consumes `tally.usage` (filled by `tally relay`), in batches, and applies each partition's
+messages with `usage_readings.apply_partition`: the same reducer as the in-process runner, the
+read-model rows and the partition's position committed in one transaction. Kafka offsets are only
+a hint: at least once in, the stored positions make it effectively once. Several workers share the
+partitions through Faust's consumer group.
+"""
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import faust
+import msgspec
+
+from projections import usage_readings
+from projections.store import Database
+from projections.usage_log import Entry
+
+BATCH = 2_000
+WITHIN_SECONDS = 0.05
+_decode = msgspec.json.Decoder(Entry).decode
+
+
+def create_worker(bootstrap: str, database: Database) -> faust.App:
+    """The Faust app, with the settings the Tansu broker needs (see DEVELOPERS.md)."""
+    database.migrate(usage_readings.SCHEMA)
+    app = faust.App(
+        "tally-usage",
+        broker=f"kafka://{bootstrap}",
+        broker_session_timeout=2.0,
+        broker_heartbeat_interval=0.3,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=usage_readings.PARTITIONS,
+        web_enabled=False,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    topic = app.topic(usage_readings.USAGE_TOPIC, partitions=usage_readings.PARTITIONS, internal=True,
+                      key_type=bytes, value_type=bytes)
+
+    @app.agent(topic)
+    async def usage(stream: Any) -> None:
+        async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+            await asyncio.to_thread(apply_batch, database, [(e.message.partition, e.value) for e in events])
+
+    return app
+
+
+def apply_batch(database: Database, messages: list[tuple[int, bytes]]) -> None:
+    """One transaction for the batch: each partition's messages in order, with its position."""
+    by_partition: dict[int, list[Entry]] = defaultdict(list)
+    for partition, value in messages:
+        by_partition[partition].append(_decode(value))
+    with database.transaction(write=True) as cursor:
+        for partition in sorted(by_partition):  # a fixed order: two workers never deadlock on positions
+            usage_readings.apply_partition(cursor, partition, by_partition[partition])

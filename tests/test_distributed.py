@@ -1,0 +1,223 @@
+"""The usage read model, distributed: `tally relay` fills Kafka `tally.usage` from the usage log and
+`tally worker` (Faust) applies it; real PostgreSQL, the real Tansu broker, real processes.
+
+- Both drivers (the in-process runner and the Faust worker) build the same read model from the same
+  events, and that model is what a replay of the log gives.
+- A broker that comes back empty and a worker killed mid-stream lose nothing: the read model and
+  the totals converge to a replay of the log.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import msgspec
+import pytest
+
+from api.ledger import Ledger
+from api.usage import decode_event as EVENT
+from domain.tenant import TenantSettings
+from ops import services
+from projections import usage_readings
+from projections.drivers.inprocess import UsageRunner
+from projections.store import Database
+from projections.usage_log import UsageLog
+from projections.usage_readings import PARTITIONS, position_name
+from tests.conftest import SETUP
+
+KEY = "distributed-test-admin-key"
+TALLY = os.path.join(os.path.dirname(sys.executable), "tally")
+CUSTOMERS = [f"cus-{n}" for n in range(7)]
+DAY = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z"}
+
+
+def events(batch: int, size: int) -> list[dict]:
+    return [{"event_id": f"{batch}-{n}", "customer": CUSTOMERS[n % len(CUSTOMERS)], "event_name": "call",
+             "timestamp": f"2026-11-01T{n % 24:02d}:00:00Z", "properties": {"tokens": n % 10}}
+            for n in range(size)]
+
+
+@contextlib.contextmanager
+def tally(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`tally COMMAND` as a real process; stopped (then killed) on the way out."""
+    process = subprocess.Popen([TALLY, command], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield process
+    finally:
+        stop(process, signal.SIGTERM)
+
+
+def stop(process: subprocess.Popen, signum: int) -> None:
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def snapshot(database: Database) -> list[tuple]:
+    with database.transaction() as cursor:
+        return cursor.execute("SELECT tenant_id, customer, event_id, event_name, timestamp_us, position, properties "
+                              "FROM tally_usage_readings ORDER BY tenant_id, customer, event_id").all()
+
+
+def replayed(usage: UsageLog) -> list[tuple]:
+    """The read model a replay of the whole log gives, computed apart from both drivers."""
+    puts, _ = usage_readings.reduce(usage.entries(0, 10_000_000))
+    return sorted(puts.values())
+
+
+def wait_applied(database: Database, usage: UsageLog, seconds: float) -> None:
+    """Until every partition's position has reached the log's last entry."""
+    deadline = time.monotonic() + seconds
+    last = usage.last_position()
+    names = [position_name(p) for p in range(PARTITIONS)]
+    while time.monotonic() < deadline:
+        with database.transaction() as cursor:
+            found = dict(cursor.execute("SELECT name, position FROM tally_positions").all())
+        if all(found.get(name, 0) >= last for name in names):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the worker did not reach position {last}: {found}")
+
+
+def reset(database: Database) -> None:
+    with database.transaction(write=True) as cursor:
+        cursor.execute("DELETE FROM tally_usage_readings")
+        cursor.execute("DELETE FROM tally_positions WHERE name <> 'documents'")
+
+
+def record(ledger: Ledger, tenant: str, batch: int, size: int) -> None:
+    decoded = [EVENT.decode(msgspec.json.encode(e)) for e in events(batch, size)]
+    ledger.usage.append(tenant, decoded, datetime.now(UTC))
+
+
+def test_the_runner_and_the_worker_build_the_read_model_a_replay_gives(postgres_database, kafka_bootstrap):
+    # Given events, some voided in the batch after theirs and some in the same round of appends
+    ledger = Ledger(postgres_database)
+    try:
+        tenant = str(ledger.command(ledger.tenants.open_tenant, SETUP, TenantSettings(name="Acme")).id)
+        for batch in range(3):
+            record(ledger, tenant, batch, 400)
+        ledger.usage.void(tenant, CUSTOMERS[0], ["0-0", "0-7", "2-14", "never"], "key_test", datetime.now(UTC))
+        record(ledger, tenant, 3, 100)
+        expected = replayed(ledger.usage)
+        # When the in-process runner applies the log
+        ledger.usage_runner.catch_up()
+        by_runner = snapshot(ledger.database)
+        # And, from scratch, the relay and the Faust worker do
+        reset(ledger.database)
+        env = {"TALLY_DATABASE_URL": postgres_database, "TALLY_KAFKA_BOOTSTRAP": kafka_bootstrap,
+               "TALLY_RELAY_STALL_SECONDS": "1"}
+        with tally("relay", env), tally("worker", env):
+            wait_applied(ledger.database, ledger.usage, 60)
+        by_worker = snapshot(ledger.database)
+    finally:
+        ledger.close()
+    # Then both are the replay of the log, row for row: 1,300 events less the 3 voided
+    assert len(expected) == 1_297
+    assert [tuple(row) for row in by_runner] == expected
+    assert [tuple(row) for row in by_worker] == expected
+
+
+def test_a_broker_that_comes_back_empty_and_a_killed_worker_lose_nothing(postgres_database):
+    port, api_port = services.free_port(), services.free_port()
+    base = {"TALLY_DATABASE_URL": postgres_database, "TALLY_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+            "TALLY_RELAY_STALL_SECONDS": "1", "TALLY_API_KEY": KEY, "TALLY_PORT": str(api_port)}
+    url = f"http://127.0.0.1:{api_port}"
+    broker = contextlib.ExitStack()
+    broker.enter_context(services.tansu(port=port))
+    try:
+        with tally("serve", base), tally("relay", base), httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as api:
+            _wait_up(api)
+            assert api.post("/v1/meters", json={"code": "calls", "name": "Calls", "event_name": "call",
+                                                "aggregation": "count"}).status_code == 201
+            sender = threading.Thread(target=_send, args=(api, range(0, 30)))
+            worker = subprocess.Popen([TALLY, "worker"], env={**os.environ, **base}, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                # Given usage flowing through the relay to a worker
+                sender.start()
+                time.sleep(4)
+                # When the worker is killed mid-stream, and the broker restarts with nothing in it
+                stop(worker, signal.SIGKILL)
+                broker.close()
+                broker.enter_context(services.tansu(port=port))
+                worker = subprocess.Popen([TALLY, "worker"], env={**os.environ, **base}, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True)
+                sender.join(60)
+                assert not sender.is_alive()
+                voided = api.post("/v1/events/void", json={"customer": CUSTOMERS[1], "event_ids": ["3-1", "9-8"]})
+                assert voided.json()["voided"] == 2
+                database = Database(postgres_database)
+                usage = UsageLog(database)
+                try:
+                    wait_applied(database, usage, 90)
+                    # Then the read model is the replay of the log, and so are the totals
+                    assert [tuple(row) for row in snapshot(database)] == replayed(usage)
+                    assert len(replayed(usage)) == 30 * 200 - 2
+                finally:
+                    database.close()
+            finally:
+                stop(worker, signal.SIGTERM)
+            for customer in CUSTOMERS:  # known only now: their events count all the same
+                assert api.post("/v1/customers", json={"external_id": customer, "name": customer,
+                                                       "currency": "USD"}).status_code == 201
+            totals = [api.get(f"/v1/customers/{c}/usage", params={"meter_code": "calls", **DAY}).json()["total"]
+                      for c in CUSTOMERS]
+            assert sum(int(total) for total in totals) == 30 * 200 - 2
+    finally:
+        broker.close()
+
+
+def _send(api: httpx.Client, batches: range) -> None:
+    for batch in batches:
+        answer = api.post("/v1/events/batch", json={"events": events(batch, 200)})
+        assert answer.status_code == 202, answer.text
+        time.sleep(0.25)
+
+
+def _wait_up(api: httpx.Client) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if api.get("/healthz").status_code == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError("tally serve did not come up")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_dropped_read_model_rebuilt_by_replay_is_the_live_one(kind, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}" if kind == "sqlite" else request.getfixturevalue(
+        "postgres_database")
+    ledger = Ledger(url)
+    try:
+        tenant = str(ledger.command(ledger.tenants.open_tenant, SETUP, TenantSettings(name="Acme")).id)
+        # Given a live read model, kept up batch by batch while usage and voids arrive
+        for batch in range(4):
+            record(ledger, tenant, batch, 300)
+            ledger.usage_runner.catch_up()
+            ledger.usage.void(tenant, CUSTOMERS[batch], [f"{batch}-{batch}"], "key_test", datetime.now(UTC))
+        ledger.usage_runner.catch_up()
+        live = snapshot(ledger.database)
+        # When it is dropped and rebuilt from the log
+        reset(ledger.database)
+        UsageRunner(ledger.usage, ledger.database).catch_up()
+        # Then the rebuild is the live model, row for row
+        assert snapshot(ledger.database) == live
+        assert len(live) == 4 * 300 - 4
+    finally:
+        ledger.close()
