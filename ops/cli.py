@@ -71,6 +71,7 @@ def worker(settings: config.Config) -> None:
 
     bootstrap = _distributed(settings, "worker")
     database = Database(settings.database_url)
+    database.migrate(SCHEMA)
     print(f"Tally worker: {bootstrap} -> {_safe(settings.database_url)}", flush=True)
     try:
         Worker(create_worker(bootstrap, database), loglevel="WARNING").execute_from_commandline()

@@ -30,7 +30,7 @@ from projections.drivers.inprocess import UsageRunner
 from projections.store import Database
 from projections.usage_log import UsageLog
 from projections.usage_readings import PARTITIONS, position_name
-from tests.conftest import SETUP
+from conftest import SETUP
 
 KEY = "distributed-test-admin-key"
 TALLY = os.path.join(os.path.dirname(sys.executable), "tally")
