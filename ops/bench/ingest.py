@@ -1,0 +1,584 @@
+"""Benchmark: acknowledged usage events per second through HTTP batches, against the raw durable ceiling.
+
+For each store it measures, in one run:
+
+1. **HTTP ingest.** It starts `tally serve` itself (embedded SQLite in a temp dir; PostgreSQL from
+   `ops.services.postgres()` via TALLY_DATABASE_URL), creates a `count` meter and the customers
+   through the API, sends one warm-up batch (not timed), then starts `--senders` processes (spawn).
+   Each sender builds its JSON bodies *before* the clock starts (batches of `--batch-size` events,
+   unique event_ids, a few customers, a numeric property), opens keep-alive connections, waits on a
+   start signal, then posts its batches to `POST /v1/events/batch` with `--inflight` requests in
+   flight (one thread and one connection each), checking every answer is 202 with all events
+   accepted. events/s = events acknowledged / wall seconds from the start to the last 202.
+   Batch latencies (p50/p99) are per request. Then it checks the server's usage log holds exactly
+   the events sent (a COUNT of `tally_usage`, and, up to `--api-check-max` events, the totals of
+   the count meter over `GET /v1/customers/{id}/usage`), and reads the server's peak RSS (VmHWM)
+   before stopping it (SIGTERM, then SIGKILL).
+2. **The raw durable ceiling.** The same rows, into the usage log's own table (made by its SCHEMA:
+   same columns, unique key, indexes), in the same batches, one transaction per batch, the same
+   durability, straight into a scratch store with one connection: SQLite (a file of its own, WAL,
+   synchronous=FULL) takes `executemany INSERT ... ON CONFLICT DO NOTHING`; PostgreSQL (a scratch
+   database in the same cluster) takes COPY into a temp staging table + `INSERT ... SELECT ... ON
+   CONFLICT DO NOTHING`. rows/s = rows / seconds spent in those transactions (building the rows is
+   not timed). The ratio printed is HTTP events/s over ceiling rows/s: group commit can take it
+   above 1.0. The server is stopped by then, so the two never compete.
+
+Bodies are pre-built when they fit in `--prebuild-mb` per sender; otherwise (e.g. `--events
+10000000`) each sender keeps one body template and stamps each batch's number into its event ids
+with one `bytes.replace` (~0.1 ms a batch), so memory stays flat. Not a test: it prints, it does not
+assert speed. Targets (issue 3): >= 100,000 events/s embedded, >= 60,000 on PostgreSQL, ratio >= 1.0,
+memory flat over 10 million events.
+
+    .venv/bin/python -m ops.bench.ingest [--store sqlite|postgres|both] [--events 200000] [--senders 4]
+        [--inflight 2] [--batch-size 1000] [--customers 4] [--api-check-max 2000000] [--prebuild-mb 64]
+"""
+
+import argparse
+import contextlib
+import functools
+import http.client
+import json
+import multiprocessing
+import os
+import queue
+import resource
+import secrets
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import psycopg
+
+from ops import services
+from projections.store import Database
+from projections.usage_log import SCHEMA as USAGE_SCHEMA
+
+TALLY = Path(sys.executable).with_name("tally")
+START_SECONDS = 60
+STOP_SECONDS = 30
+PATH = "/v1/events/batch"
+EVENT_NAME = "llm.completion"
+METER = "bench_events"
+READY = "ready"  # a sender's word that its bodies are built and its connections open
+SLOT = b"#########"  # stands for the batch number (9 digits) in a body template's event ids
+TARGETS = {"sqlite": 100_000, "postgres": 60_000}
+TARGET_RATIO = 1.0
+COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
+# Into the usage log's own table (created by its own SCHEMA): whatever its unique key, a conflict does nothing.
+INSERT = f"INSERT INTO tally_usage ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+
+
+# --- the events: the same in the HTTP bodies and in the ceiling's rows ---------------------------------------
+
+@dataclass(frozen=True)
+class Shape:
+    """What a batch looks like. Event i of batch b: id `{prefix}{b:09d}-{i:05d}`, customer `cus-{i % customers}`,
+    event time `base + i` seconds, properties {"tokens": 100 + i, "model": "m{i % 3}"}."""
+
+    batch_size: int
+    customers: int
+    base: datetime  # a whole second, in the past
+
+    def customer(self, i: int) -> str:
+        return f"cus-{i % self.customers}"
+
+    def moment(self, i: int) -> datetime:
+        return self.base + timedelta(seconds=i)
+
+    @staticmethod
+    def properties(i: int) -> dict:
+        return {"tokens": 100 + i, "model": f"m{i % 3}"}
+
+    def template(self, prefix: str) -> bytes:
+        """A batch body whose event ids hold SLOT where the batch number goes."""
+        events = [{"event_id": f"{prefix}{SLOT.decode()}-{i:05d}", "customer": self.customer(i),
+                   "event_name": EVENT_NAME, "timestamp": self.moment(i).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   "properties": self.properties(i)} for i in range(self.batch_size)]
+        return json.dumps({"events": events}, separators=(",", ":")).encode()
+
+    @functools.cached_property
+    def columns(self) -> list[tuple[str, str, int, str]]:
+        """Per event index: (event id suffix, customer, event time in microseconds, properties as the server
+        encodes them), computed once."""
+        return [(f"-{i:05d}", self.customer(i), int(self.moment(i).timestamp()) * 1_000_000,
+                 json.dumps(self.properties(i), separators=(",", ":"))) for i in range(self.batch_size)]
+
+    def rows(self, tenant_id: str, prefix: str, batch: int, recorded_us: int) -> list[tuple]:
+        """The rows the usage log records for batch `batch`."""
+        head = f"{prefix}{batch:09d}"
+        return [(tenant_id, customer, head + suffix, EVENT_NAME, moment_us, recorded_us, properties)
+                for suffix, customer, moment_us, properties in self.columns]
+
+
+def body(template: bytes, batch: int) -> bytes:
+    return template.replace(SLOT, b"%09d" % batch)
+
+
+# --- senders: separate processes -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    port: int
+    key: str
+    sender: int
+    senders: int
+    batches: int  # in the whole run; this sender takes every `senders`-th
+    inflight: int
+    shape: Shape
+    prebuild_bytes: int
+
+
+@dataclass(frozen=True)
+class Sent:
+    sender: int
+    acknowledged: int
+    latencies_ms: list[float]
+    last_ack: float  # time.monotonic(): one clock for every process on Linux
+    peak_rss_kb: int
+    cpu_seconds: float  # this sender's CPU time from the start to its last ack
+    error: str | None = None
+
+
+def post(connection: http.client.HTTPConnection, payload: bytes, headers: dict[str, str], expected: int) -> None:
+    """One batch over a keep-alive connection; anything but 202 with every event accepted is an error."""
+    connection.request("POST", PATH, payload, headers)
+    answer = connection.getresponse()
+    text = answer.read()
+    if answer.status != 202:
+        raise RuntimeError(f"POST {PATH}: {answer.status} {text[:300]!r}")
+    found = json.loads(text)
+    if found.get("accepted") != expected or found.get("rejected"):
+        raise RuntimeError(f"POST {PATH}: expected {expected} accepted, got {text[:300]!r}")
+
+
+def send(plan: Plan, start, messages) -> None:
+    """A sender process: build the bodies, connect, say it is ready, wait for the start, post, report."""
+    try:
+        mine = list(range(plan.sender, plan.batches, plan.senders))
+        template = plan.shape.template("e")
+        prebuilt = [body(template, b) for b in mine] if len(template) * len(mine) <= plan.prebuild_bytes else None
+        headers = {"Authorization": f"Bearer {plan.key}", "Content-Type": "application/json"}
+        connections = [http.client.HTTPConnection("127.0.0.1", plan.port, timeout=300) for _ in range(plan.inflight)]
+        for connection in connections:  # connected and kept alive before the clock starts
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+        latencies: list[float] = []
+        errors: list[BaseException] = []
+
+        def run(lane: int) -> None:
+            try:
+                for n in range(lane, len(mine), plan.inflight):
+                    payload = prebuilt[n] if prebuilt is not None else body(template, mine[n])
+                    began = time.perf_counter()
+                    post(connections[lane], payload, headers, plan.shape.batch_size)
+                    latencies.append((time.perf_counter() - began) * 1000)
+            except BaseException as error:  # noqa: BLE001 - reported to the parent
+                errors.append(error)
+
+        lanes = [threading.Thread(target=run, args=(lane,)) for lane in range(plan.inflight)]
+        messages.put(READY)
+        start.wait()
+        cpu_before = cpu_seconds()
+        for lane in lanes:
+            lane.start()
+        for lane in lanes:
+            lane.join()
+        last_ack = time.monotonic()
+        if errors:
+            raise errors[0]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        messages.put(Sent(plan.sender, len(latencies) * plan.shape.batch_size, latencies, last_ack, peak,
+                         cpu_seconds() - cpu_before))
+    except BaseException as error:  # noqa: BLE001 - the parent prints it
+        messages.put(Sent(plan.sender, 0, [], time.monotonic(), 0, 0.0, f"sender {plan.sender}: {error!r}"))
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of this process, or of another one from /proc."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def collect(processes: list, messages) -> list:
+    """One message per sender (READY, or its report); a sender's error, or a sender that died without a word,
+    raises at once rather than hangs."""
+    got: list = []
+    while len(got) < len(processes):
+        try:
+            message = messages.get(timeout=1)
+        except queue.Empty:
+            if any(p.exitcode is not None for p in processes if p.exitcode != 0):
+                raise RuntimeError(f"a sender died (exit codes {[p.exitcode for p in processes]})") from None
+            continue
+        if isinstance(message, Sent) and message.error:
+            raise RuntimeError(message.error)
+        got.append(message)
+    return got
+
+
+@dataclass(frozen=True)
+class HttpRun:
+    events: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    sender_peak_rss_kb: int
+    sender_cpu_seconds: float  # all senders together
+    server_cpu_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds
+
+
+def run_senders(server: "Server", shape: Shape, batches: int, senders: int, inflight: int,
+                prebuild_mb: int) -> HttpRun:
+    context = multiprocessing.get_context("spawn")
+    start, messages = context.Event(), context.Queue()
+    plans = [Plan(server.port, server.key, n, senders, batches, inflight, shape, prebuild_mb * 1024 * 1024)
+             for n in range(senders)]
+    processes = [context.Process(target=send, args=(plan, start, messages), daemon=True) for plan in plans]
+    for process in processes:
+        process.start()
+    try:
+        collect(processes, messages)  # every sender built its bodies and connected
+        began, server_cpu = time.monotonic(), cpu_seconds(server.process.pid)
+        start.set()
+        sent: list[Sent] = collect(processes, messages)  # before join: a queue's big item blocks its exit
+        server_cpu = cpu_seconds(server.process.pid) - server_cpu
+    except BaseException:
+        for process in processes:
+            process.kill()
+        raise
+    finally:
+        for process in processes:
+            process.join()
+    latencies = [ms for s in sent for ms in s.latencies_ms]
+    p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98] if len(latencies) > 1 else latencies[0]
+    return HttpRun(sum(s.acknowledged for s in sent), max(s.last_ack for s in sent) - began,
+                   statistics.median(latencies), p99, max(s.peak_rss_kb for s in sent),
+                   sum(s.cpu_seconds for s in sent), server_cpu)
+
+
+# --- the server ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Server:
+    process: subprocess.Popen
+    port: int
+    key: str
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def serving(database_url: str, folder: Path) -> Iterator[Server]:
+    """`tally serve` on a free port with a known admin key; SIGTERM, then SIGKILL, on the way out."""
+    port, key = services.free_port(), f"bench-{secrets.token_hex(16)}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")},
+           "TALLY_DATA_DIR": str(folder), "TALLY_DATABASE_URL": database_url, "TALLY_API_KEY": key,
+           "TALLY_HOST": "127.0.0.1", "TALLY_PORT": str(port)}
+    log = folder / "serve.log"
+    with log.open("wb") as out:  # a file, not a pipe: a chatty server can never block
+        process = subprocess.Popen([str(TALLY), "serve"], env=env, stdin=subprocess.DEVNULL,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        server = Server(process, port, key)
+        wait_ready(server, log)
+        yield server
+    finally:
+        stop(process)
+
+
+def wait_ready(server: Server, log: Path) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"tally serve exited with status {server.process.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"tally serve did not come up in {START_SECONDS}s:\n{log.read_text()}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def memory_kb(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of a process, in kB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def prepare(api: httpx.Client, shape: Shape) -> None:
+    """The count meter and the customers, through the API; then one warm-up batch (not timed)."""
+    meter = {"code": METER, "name": "Bench events", "event_name": EVENT_NAME, "aggregation": "count"}
+    expect(api.post("/v1/meters", json=meter), 201)
+    for n in range(shape.customers):
+        customer = {"external_id": f"cus-{n}", "name": f"Customer {n}", "currency": "USD"}
+        expect(api.post("/v1/customers", json=customer), 201)
+    answer = expect(api.post(PATH, content=body(shape.template("w"), 0),
+                             headers={"Content-Type": "application/json"}), 202)
+    assert answer.json()["accepted"] == shape.batch_size, answer.text
+
+
+def expect(answer: httpx.Response, status: int) -> httpx.Response:
+    if answer.status_code != status:
+        raise RuntimeError(f"{answer.request.method} {answer.request.url.path}: {answer.status_code} {answer.text}")
+    return answer
+
+
+def api_total(api: httpx.Client, shape: Shape) -> int:
+    """Events counted by the count meter over every customer, as GET .../usage reports them."""
+    window = {"meter_code": METER, "from": (shape.base - timedelta(days=1)).isoformat(),
+              "to": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    total = Decimal(0)
+    for n in range(shape.customers):
+        answer = expect(api.get(f"/v1/customers/cus-{n}/usage?{urlencode(window)}", timeout=600), 200)
+        total += Decimal(str(answer.json()["total"]))
+    return int(total)
+
+
+def usage_url(database_url: str) -> str:
+    """Where the server keeps its usage log (its own file on SQLite)."""
+    from api.ledger import store_env  # the server's own rule
+
+    return store_env(database_url)[2]
+
+
+def count_usage(database_url: str) -> int:
+    """COUNT(*) of the server's usage log table."""
+    url = usage_url(database_url)
+    if url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as connection:
+            return connection.execute("SELECT COUNT(*) FROM tally_usage").fetchone()[0]
+    with psycopg.connect(url) as connection:
+        return connection.execute("SELECT COUNT(*) FROM tally_usage").fetchone()[0]
+
+
+# --- the raw durable ceiling -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ceiling:
+    rows: int
+    seconds: float  # inside the transactions only (building the rows is not timed)
+
+    @property
+    def per_second(self) -> float:
+        return self.rows / self.seconds
+
+
+TENANT = "00000000-0000-0000-0000-000000000001"
+
+
+def create_usage_table(url: str) -> None:
+    """The scratch store gets the usage log's own table (columns, unique key, indexes), made by its own code."""
+    database = Database(url)
+    try:
+        database.migrate(USAGE_SCHEMA)
+    finally:
+        database.close()
+
+
+def ceiling_sqlite(path: Path, shape: Shape, batches: int) -> Ceiling:
+    """One connection, one transaction per batch: executemany INSERT ... ON CONFLICT DO NOTHING."""
+    create_usage_table(f"sqlite:///{path}")
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        inserted, seconds = 0, 0.0
+        for batch in range(batches):
+            rows = shape.rows(TENANT, "e", batch, time.time_ns() // 1000)
+            began = time.perf_counter()
+            connection.execute("BEGIN IMMEDIATE")
+            before = connection.total_changes
+            connection.executemany(INSERT, rows)
+            inserted += connection.total_changes - before
+            connection.execute("COMMIT")
+            seconds += time.perf_counter() - began
+    assert inserted == batches * shape.batch_size, (inserted, batches * shape.batch_size)
+    return Ceiling(inserted, seconds)
+
+
+def ceiling_postgres(cluster_url: str, shape: Shape, batches: int) -> Ceiling:
+    """A scratch database in the same cluster; per batch one transaction: COPY into a temp staging table,
+    then INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
+    with psycopg.connect(cluster_url, autocommit=True) as admin:
+        admin.execute("CREATE DATABASE tally_bench_ceiling")
+    url = cluster_url.rsplit("/", 1)[0] + "/tally_bench_ceiling"
+    create_usage_table(url)
+    with psycopg.connect(url) as connection:
+        connection.execute("CREATE TEMP TABLE staging (tenant_id TEXT, customer TEXT, event_id TEXT, "
+                           "event_name TEXT, timestamp_us BIGINT, recorded_us BIGINT, properties TEXT) "
+                           "ON COMMIT DELETE ROWS")
+        connection.commit()
+        inserted, seconds = 0, 0.0
+        for batch in range(batches):
+            rows = shape.rows(TENANT, "e", batch, time.time_ns() // 1000)
+            began = time.perf_counter()
+            with connection.cursor() as cursor:
+                with cursor.copy(f"COPY staging ({COLUMNS}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cursor.execute(f"INSERT INTO tally_usage ({COLUMNS}) SELECT {COLUMNS} FROM staging "
+                               "ON CONFLICT DO NOTHING")
+                inserted += cursor.rowcount
+            connection.commit()
+            seconds += time.perf_counter() - began
+    assert inserted == batches * shape.batch_size, (inserted, batches * shape.batch_size)
+    return Ceiling(inserted, seconds)
+
+
+def durability(store: str, database_url: str) -> str:
+    if store == "sqlite":
+        return "WAL, synchronous=FULL"
+    with psycopg.connect(database_url) as connection:
+        fsync = connection.execute("SHOW fsync").fetchone()[0]
+        commit = connection.execute("SHOW synchronous_commit").fetchone()[0]
+    return f"fsync={fsync}, synchronous_commit={commit}"
+
+
+# --- one store, end to end -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Result:
+    store: str
+    durability: str
+    http: HttpRun
+    ceiling: Ceiling
+    expected: int  # events sent, warm-up included
+    recorded: int  # COUNT(*) of the server's usage log
+    counted: int | None  # the count meter's totals over the API (None: skipped, too many events)
+    server_rss_before_kb: int
+    server_peak_rss_kb: int
+
+    @property
+    def ratio(self) -> float:
+        return self.http.per_second / self.ceiling.per_second
+
+
+def bench(store: str, args: argparse.Namespace) -> Result:
+    batches = args.events // args.batch_size
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    shape = Shape(args.batch_size, args.customers, base)
+    with tempfile.TemporaryDirectory(prefix=f"tally-bench-ingest-{store}-") as temp, \
+            contextlib.ExitStack() as stack:
+        folder = Path(temp)
+        url = (stack.enter_context(services.postgres()) if store == "postgres"
+               else f"sqlite:///{folder / 'events.sqlite'}")
+        with serving(url, folder) as server, httpx.Client(
+                base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"}, timeout=60) as api:
+            prepare(api, shape)
+            rss_before = memory_kb(server.process.pid, "VmRSS")
+            log(f"{store}: sending {args.events:,} events ({args.senders} senders x {args.inflight} in flight)")
+            sent = run_senders(server, shape, batches, args.senders, args.inflight, args.prebuild_mb)
+            peak = memory_kb(server.process.pid, "VmHWM")  # before the checks below read anything
+            expected = sent.events + shape.batch_size
+            recorded = count_usage(url)
+            counted = api_total(api, shape) if expected <= args.api_check_max else None
+        log(f"{store}: {sent.per_second:,.0f} events/s over HTTP; measuring the raw ceiling")
+        ceiling = (ceiling_postgres(url, shape, batches) if store == "postgres"
+                   else ceiling_sqlite(folder / "ceiling.sqlite", shape, batches))
+        return Result(store, durability(store, url), sent, ceiling, expected, recorded, counted, rss_before, peak)
+
+
+# --- output ----------------------------------------------------------------------------------------------------
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def mib(kb: int) -> str:
+    return f"{kb / 1024:,.0f}"
+
+
+def table(results: list[Result], args: argparse.Namespace) -> str:
+    title = (f"Usage ingest: {args.events:,} events in batches of {args.batch_size:,}, {args.senders} sender "
+             f"processes x {args.inflight} in flight, {args.customers} customers; {os.cpu_count()} CPUs")
+    speed = (f"{'store':<9} {'events/s':>9} {'target':>8} {'seconds':>8} {'p50 ms':>7} {'p99 ms':>7} "
+             f"{'ceiling rows/s':>14} {'ratio':>6} {'target':>6}  durability (both)")
+    checks = (f"{'store':<9} {'sent':>11} {'in log':>11} {'meter':>11} {'server RSS MiB before/peak':>27} "
+              f"{'sender peak MiB':>15} {'CPU cores: server':>17} {'senders':>7}")
+    bench_rss = mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    notes = (f"bench process peak RSS: {bench_rss} MiB. 'sent' includes one warm-up batch (not timed); 'in log' is "
+             "COUNT(*) of tally_usage; 'meter' is the count meter's totals over GET .../usage.\n"
+             "ceiling: the same rows and batches, one transaction each, one connection, straight into the store; "
+             "ratio = HTTP events/s / ceiling rows/s.\n"
+             "CPU cores: CPU seconds used during the timed run / its wall seconds (server: one process; senders: all).")
+    lines = [title, "", speed, *map(speed_row, results), "", checks, *map(check_row, results), "", notes]
+    mismatched = [r.store for r in results if r.recorded != r.expected or r.counted not in (None, r.expected)]
+    if mismatched:
+        lines.append(f"MISMATCH: the usage log does not hold exactly the events sent on {', '.join(mismatched)}")
+    return "\n".join(lines)
+
+
+def speed_row(r: Result) -> str:
+    return (f"{r.store:<9} {r.http.per_second:>9,.0f} {TARGETS[r.store]:>8,} {r.http.seconds:>8.2f} "
+            f"{r.http.p50_ms:>7.1f} {r.http.p99_ms:>7.1f} {r.ceiling.per_second:>14,.0f} {r.ratio:>6.2f} "
+            f"{TARGET_RATIO:>6.1f}  {r.durability}")
+
+
+def check_row(r: Result) -> str:
+    counted = f"{r.counted:,}" if r.counted is not None else "skipped"
+    memory = f"{mib(r.server_rss_before_kb)} / {mib(r.server_peak_rss_kb)}"
+    return (f"{r.store:<9} {r.expected:>11,} {r.recorded:>11,} {counted:>11} {memory:>27} "
+            f"{mib(r.http.sender_peak_rss_kb):>15} {r.http.server_cpu_seconds / r.http.seconds:>17.2f} "
+            f"{r.http.sender_cpu_seconds / r.http.seconds:>7.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ops.bench.ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--events", type=int, default=200_000, help="events to send per store (default 200,000)")
+    parser.add_argument("--senders", type=int, default=4, help="sender processes (default 4)")
+    parser.add_argument("--inflight", type=int, default=2, help="requests in flight per sender (default 2)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="events per batch (default 1,000)")
+    parser.add_argument("--customers", type=int, default=4, help="customers the events go to (default 4)")
+    parser.add_argument("--api-check-max", type=int, default=2_000_000,
+                        help="check the count meter over the API up to this many events (default 2,000,000)")
+    parser.add_argument("--prebuild-mb", type=int, default=64,
+                        help="pre-build a sender's bodies when they fit in this many MiB (default 64)")
+    args = parser.parse_args(argv)
+    if min(args.events, args.senders, args.inflight, args.batch_size, args.customers) < 1:
+        parser.error("--events, --senders, --inflight, --batch-size and --customers must be at least 1")
+    if args.events % args.batch_size or args.batch_size > 10_000:
+        parser.error("--events must be a multiple of --batch-size, which is at most 10,000")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM also stops what was started
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stores = ("sqlite", "postgres") if args.store == "both" else (args.store,)
+    try:
+        results = [bench(store, args) for store in stores]
+    except KeyboardInterrupt:  # the servers and PostgreSQL started here are stopped by now
+        sys.exit("interrupted")
+    print(table(results, args))
+
+
+if __name__ == "__main__":
+    main()
