@@ -14,6 +14,7 @@ from domain.customers import Customers
 from domain.tenants import Tenants
 from projections.documents import Documents
 from projections import usage_readings
+from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
 from projections.store import SCHEMA, Database
 from projections.usage import UsageReport, Window, report
@@ -57,6 +58,7 @@ class Ledger:
 
     def __init__(self, database_url: str, distributed: bool = False) -> None:
         env, views_url, usage_url = store_env(database_url)
+        self.views_url, self.usage_url = views_url, usage_url
         env["CREATE_TABLE"] = "true"
         self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
         self.database = Database(views_url)
@@ -66,12 +68,14 @@ class Ledger:
         self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database)
         self.runner.catch_up()
         self.distributed = distributed
-        self.usage_runner = UsageRunner(self.usage, self.database)
+        self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
+        self._follower: Any = None
 
     def follow_usage(self) -> None:
-        """Keep the usage read model up to date in this process (embedded, or PostgreSQL without Kafka)."""
-        if not self.distributed:
-            self.usage_runner.follow()
+        """Keep the usage read model up to date beside this server (embedded, or PostgreSQL without
+        Kafka), in a process of its own."""
+        if not self.distributed and self._follower is None:
+            self._follower = inprocess.spawn(self.views_url, self.usage_url, self.usage.changed)
 
     def command(self, command: Callable[..., T], *args: Any) -> T:
         """Run one command, then bring the documents up to date with what it recorded."""
@@ -98,7 +102,9 @@ class Ledger:
         return self.tenants.recorder.max_notification_id() or 0
 
     def close(self) -> None:
-        self.usage_runner.stop()
+        if self._follower is not None:
+            self._follower.terminate()  # between transactions or inside one: either way nothing half-done stays
+            self._follower.join(10)
         self.usage.close()
         for application in (self.tenants, self.catalogue, self.customers):
             application.close()

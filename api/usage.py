@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api.errors import ApiError, FieldError, field_error
-from api.http import JSON, Call, Operation, encoder
+from api.http import JSON, Call, Deferred, Operation, decode_body, encoder
 from domain.money import decode_hook
 from domain.codes import ExternalId
 from domain.usage import EventBatch, EventId, UsageEvent, too_far_ahead
@@ -37,6 +37,7 @@ class _ValidBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=Fa
 
 
 _batch = msgspec.json.Decoder(_ValidBatch, dec_hook=decode_hook, float_hook=Decimal)
+_raw_batch = msgspec.json.Decoder(EventBatch)
 
 
 class Ingested(msgspec.Struct, frozen=True):
@@ -75,24 +76,24 @@ async def _record(call: Call, events: list[UsageEvent], now: datetime) -> int:
 
 
 async def ingest_batch(call: Call) -> Response:
-    batch: EventBatch = call.body
-    if len(batch.events) > MAX_EVENTS:
-        raise ApiError(413, f"a batch holds at most {MAX_EVENTS} events, not {len(batch.events)}")
     now = datetime.now(UTC)
-    events, rejected = _decode(call.raw, batch, now)
+    events, rejected = _decode(call.raw, now)
     accepted = await _record(call, events, now)
     answer = BatchIngested(accepted, len(events) - accepted, rejected)
     return Response(encoder.encode(answer), 202, media_type=JSON)
 
 
-def _decode(raw: bytes, batch: EventBatch, now: datetime) -> tuple[list[UsageEvent], list[Rejected]]:
-    """The batch's good events, and the bad ones' indexes and errors."""
+def _decode(body: bytes, now: datetime) -> tuple[list[UsageEvent], list[Rejected]]:
+    """The batch's good events, and the bad ones' indexes and errors. One parse when all are good."""
     try:
-        events = _batch.decode(raw).events
-    except msgspec.ValidationError:
+        events = _batch.decode(body).events
+    except (msgspec.ValidationError, msgspec.DecodeError):
         events = None
-    if events is not None and not any(too_far_ahead(event, now) for event in events):
+    if events is not None and len(events) <= MAX_EVENTS and not any(too_far_ahead(e, now) for e in events):
         return events, []
+    batch: EventBatch = decode_body(_raw_batch, body)  # a malformed body is refused whole here
+    if len(batch.events) > MAX_EVENTS:
+        raise ApiError(413, f"a batch holds at most {MAX_EVENTS} events, not {len(batch.events)}")
     events, rejected = [], []
     for index, raw in enumerate(batch.events):
         try:
@@ -133,7 +134,7 @@ OPERATIONS = [
               UsageEvent, Ingested, status=202, decoder=decode_event),
     Operation("POST", "/v1/events/batch", ingest_batch, INGEST,
               f"Ingest up to {MAX_EVENTS:,} usage events; a bad event is rejected alone", EventBatch, BatchIngested,
-              status=202, max_body=MAX_BATCH_BYTES),
+              status=202, max_body=MAX_BATCH_BYTES, decoder=Deferred()),
     Operation("POST", "/v1/events/void", void, frozenset({"admin"}),
               "Take wrongly sent events out of the totals (a void is recorded, with who and when)", VoidBody, Voided),
 ]

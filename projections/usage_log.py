@@ -13,6 +13,7 @@ smaller one appear later. On SQLite the log has a file of its own, so ingesting 
 the event store or the read models.
 """
 
+import multiprocessing
 import queue
 import threading
 from collections.abc import Sequence
@@ -86,7 +87,8 @@ class UsageLog:
         self._waiting: queue.SimpleQueue[tuple[list[Row], Future[int]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._start = threading.Lock()
-        self.changed = threading.Event()  # set after each commit here: a follower need not poll
+        # set after each commit here, so a follower (another process too) need not poll
+        self.changed = multiprocessing.get_context("spawn").Event()
 
     def append(self, tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> int:
         """Record the events not recorded before; returns how many were new, once they are durable."""

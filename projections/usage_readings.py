@@ -1,6 +1,7 @@
 """The usage read model: each customer's events by name and time, voids applied.
 
-One row per recorded event, keyed by `(tenant, customer, event_id)`; a void deletes it. Rows are
+One row per recorded event, keyed by `(tenant, customer, event name, time, event_id)`; a void
+(which carries its event's name and time) deletes it. Rows are
 indexed by (customer, event name, time), which the log is not (the log keeps only what ingest needs,
 so ingest stays fast). Totals are computed from the rows by `domain.metering` when asked, so a meter
 defined after its events counts them all, and a void is a plain delete.
@@ -21,24 +22,23 @@ from domain.metering import Reading
 from projections.store import Cursor, Database, lock_position, save_position
 from projections.usage_log import Entry, UsageLog
 
-SCHEMA = (
+SCHEMA = (  # one index: the key leads with what a query reads, and ends with what makes it unique
     """CREATE TABLE IF NOT EXISTS tally_usage_readings (
-        tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_id TEXT NOT NULL, event_name TEXT NOT NULL,
-        timestamp_us BIGINT NOT NULL, position BIGINT NOT NULL, properties TEXT NOT NULL,
-        PRIMARY KEY (tenant_id, customer, event_id))""",
-    "CREATE INDEX IF NOT EXISTS tally_usage_readings_time ON tally_usage_readings "
-    "(tenant_id, customer, event_name, timestamp_us)",
+        tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
+        event_id TEXT NOT NULL, position BIGINT NOT NULL, properties TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, customer, event_name, timestamp_us, event_id)) WITHOUT ROWID""",
 )
-PUT = ("INSERT INTO tally_usage_readings (tenant_id, customer, event_id, event_name, timestamp_us, position, "
-       "properties) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_id) DO NOTHING")
-DELETE = "DELETE FROM tally_usage_readings WHERE tenant_id = ? AND customer = ? AND event_id = ?"
+COLUMNS = "tenant_id, customer, event_name, timestamp_us, event_id, position, properties"
+KEY = "tenant_id, customer, event_name, timestamp_us, event_id"
+DELETE = ("DELETE FROM tally_usage_readings WHERE tenant_id = ? AND customer = ? AND event_name = ? "
+          "AND timestamp_us = ? AND event_id = ?")
 IN_PROCESS = "usage"  # the in-process runner's position; the Faust worker keeps one per partition
 USAGE_TOPIC = "tally.usage"  # filled by the relay (gateways/kafka.py), consumed by the worker
 PARTITIONS = 4
 BEFORE_LIMIT = 10_000  # a weighted_sum looks this many events back for the level in force at its start
 
-Key = tuple[str, str, str]
-Put = tuple[str, str, str, str, int, int, str]
+Key = tuple[str, str, str, int, str]  # tenant, customer, event name, time, event id: a void names all
+Put = tuple[str, str, str, int, str, int, str]
 
 
 def reduce(entries: Iterable[Entry]) -> tuple[dict[Key, Put], list[Key]]:
@@ -47,12 +47,12 @@ def reduce(entries: Iterable[Entry]) -> tuple[dict[Key, Put], list[Key]]:
     puts: dict[Key, Put] = {}
     deletes: list[Key] = []
     for entry in entries:
-        key = (entry.tenant_id, entry.customer, entry.event_id)
+        key = (entry.tenant_id, entry.customer, entry.event_name, entry.timestamp_us, entry.event_id)
         if entry.kind == "void":
             puts.pop(key, None)
             deletes.append(key)
         else:
-            puts.setdefault(key, (*key, entry.event_name, entry.timestamp_us, entry.position, entry.properties))
+            puts.setdefault(key, (*key, entry.position, entry.properties))
     return puts, deletes
 
 
@@ -62,7 +62,7 @@ def apply(cursor: Cursor, entries: Sequence[Entry]) -> None:
     if deletes:
         cursor.execute_many(DELETE, deletes)
     if puts:
-        cursor.execute_many(PUT, list(puts.values()))
+        cursor.insert_new("tally_usage_readings", COLUMNS, KEY, list(puts.values()))
 
 
 def apply_partition(cursor: Cursor, partition: int, messages: Sequence[Entry]) -> int:
@@ -120,9 +120,9 @@ def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, even
         ).all()
     rows = {event_id: (t, p, props) for event_id, t, p, props in inside + before}
     puts, deletes = reduce(log.tail(applied, *key))
-    for _, _, event_id in deletes:
+    for *_, event_id in deletes:
         rows.pop(event_id, None)
-    for _, _, event_id, _, t, p, props in puts.values():
+    for _, _, _, t, event_id, p, props in puts.values():
         rows.setdefault(event_id, (t, p, props))
     readings = sorted((Reading(t, p, _properties.decode(props)) for t, p, props in rows.values()),
                       key=lambda r: r.position)

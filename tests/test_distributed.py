@@ -67,8 +67,9 @@ def stop(process: subprocess.Popen, signum: int) -> None:
 
 def snapshot(database: Database) -> list[tuple]:
     with database.transaction() as cursor:
-        return cursor.execute("SELECT tenant_id, customer, event_id, event_name, timestamp_us, position, properties "
-                              "FROM tally_usage_readings ORDER BY tenant_id, customer, event_id").all()
+        return cursor.execute("SELECT tenant_id, customer, event_name, timestamp_us, event_id, position, properties "
+                              "FROM tally_usage_readings ORDER BY tenant_id, customer, event_name, timestamp_us, "
+                              "event_id").all()
 
 
 def replayed(usage: UsageLog) -> list[tuple]:
@@ -221,3 +222,24 @@ def test_a_dropped_read_model_rebuilt_by_replay_is_the_live_one(kind, tmp_path, 
         assert len(live) == 4 * 300 - 4
     finally:
         ledger.close()
+
+
+def test_beside_the_server_the_runner_keeps_the_read_model_up(ledger, admin):
+    # Given a server (its usage runner follows the log in a process of its own)
+    # When usage is sent, and one event voided
+    for batch in range(3):
+        assert admin.post("/v1/events/batch", json={"events": events(batch, 100)}).status_code == 202
+    assert admin.post("/v1/events/void", json={"customer": CUSTOMERS[2], "event_ids": ["1-2"]}).json()["voided"] == 1
+    # Then, without anyone asking, the read model reaches the log's end, and is its replay
+    deadline, last = time.monotonic() + 15, ledger.usage.last_position()
+    while _applied(ledger.database) < last:
+        assert time.monotonic() < deadline, "the usage runner did not catch up"
+        time.sleep(0.05)
+    assert [tuple(row) for row in snapshot(ledger.database)] == replayed(ledger.usage)
+    assert len(snapshot(ledger.database)) == 299
+
+
+def _applied(database: Database) -> int:
+    with database.transaction() as cursor:
+        row = cursor.execute("SELECT position FROM tally_positions WHERE name = 'usage'").one()
+    return int(row[0]) if row else 0

