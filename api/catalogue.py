@@ -10,7 +10,13 @@ from domain.meter import MeterSpec
 from domain.plan import PlanSpec
 from domain.plan_version import PlanVersionSpec
 from domain.pricing_unit import PricingUnitSpec
-from projections.views import FeatureView, MeterView, PlanVersionView, PlanView, PricingUnitView
+from projections.views import (
+    FeatureView,
+    MeterView,
+    PlanVersionView,
+    PlanView,
+    PricingUnitView,
+)
 
 
 def _resource(collection: str, path: str, define: str, spec: type, view: type, noun: str) -> list[Operation]:

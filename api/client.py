@@ -6,7 +6,6 @@ strings Tally sends; any JSON number with a fraction is decoded as `Decimal`, ne
 is a `TallyError` read from the RFC 9457 problem+json body; network failures stay `httpx` errors.
 """
 
-import asyncio
 import contextlib
 import logging
 import re

@@ -12,8 +12,8 @@ from uuid import UUID
 from domain.catalogue import Catalogue
 from domain.customers import Customers
 from domain.tenants import Tenants
-from projections.documents import Documents
 from projections import usage_readings
+from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
 from projections.store import SCHEMA, Database

@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from api.errors import ApiError, FieldError, field_error
 from api.http import JSON, Call, Deferred, Operation, decode_body, encoder
-from domain.money import decode_hook
 from domain.codes import ExternalId
+from domain.money import decode_hook
 from domain.usage import EventBatch, EventId, UsageEvent, too_far_ahead
 from projections.usage_log import rows_of
 

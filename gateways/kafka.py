@@ -26,7 +26,12 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from projections.store import Database
 from projections.usage_log import Entry, UsageLog
-from projections.usage_readings import PARTITIONS, USAGE_TOPIC, partition_of, position_name
+from projections.usage_readings import (
+    PARTITIONS,
+    USAGE_TOPIC,
+    partition_of,
+    position_name,
+)
 
 BATCH = 5_000
 POLL_SECONDS = 0.05

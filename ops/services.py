@@ -61,8 +61,8 @@ def _pg(datadir: str, *args: str, check: bool = True) -> subprocess.CompletedPro
                           text=True, check=check, **_run_as())
 
 
-def _pg_start(datadir: str, port: int) -> None:
-    opts = f"-p {port} -k {shlex.quote(datadir)} -c listen_addresses=127.0.0.1 -c fsync=off"
+def _pg_start(datadir: str, port: int, durable: bool) -> None:
+    opts = f"-p {port} -k {shlex.quote(datadir)} -c listen_addresses=127.0.0.1 -c fsync={'on' if durable else 'off'}"
     log = os.path.join(datadir, "postgres.log")
     done = _pg(datadir, "pg_ctl", "-D", datadir, "-l", log, "-w", "-o", opts, "start", check=False)
     if done.returncode != 0:
@@ -76,8 +76,9 @@ def _pg_stop(datadir: str) -> None:
 
 
 @contextlib.contextmanager
-def postgres() -> Iterator[str]:
-    """A fresh PostgreSQL cluster; yields postgresql://postgres@127.0.0.1:PORT/postgres."""
+def postgres(durable: bool = False) -> Iterator[str]:
+    """A fresh PostgreSQL cluster; yields postgresql://postgres@127.0.0.1:PORT/postgres. Tests run it
+    with fsync off (they never pull the plug); `durable=True` syncs as production does (benchmarks)."""
     datadir = tempfile.mkdtemp(prefix="tally-pg-", dir=_tmp_parent())
     try:
         if owner := _run_as():
@@ -87,7 +88,7 @@ def postgres() -> Iterator[str]:
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{initdb.stdout}{initdb.stderr}")
         port = free_port()
-        _pg_start(datadir, port)
+        _pg_start(datadir, port, durable)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         try:
@@ -137,3 +138,14 @@ def tansu(timeout: float = 30.0, port: int | None = None) -> Iterator[str]:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGKILL)
             proc.wait()
+
+
+def stop(process: subprocess.Popen, signum: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Stop a process we started: `signum`, then SIGKILL if it is still there after `timeout`."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

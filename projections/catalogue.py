@@ -16,8 +16,16 @@ from domain.plan_version import PlanVersion
 from domain.pricing_unit import PricingUnit
 from domain.tenant import Tenant
 from projections.views import (
-    ApiKeyView, CustomerView, Document, FeatureView, MeterView, PlanVersionView, PlanView, PricingUnitView,
-    TenantView, public_id,
+    ApiKeyView,
+    CustomerView,
+    Document,
+    FeatureView,
+    MeterView,
+    PlanVersionView,
+    PlanView,
+    PricingUnitView,
+    TenantView,
+    public_id,
 )
 
 COLLECTIONS: dict[type, str] = {

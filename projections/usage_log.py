@@ -29,13 +29,13 @@ from projections.store import Cursor, Database
 
 COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
 SCHEMA = (
-    f"""CREATE TABLE IF NOT EXISTS tally_usage (
+    """CREATE TABLE IF NOT EXISTS tally_usage (
         position BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
         event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
         recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'event',
         actor TEXT, UNIQUE (tenant_id, customer, event_id, kind))""",
 )
-STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS tally_usage_stage (batch INT, seq INT, tenant_id TEXT, customer TEXT, "
+STAGE = ("CREATE TEMP TABLE IF NOT EXISTS tally_usage_stage (batch INT, seq INT, tenant_id TEXT, customer TEXT, "
          "event_id TEXT, event_name TEXT, timestamp_us BIGINT, recorded_us BIGINT, properties TEXT) "
          "ON COMMIT DELETE ROWS")
 CONFLICT = "ON CONFLICT (tenant_id, customer, event_id, kind) DO NOTHING"

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import httpx
 import msgspec
 import pytest
+from conftest import SETUP
 
 from api.ledger import Ledger
 from api.usage import decode_event as EVENT
@@ -30,7 +31,6 @@ from projections.drivers.inprocess import UsageRunner
 from projections.store import Database
 from projections.usage_log import UsageLog
 from projections.usage_readings import PARTITIONS, position_name
-from conftest import SETUP
 
 KEY = "distributed-test-admin-key"
 TALLY = os.path.join(os.path.dirname(sys.executable), "tally")
@@ -52,17 +52,7 @@ def tally(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     try:
         yield process
     finally:
-        stop(process, signal.SIGTERM)
-
-
-def stop(process: subprocess.Popen, signum: int) -> None:
-    if process.poll() is None:
-        process.send_signal(signum)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        services.stop(process)
 
 
 def snapshot(database: Database) -> list[tuple]:
@@ -152,7 +142,7 @@ def test_a_broker_that_comes_back_empty_and_a_killed_worker_lose_nothing(postgre
                 sender.start()
                 time.sleep(4)
                 # When the worker is killed mid-stream, and the broker restarts with nothing in it
-                stop(worker, signal.SIGKILL)
+                services.stop(worker, signal.SIGKILL)
                 broker.close()
                 broker.enter_context(services.tansu(port=port))
                 worker = subprocess.Popen([TALLY, "worker"], env={**os.environ, **base}, stdin=subprocess.DEVNULL,
@@ -172,7 +162,7 @@ def test_a_broker_that_comes_back_empty_and_a_killed_worker_lose_nothing(postgre
                 finally:
                     database.close()
             finally:
-                stop(worker, signal.SIGTERM)
+                services.stop(worker)
             for customer in CUSTOMERS:  # known only now: their events count all the same
                 assert api.post("/v1/customers", json={"external_id": customer, "name": customer,
                                                        "currency": "USD"}).status_code == 201

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import psycopg
+from conftest import assert_problem, client, open_tenant
 
 from api.ledger import Ledger
 from domain.api_key import BASE62, ROLES, new_secret, secret_hash, well_formed
-from conftest import assert_problem, client, open_tenant
 
 KEY_SHAPE = re.compile(r"^tly_(?P<letter>[afrip])_[0-9A-Za-z]{28}$")
 ROLE_LETTERS = {"admin": "a", "finance": "f", "readonly": "r", "ingest": "i", "portal": "p"}

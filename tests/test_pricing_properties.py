@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.money import trap_floats
-from domain.price import GraduatedPrice, PackagePrice, PercentagePrice, PerUnitPrice, Tier, VolumePrice
+from domain.price import (
+    GraduatedPrice,
+    PackagePrice,
+    PercentagePrice,
+    PerUnitPrice,
+    Tier,
+    VolumePrice,
+)
 from domain.pricing import Transaction, rate, rate_transactions
 
 # No conftest: the trap is set here, at import, for every test of this module (and this process).

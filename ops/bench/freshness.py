@@ -162,17 +162,7 @@ def started(command: str, env: dict[str, str], folder: Path) -> Iterator[subproc
     try:
         yield process
     finally:
-        stop_process(process)
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        services.stop(process, timeout=STOP_SECONDS)
 
 
 def log_tail(folder: Path) -> str:

@@ -304,7 +304,7 @@ def serving(database_url: str, folder: Path) -> Iterator[Server]:
         wait_ready(server, log)
         yield server
     finally:
-        stop(process)
+        services.stop(process, timeout=STOP_SECONDS)
 
 
 def wait_ready(server: Server, log: Path) -> None:
@@ -317,16 +317,6 @@ def wait_ready(server: Server, log: Path) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"tally serve did not come up in {START_SECONDS}s:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def memory_kb(pid: int, field: str) -> int:
@@ -491,7 +481,7 @@ def bench(store: str, args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"tally-bench-ingest-{store}-") as temp, \
             contextlib.ExitStack() as stack:
         folder = Path(temp)
-        url = (stack.enter_context(services.postgres()) if store == "postgres"
+        url = (stack.enter_context(services.postgres(durable=True)) if store == "postgres"
                else f"sqlite:///{folder / 'events.sqlite'}")
         with serving(url, folder) as server, httpx.Client(
                 base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"}, timeout=60) as api:
