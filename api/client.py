@@ -173,6 +173,12 @@ class _Operations:
     send_event = _operation("POST", "/v1/events", "Ingest one usage event (202 once durable)")
     send_events = _operation("POST", "/v1/events/batch", "Ingest up to 10,000 usage events: events=[...]")
     void_events = _operation("POST", "/v1/events/void", "Take wrongly sent events out of the totals")
+    create_subscription = _operation("POST", "/v1/subscriptions", "Subscribe a customer to a plan version")
+    list_subscriptions = _operation("GET", "/v1/subscriptions", "List a customer's subscriptions: customer=...")
+    get_subscription = _operation("GET", "/v1/subscriptions/{id}", "Read a subscription")
+    amend_subscription = _operation("POST", "/v1/subscriptions/{id}/amendments", "Change the plan version")
+    cancel_subscription = _operation("POST", "/v1/subscriptions/{id}/cancel", "Cancel: at='now' or 'period_end'")
+    list_subscription_versions = _operation("GET", "/v1/subscriptions/{id}/versions", "The contract's history")
 
 
 class Client(_Operations):

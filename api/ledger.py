@@ -11,6 +11,7 @@ from uuid import UUID
 
 from domain.catalogue import Catalogue
 from domain.customers import Customers
+from domain.subscriptions import Subscriptions
 from domain.tenants import Tenants
 from projections import usage_readings
 from projections.documents import Documents
@@ -61,6 +62,7 @@ class Ledger:
         self.views_url, self.usage_url = views_url, usage_url
         env["CREATE_TABLE"] = "true"
         self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
+        self.subscriptions = Subscriptions(env)
         self.database = Database(views_url)
         self.database.migrate(SCHEMA + usage_readings.SCHEMA)
         self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
@@ -106,7 +108,7 @@ class Ledger:
             self._follower.terminate()  # between transactions or inside one: either way nothing half-done stays
             self._follower.join(10)
         self.usage.close()
-        for application in (self.tenants, self.catalogue, self.customers):
+        for application in (self.tenants, self.catalogue, self.customers, self.subscriptions):
             application.close()
         if self.usage.database is not self.database:
             self.usage.database.close()

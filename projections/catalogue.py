@@ -1,8 +1,10 @@
-"""Reducers from the events of tenants, keys, the catalogue and customers to their documents.
+"""Reducers from the events of tenants, keys, the catalogue, customers and subscriptions to their
+documents.
 
 Pure: `(document | None, event) -> document`; an event they do not know changes nothing.
 """
 
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -14,9 +16,11 @@ from domain.meter import Meter
 from domain.plan import Plan
 from domain.plan_version import PlanVersion
 from domain.pricing_unit import PricingUnit
+from domain.subscription import Subscription
 from domain.tenant import Tenant
 from projections.views import (
     ApiKeyView,
+    ContractVersion,
     CustomerView,
     Document,
     FeatureView,
@@ -24,6 +28,7 @@ from projections.views import (
     PlanVersionView,
     PlanView,
     PricingUnitView,
+    SubscriptionView,
     TenantView,
     public_id,
 )
@@ -34,6 +39,8 @@ COLLECTIONS: dict[type, str] = {
     Meter.Defined: "meters", Feature.Defined: "features", PricingUnit.Defined: "pricing_units",
     Plan.Defined: "plans", Plan.VersionPublished: "plans", PlanVersion.Published: "plan_versions",
     Customer.Registered: "customers", Customer.DetailsChanged: "customers",
+    Subscription.Started: "subscriptions", Subscription.Amended: "subscriptions",
+    Subscription.CancelRequested: "subscriptions",
 }
 
 
@@ -91,5 +98,34 @@ def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C
         case Customer.DetailsChanged(details=details) if document:
             changed = _changed(document, **msgspec.structs.asdict(details), updated_at=event.timestamp)
             return msgspec.structs.replace(changed, parent=details.parent_external_id)
+        case Subscription.Started() | Subscription.Amended() | Subscription.CancelRequested():
+            return _subscription(document, event, created)
         case _:
             return document
+
+
+def _subscription(document: Document | None, event: Any, created: dict[str, Any]) -> Document | None:
+    """A subscription and its contract versions: one version per change (who, when, what, why)."""
+    if isinstance(event, Subscription.Started):
+        first = ContractVersion(version=1, kind="started", effective_at=event.start_at, plan_version=event.plan_version,
+                                reason=None, created_by=event.actor, created_at=event.timestamp)
+        view = SubscriptionView(
+            **created, customer=event.customer, plan_code=event.plan_code, plan_version=event.plan_version,
+            status="active", currency=event.currency, interval=event.interval, billing_anchor=event.billing_anchor,
+            start_at=event.start_at, trial_days=event.trial_days,
+            billing_start=event.start_at + timedelta(days=event.trial_days), ends_at=None, versions=(first,),
+            updated_at=event.timestamp,
+        )
+        return _new(event, created["id"], view, parent=event.customer)
+    if document is None:
+        return None
+    view: SubscriptionView = document.view  # type: ignore[assignment]
+    cancelled = isinstance(event, Subscription.CancelRequested)
+    version = ContractVersion(
+        version=len(view.versions) + 1, kind="cancelled" if cancelled else "amended",
+        effective_at=event.ends_at if cancelled else event.effective_at,
+        plan_version=view.plan_version if cancelled else event.plan_version, reason=event.reason,
+        ends_at=event.ends_at if cancelled else None, created_by=event.actor, created_at=event.timestamp,
+    )
+    changes = {"status": "cancelled", "ends_at": event.ends_at} if cancelled else {"plan_version": event.plan_version}
+    return _changed(document, **changes, versions=(*view.versions, version), updated_at=event.timestamp)

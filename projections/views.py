@@ -13,7 +13,7 @@ from domain.price import Entitlement, Price
 
 PREFIXES = {
     "tenants": "ten", "api_keys": "key", "meters": "mtr", "features": "feat", "pricing_units": "pu",
-    "plans": "plan", "plan_versions": "pv", "customers": "cus",
+    "plans": "plan", "plan_versions": "pv", "customers": "cus", "subscriptions": "sub",
 }
 
 
@@ -119,6 +119,35 @@ class CustomerView(View, frozen=True, kw_only=True):
     updated_at: datetime
 
 
+class ContractVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """One change of a subscription: what (kind, plan version, ends_at), when it takes effect, why, who."""
+
+    version: int
+    kind: str  # started | amended | cancelled
+    effective_at: datetime
+    plan_version: int
+    reason: str | None
+    ends_at: datetime | None = None
+    created_by: str
+    created_at: datetime
+
+
+class SubscriptionView(View, frozen=True, kw_only=True):
+    customer: str
+    plan_code: str
+    plan_version: int  # of the latest contract version (its effective_at may lie ahead)
+    status: str  # active | cancelled (a cancelled subscription runs until ends_at)
+    currency: str
+    interval: str
+    billing_anchor: str
+    start_at: datetime
+    trial_days: int
+    billing_start: datetime  # start_at + the trial: nothing is billed before it
+    ends_at: datetime | None
+    versions: tuple[ContractVersion, ...]
+    updated_at: datetime
+
+
 class Document(msgspec.Struct, frozen=True):
     """One read-model row: what the store indexes (tenant, code, parent) and the view it returns."""
 
@@ -131,5 +160,5 @@ class Document(msgspec.Struct, frozen=True):
 VIEW_TYPES: dict[str, type[View]] = {
     "tenants": TenantView, "api_keys": ApiKeyView, "meters": MeterView, "features": FeatureView,
     "pricing_units": PricingUnitView, "plans": PlanView, "plan_versions": PlanVersionView,
-    "customers": CustomerView,
+    "customers": CustomerView, "subscriptions": SubscriptionView,
 }

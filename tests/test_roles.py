@@ -56,6 +56,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/events"): INGEST,
     ("POST", "/v1/events/batch"): INGEST,
     ("POST", "/v1/events/void"): ADMIN,  # a correction, not ingestion
+    # Subscriptions: the admin contracts, readers read, a portal key reads its own customer's
+    ("POST", "/v1/subscriptions"): ADMIN,
+    ("GET", "/v1/subscriptions"): READERS | {"portal"},
+    ("GET", "/v1/subscriptions/{id}"): READERS | {"portal"},
+    ("GET", "/v1/subscriptions/{id}/versions"): READERS | {"portal"},
+    ("POST", "/v1/subscriptions/{id}/amendments"): ADMIN,
+    ("POST", "/v1/subscriptions/{id}/cancel"): ADMIN,
 }
 USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call", "timestamp": "2026-01-01T00:00:00Z",
          "properties": {"tokens": 12}}
@@ -63,7 +70,8 @@ USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call", "times
 FLAT = {"type": "flat", "currency": "USD", "amount": "49.00", "pay_in": "advance"}
 
 
-def sample_requests(spare_key_id: str) -> dict[tuple[str, str], tuple[str, dict[str, Any] | None]]:
+def sample_requests(spare_key_id: str, subscription: str = "sub_x") -> dict[tuple[str, str],
+                                                                          tuple[str, dict[str, Any] | None]]:
     """For each route, a request an allowed caller can make succeed: (URL, JSON body)."""
     return {
         ("GET", "/healthz"): ("/healthz", None),
@@ -103,6 +111,14 @@ def sample_requests(spare_key_id: str) -> dict[tuple[str, str], tuple[str, dict[
         ("POST", "/v1/events"): ("/v1/events", USAGE),
         ("POST", "/v1/events/batch"): ("/v1/events/batch", {"events": [USAGE]}),
         ("POST", "/v1/events/void"): ("/v1/events/void", {"customer": "acme", "event_ids": ["e-1"]}),
+        ("POST", "/v1/subscriptions"): ("/v1/subscriptions", {
+            "customer": "acme", "plan_code": "pro", "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}),
+        ("GET", "/v1/subscriptions"): ("/v1/subscriptions?customer=acme", None),
+        ("GET", "/v1/subscriptions/{id}"): (f"/v1/subscriptions/{subscription}", None),
+        ("GET", "/v1/subscriptions/{id}/versions"): (f"/v1/subscriptions/{subscription}/versions", None),
+        ("POST", "/v1/subscriptions/{id}/amendments"): (f"/v1/subscriptions/{subscription}/amendments", {
+            "reason": "upgrade", "changes": {"plan_version": 2}}),
+        ("POST", "/v1/subscriptions/{id}/cancel"): (f"/v1/subscriptions/{subscription}/cancel", {"at": "period_end"}),
     }
 
 
@@ -115,8 +131,9 @@ def test_every_route_and_every_role_has_a_rule_in_the_table():
     assert set(sample_requests("key_x")) == routes
 
 
-def _given_a_tenant_with_a_key_of_each_role(admin: httpx.Client) -> tuple[dict[str, str], str]:
-    """The catalogue and customers the walk reads, a key of each role, and a spare key to revoke."""
+def _given_a_tenant_with_a_key_of_each_role(admin: httpx.Client) -> tuple[dict[str, str], str, str]:
+    """The catalogue, customers and a subscription the walk reads, a key of each role, and a spare key
+    to revoke."""
     for path, body in [
         ("/v1/meters", {"code": "tokens", "name": "Tokens", "event_name": "llm.call", "aggregation": "sum",
                         "field": "tokens"}),
@@ -124,6 +141,7 @@ def _given_a_tenant_with_a_key_of_each_role(admin: httpx.Client) -> tuple[dict[s
         ("/v1/pricing-units", {"code": "credits", "name": "Credits", "currency": "USD", "conversion_rate": "0.01"}),
         ("/v1/plans", {"code": "pro", "name": "Pro", "currency": "USD", "interval": "month"}),
         ("/v1/plans/pro/versions", {"prices": [FLAT]}),
+        ("/v1/plans/pro/versions", {"prices": [FLAT], "trial_days": 7}),
         ("/v1/customers", {"external_id": "acme", "name": "Acme", "currency": "USD"}),
         ("/v1/customers", {"external_id": "acme-eu", "name": "Acme EU", "currency": "EUR",
                            "parent_external_id": "acme"}),
@@ -138,13 +156,16 @@ def _given_a_tenant_with_a_key_of_each_role(admin: httpx.Client) -> tuple[dict[s
         assert issued.json()["key"].startswith(f"tly_{role[0]}_")
         secrets[role] = issued.json()["key"]
     spare = admin.post("/v1/api-keys", json={"role": "finance"}).json()["id"]
-    return secrets, spare
+    subscription = admin.post("/v1/subscriptions", json={
+        "customer": "acme", "plan_code": "pro", "plan_version": 1, "start_at": "2026-01-01T00:00:00Z",
+        "billing_anchor": "calendar"}).json()["id"]
+    return secrets, spare, subscription
 
 
 def test_each_role_may_call_exactly_the_routes_the_role_table_allows(admin, ledger, base_url):
     # Given a tenant with a catalogue, customers "acme" and its child "acme-eu", and a key of each role
-    secrets, spare = _given_a_tenant_with_a_key_of_each_role(admin)
-    samples = sample_requests(spare)
+    secrets, spare, subscription = _given_a_tenant_with_a_key_of_each_role(admin)
+    samples = sample_requests(spare, subscription)
     callers = {role: client(base_url, secret) for role, secret in secrets.items()} | {
         ANONYMOUS: client(base_url, None)}
     mismatches = []
