@@ -7,7 +7,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalogue, customers, openapi, subscriptions, tenant, usage
+from api import catalogue, customers, invoices, openapi, subscriptions, tenant, usage
 from api.errors import HANDLERS
 from api.http import JSON, Call, Operation, encoder, endpoint
 from api.idempotency import Idempotency
@@ -32,6 +32,7 @@ OPERATIONS: list[Operation] = [
     *customers.OPERATIONS,
     *usage.OPERATIONS,
     *subscriptions.OPERATIONS,
+    *invoices.OPERATIONS,
 ]
 
 

@@ -179,6 +179,8 @@ class _Operations:
     amend_subscription = _operation("POST", "/v1/subscriptions/{id}/amendments", "Change the plan version")
     cancel_subscription = _operation("POST", "/v1/subscriptions/{id}/cancel", "Cancel: at='now' or 'period_end'")
     list_subscription_versions = _operation("GET", "/v1/subscriptions/{id}/versions", "The contract's history")
+    get_upcoming_invoice = _operation("GET", "/v1/customers/{external_id}/upcoming-invoice",
+                                      "The live draft of the current period's invoice")
 
 
 class Client(_Operations):

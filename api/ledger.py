@@ -4,13 +4,22 @@ reads its own writes."""
 
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
+import msgspec
+
+from domain import invoice
 from domain.catalogue import Catalogue
 from domain.customers import Customers
+from domain.errors import Invalid, NotFound
+from domain.meter import MeterSpec
+from domain.metering import transactions_of
+from domain.pricing import Transaction
+from domain.subscription import Subscription
 from domain.subscriptions import Subscriptions
 from domain.tenants import Tenants
 from projections import usage_readings
@@ -18,8 +27,9 @@ from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
 from projections.store import SCHEMA, Database
-from projections.usage import UsageReport, Window, report
-from projections.usage_log import UsageLog
+from projections.usage import Read, UsageReport, Window, report
+from projections.usage_log import UsageLog, microseconds
+from projections.views import private_id, public_id
 
 T = TypeVar("T")
 
@@ -90,14 +100,76 @@ class Ledger:
                      window: Window | None, group_by: tuple[str, ...]) -> UsageReport:
         """A customer's usage of one meter: the read model plus the log's unapplied tail (fresh to the last 202)."""
         meter = self.catalogue.meter(tenant_id, meter_code).spec
-        tenant = str(tenant_id)
+        return report(self._usage_reader(str(tenant_id), customer, meter), customer, meter, start, end, window,
+                      group_by)
+
+    def _usage_reader(self, tenant: str, customer: str, meter: MeterSpec) -> Read:
         partition = usage_readings.partition_of(tenant, customer) if self.distributed else None
+        return lambda start_us, end_us: usage_readings.fresh(
+            self.database, self.usage, tenant, customer, meter.event_name, start_us, end_us, partition)
 
-        def read(start_us: int, end_us: int) -> tuple[list, list]:
-            return usage_readings.fresh(self.database, self.usage, tenant, customer, meter.event_name,
-                                        start_us, end_us, partition)
+    def upcoming_invoice(self, tenant_id: UUID, customer: str, subscription_id: UUID | None,
+                         now: datetime) -> invoice.Invoice:
+        """The live draft of the closing invoice of the current period (API.md "Invoices")."""
+        subscription = self._subscription_of(tenant_id, customer, subscription_id, now)
+        period = subscription.period_at(max(now, subscription.billing_start))
+        plan = self.catalogue.plan(tenant_id, subscription.plan_code)
+        specs = {number: self.catalogue.plan_version(plan, number).spec for _, number in subscription.versions}
+        conversion = {price.pricing_unit: self.catalogue.pricing_unit(tenant_id, price.pricing_unit).spec.conversion_rate
+                      for spec in specs.values() for price in spec.prices if price.pricing_unit is not None}
+        parts = invoice.segments(subscription.versions, specs, period, subscription.billing_start, subscription.ends_at)
+        start = max(period.start, subscription.billing_start)
+        first = subscription.version_at(start)
+        billed = invoice.Segment(start, period.end, first, specs[first])
+        usage = self._usage(tenant_id, customer)
+        lines = invoice.closing_lines(subscription.plan_code, parts, period, usage, conversion,
+                                      subscription.currency, billed)
+        sums = invoice.sums(lines, parts, period, subscription.currency, self._tax_rate(tenant_id, customer))
+        return invoice.Invoice(
+            customer=customer, subscription=public_id("subscriptions", subscription.id), status="upcoming",
+            currency=subscription.currency, period_start=period.start, period_end=period.end, lines=tuple(lines),
+            **msgspec.structs.asdict(sums),
+        )
 
-        return report(read, customer, meter, start, end, window, group_by)
+    def _subscription_of(self, tenant_id: UUID, customer: str, subscription_id: UUID | None,
+                         now: datetime) -> Subscription:
+        """The named subscription of the customer, or its one subscription still running at `now`."""
+        if subscription_id is not None:
+            found = self.subscriptions.subscription(tenant_id, subscription_id)
+            if found.customer != customer:
+                raise NotFound("subscription", public_id("subscriptions", subscription_id))
+            return found
+        bodies, _ = self.documents.page("subscriptions", str(tenant_id), 100, parent=customer) or ([], False)
+        mine = [self.subscriptions.subscription(tenant_id, private_id("subscriptions", body["id"]))
+                for body in map(msgspec.json.decode, bodies)]
+        running = [found for found in mine if found.ends_at is None or found.ends_at > now]
+        if not running:
+            raise NotFound("running subscription of customer", customer)
+        if len(running) > 1:
+            raise Invalid("subscription", f"customer {customer!r} has {len(running)} running subscriptions: name one")
+        return running[0]
+
+    def _usage(self, tenant_id: UUID, customer: str) -> invoice.Usage:
+        """A customer's usage as the invoice lines read it: the read model plus the log's tail."""
+        tenant = str(tenant_id)
+
+        def reader(meter: MeterSpec) -> Read:
+            return self._usage_reader(tenant, customer, meter)
+
+        def quantity(meter_code: str, start: datetime, end: datetime) -> Decimal:
+            meter = self.catalogue.meter(tenant_id, meter_code).spec
+            return report(reader(meter), customer, meter, start, end, None, ()).total
+
+        def transactions(meter_code: str, start: datetime, end: datetime) -> list[Transaction]:
+            meter = self.catalogue.meter(tenant_id, meter_code).spec
+            inside, _ = reader(meter)(microseconds(start), microseconds(end))
+            return transactions_of(meter, inside)
+
+        return invoice.Usage(quantity, transactions)
+
+    def _tax_rate(self, tenant_id: UUID, customer: str) -> Decimal:
+        found = self.customers.customer(tenant_id, customer).details.tax_rate
+        return found if found is not None else self.tenants.tenant(tenant_id).settings.default_tax_rate
 
     def events_recorded(self) -> int:
         """The position of the last event in the store (0 when empty)."""

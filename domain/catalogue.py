@@ -75,6 +75,18 @@ class Catalogue(TallyApplication):
             raise NotFound("plan", code)
         return plan
 
+    def plan_version(self, plan: Plan, number: int) -> PlanVersion:
+        version = self._get(PlanVersion.create_id(plan.id, number))
+        if version is None:
+            raise NotFound("plan version", f"{plan.spec.code}/{number}")
+        return version
+
+    def pricing_unit(self, tenant_id: UUID, code: str) -> PricingUnit:
+        unit = self._get(PricingUnit.id_for(tenant_id, code))
+        if unit is None:
+            raise NotFound("pricing unit", code)
+        return unit
+
     def _check_price(self, tenant_id: UUID, plan: Plan, price: Price, field: str) -> None:
         currency = price.currency
         if price.pricing_unit is not None:

@@ -12,12 +12,14 @@ aggregations; `count` counts every event that passes the meter's filters.
 """
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
 
 from domain.meter import MeterSpec
+from domain.pricing import Transaction
 
 ZERO = Decimal(0)
 
@@ -26,6 +28,7 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
     timestamp_us: int
     position: int
     properties: dict[str, Any]
+    event_id: str = ""
 
 
 def number(value: Any) -> Decimal | None:
@@ -118,3 +121,18 @@ def level_before(meter: MeterSpec, readings: Iterable[Reading]) -> Decimal | Non
         if value is not None:
             last = value
     return last
+
+
+def transactions_of(meter: MeterSpec, readings: Iterable[Reading]) -> list[Transaction]:
+    """A sum meter's events as the transactions a percentage price rates (those with a numeric value)."""
+    assert meter.field is not None, "a percentage price reads a sum meter, which has a field"
+    found = []
+    for reading in readings:
+        value = number(reading.properties.get(meter.field)) if matches(meter, reading) else None
+        if value is not None:
+            moment = EPOCH + timedelta(microseconds=reading.timestamp_us)
+            found.append(Transaction(reading.event_id, moment, value))
+    return found
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

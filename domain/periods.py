@@ -28,15 +28,20 @@ DAYS = {"day": 1, "week": 7}
 
 
 class Period(msgspec.Struct, frozen=True):
+    """`[start, end)`. A calendar period cut short by a mid-period start keeps, in `since`, where the
+    whole period began: proration is over the whole period's length."""
+
     start: datetime
     end: datetime
+    since: datetime | None = None
 
     def __contains__(self, moment: datetime) -> bool:
         return self.start <= moment < self.end
 
     @property
     def microseconds(self) -> int:
-        return _us(self.end - self.start)
+        """The whole period's real length."""
+        return _us(self.end - (self.since or self.start))
 
 
 def _us(delta: timedelta) -> int:
@@ -76,8 +81,9 @@ def period_at(billing_start: datetime, interval: Interval, anchor: Anchor, momen
     assert billing_start.tzinfo is not None and moment.tzinfo is not None, "UTC-aware times only"
     assert moment >= billing_start, (moment, billing_start)
     if anchor == "calendar":
-        start = max(_calendar_start(moment, interval), billing_start)
-        return Period(start, _step(_calendar_start(moment, interval), interval, 1))
+        whole = _calendar_start(moment, interval)
+        end = _step(whole, interval, 1)
+        return Period(billing_start, end, whole) if billing_start > whole else Period(whole, end)
     count = _periods_before(billing_start, interval, moment)
     return Period(_step(billing_start, interval, count), _step(billing_start, interval, count + 1))
 
@@ -108,7 +114,7 @@ def periods(billing_start: datetime, interval: Interval, anchor: Anchor, until: 
 
 def prorate(amount: Decimal, period: Period, used_from: datetime, used_to: datetime) -> Decimal:
     """`amount` for the whole period, for the part `[used_from, used_to)` of it (clipped to it)."""
-    low, high = max(used_from, period.start), min(used_to, period.end)
+    low, high = max(used_from, period.since or period.start), min(used_to, period.end)
     if high <= low:
         return Decimal(0)
     used = _us(high - low)

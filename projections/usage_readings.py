@@ -118,13 +118,13 @@ def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, even
             "AND customer = ? AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC "
             "LIMIT ?", (*key, start_us, BEFORE_LIMIT),
         ).all()
-    rows = {event_id: (t, p, props) for event_id, t, p, props in inside + before}
+    rows = {event_id: (t, p, props) for event_id, t, p, props in inside + before}  # by id: the tail overlaps
     puts, deletes = reduce(log.tail(applied, *key))
     for *_, event_id in deletes:
         rows.pop(event_id, None)
     for _, _, _, t, event_id, p, props in puts.values():
         rows.setdefault(event_id, (t, p, props))
-    readings = sorted((Reading(t, p, _properties.decode(props)) for t, p, props in rows.values()),
+    readings = sorted((Reading(t, p, _properties.decode(props), event_id) for event_id, (t, p, props) in rows.items()),
                       key=lambda r: r.position)
     return ([r for r in readings if start_us <= r.timestamp_us < end_us],
             sorted((r for r in readings if r.timestamp_us < start_us),

@@ -65,6 +65,10 @@ def test_proration_is_by_the_second_over_the_period_s_real_length():
     november = Period(utc("2026-11-01T00:00:00"), utc("2026-12-01T00:00:00"))
     assert prorate(Decimal("2592000"), november, utc("2026-11-10T00:00:00"), utc("2026-11-10T00:00:01")) == 1
     assert prorate(Decimal(10), november, utc("2026-12-01T00:00:00"), utc("2026-12-05T00:00:00")) == 0
+    # And a first period cut short by a mid-month start is prorated over the whole month
+    first = period_at(utc("2026-11-21T00:00:00"), "month", "calendar", utc("2026-11-25T00:00:00"))
+    assert (first.start, first.end) == (utc("2026-11-21T00:00:00"), utc("2026-12-01T00:00:00"))
+    assert prorate(Decimal(30), first, first.start, first.end) == Decimal(10)
     assert prorate(Decimal("49.99"), november, utc("2026-10-01T00:00:00"), utc("2027-01-01T00:00:00")) == Decimal(
         "49.99")
 

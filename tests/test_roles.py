@@ -63,6 +63,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/subscriptions/{id}/versions"): READERS | {"portal"},
     ("POST", "/v1/subscriptions/{id}/amendments"): ADMIN,
     ("POST", "/v1/subscriptions/{id}/cancel"): ADMIN,
+    # Invoices
+    ("GET", "/v1/customers/{external_id}/upcoming-invoice"): READERS | {"portal"},
 }
 USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call", "timestamp": "2026-01-01T00:00:00Z",
          "properties": {"tokens": 12}}
@@ -119,6 +121,7 @@ def sample_requests(spare_key_id: str, subscription: str = "sub_x") -> dict[tupl
         ("POST", "/v1/subscriptions/{id}/amendments"): (f"/v1/subscriptions/{subscription}/amendments", {
             "reason": "upgrade", "changes": {"plan_version": 2}}),
         ("POST", "/v1/subscriptions/{id}/cancel"): (f"/v1/subscriptions/{subscription}/cancel", {"at": "period_end"}),
+        ("GET", "/v1/customers/{external_id}/upcoming-invoice"): (f"/v1/customers/acme/upcoming-invoice?subscription={subscription}", None),
     }
 
 
