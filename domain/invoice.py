@@ -180,8 +180,8 @@ def _money(amount: Decimal, price: Price, conversion: dict[str, Decimal], curren
     return Amount(round_money(amount, currency))
 
 
-class Invoice(msgspec.Struct, frozen=True, kw_only=True):
-    """An invoice as API.md shapes it (the upcoming invoice has no id or number yet)."""
+class Invoice(Sums, frozen=True, kw_only=True):
+    """An invoice as API.md shapes it: its sums, and (the upcoming invoice has no id or number yet):"""
 
     id: str | None = None
     number: str | None = None
@@ -192,13 +192,6 @@ class Invoice(msgspec.Struct, frozen=True, kw_only=True):
     period_start: datetime
     period_end: datetime
     lines: tuple[InvoiceLine, ...]
-    subtotal: Amount
-    commitment_true_up: Amount
-    tax_rate: Amount
-    tax: Amount
-    total: Amount
-    credits_applied: Amount
-    amount_due: Amount
 
 
 def sums(lines: Sequence[InvoiceLine], parts: Sequence[Segment], period: Period, currency: str,
