@@ -181,6 +181,11 @@ class _Operations:
     list_subscription_versions = _operation("GET", "/v1/subscriptions/{id}/versions", "The contract's history")
     get_upcoming_invoice = _operation("GET", "/v1/customers/{external_id}/upcoming-invoice",
                                       "The live draft of the current period's invoice")
+    list_invoices = _operation("GET", "/v1/invoices", "List issued invoices: customer=..., status=...")
+    get_invoice = _operation("GET", "/v1/invoices/{id}", "Read an invoice")
+    finalize_invoice = _operation("POST", "/v1/invoices/{id}/finalize", "Finalize a draft")
+    void_invoice = _operation("POST", "/v1/invoices/{id}/void", "Void a draft or an unpaid invoice")
+    pay_invoice = _operation("POST", "/v1/invoices/{id}/pay", "Record a payment (default: all that is due)")
 
 
 class Client(_Operations):

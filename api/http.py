@@ -77,13 +77,14 @@ class Call:
             raise ApiError(404, f"no {collection.rstrip('s').replace('_', ' ')} {code or id}")
         return Response(body, status, media_type=JSON)
 
-    async def page(self, collection: str, *, parent: str | None = None, key: str = "code") -> Response:
+    async def page(self, collection: str, *, parent: str | None = None, key: str = "code",
+                   status: str | None = None) -> Response:
         limit = _limit(self.request.query_params.get("limit", "20"))
         after = self.request.query_params.get("starting_after")
         if after is not None and key == "id":  # listed by id: the caller names an item by its public id (`key_…`)
             after = str(private_id(collection, after) or after)  # not one of ours: matches nothing, so 404
         found = await run_in_threadpool(
-            self.ledger.documents.page, collection, str(self.tenant_id), limit, after, parent, key
+            self.ledger.documents.page, collection, str(self.tenant_id), limit, after, parent, key, status
         )
         if found is None:
             raise ApiError(404, f"starting_after: no {collection} item {after!r}",

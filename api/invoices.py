@@ -1,14 +1,21 @@
-"""Invoice operations. For now the upcoming invoice: the live draft of the current period's closing
-invoice, computed when asked from the contract, its price versions and the usage so far."""
+"""Invoice operations: the upcoming invoice (the live draft of the current period's closing invoice),
+issued invoices (read, list, finalize, void, pay)."""
+
+from typing import get_args
+from uuid import UUID
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from api.errors import ApiError
+from api.errors import ApiError, FieldError
 from api.http import JSON, Call, Operation, encoder
-from api.tenant import READERS
+from api.tenant import ADMIN, READERS
+from domain.billing import Payment, Status, Voiding
 from domain.invoice import Invoice
-from projections.views import private_id
+from projections.views import InvoiceSummary, private_id
+
+OWN = READERS | {"portal"}  # a portal key reads its own customer's invoices
+FINANCE = ADMIN | {"finance"}
 
 
 async def upcoming(call: Call) -> Response:
@@ -24,8 +31,63 @@ async def upcoming(call: Call) -> Response:
     return Response(encoder.encode(found), media_type=JSON)
 
 
+def _invoice_id(call: Call) -> UUID:
+    found = private_id("invoices", call.params["id"])
+    if found is None:
+        raise ApiError(404, f"no invoice {call.params['id']}")
+    return found
+
+
+async def _answer(call: Call, invoice_id: UUID) -> Response:
+    found = await run_in_threadpool(call.ledger.issued_invoice, call.tenant_id, invoice_id)
+    if call.role == "portal" and found.customer != call.customer:
+        raise ApiError(404, f"no invoice {call.params['id']}")
+    return Response(encoder.encode(found), media_type=JSON)
+
+
+async def read(call: Call) -> Response:
+    return await _answer(call, _invoice_id(call))
+
+
+async def listing(call: Call) -> Response:
+    query = call.request.query_params
+    customer, status = query.get("customer"), query.get("status")
+    if call.role == "portal":
+        customer = call.customer if customer in (None, call.customer) else ""  # another's: an empty list
+    if status is not None and status not in get_args(Status):
+        raise ApiError(422, f"status: one of {', '.join(get_args(Status))}", [FieldError("status", "unknown")])
+    return await call.page("invoices", parent=customer, key="id", status=status)
+
+
+async def finalize(call: Call) -> Response:
+    await call.command(call.ledger.finalize, _invoice_id(call))
+    return await _answer(call, _invoice_id(call))
+
+
+async def void(call: Call) -> Response:
+    body: Voiding = call.body
+    await call.command(call.ledger.invoicing.void, _invoice_id(call), body.reason)
+    return await _answer(call, _invoice_id(call))
+
+
+async def pay(call: Call) -> Response:
+    body: Payment = call.body
+    await call.command(call.ledger.invoicing.pay, _invoice_id(call), body.amount)
+    return await _answer(call, _invoice_id(call))
+
+
 OPERATIONS = [
     Operation("GET", "/v1/customers/{external_id}/upcoming-invoice", upcoming, READERS | {"portal"},
               "The live draft of the current period's closing invoice (?subscription= when several run)",
               response=Invoice),
+    Operation("GET", "/v1/invoices", listing, OWN, "List issued invoices (?customer=, ?status=)",
+              response=InvoiceSummary, listing=True),
+    Operation("GET", "/v1/invoices/{id}", read, OWN, "Read an invoice (a draft is computed as of now)",
+              response=Invoice),
+    Operation("POST", "/v1/invoices/{id}/finalize", finalize, FINANCE,
+              "Finalize a draft: the tenant's next number, and its amounts fixed", response=Invoice),
+    Operation("POST", "/v1/invoices/{id}/void", void, FINANCE, "Void a draft or an unpaid invoice", Voiding,
+              Invoice),
+    Operation("POST", "/v1/invoices/{id}/pay", pay, FINANCE, "Record a payment (default: all that is due)",
+              Payment, Invoice),
 ]

@@ -3,7 +3,7 @@ opened on one database URL. Commands catch the documents up before they answer, 
 reads its own writes."""
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,9 +13,13 @@ from uuid import UUID
 import msgspec
 
 from domain import invoice
+from domain.aggregate import Actor
+from domain.billing import IssuedInvoice, billing_dates
+from domain.invoicing import Invoicing
+from domain.periods import Period
 from domain.catalogue import Catalogue
 from domain.customers import Customers
-from domain.errors import Invalid, NotFound
+from domain.errors import Conflict, Invalid, NotFound
 from domain.meter import MeterSpec
 from domain.metering import transactions_of
 from domain.pricing import Transaction
@@ -32,6 +36,7 @@ from projections.usage_log import UsageLog, microseconds
 from projections.views import private_id, public_id
 
 T = TypeVar("T")
+CLOCK = Actor("system:billing-clock")
 
 
 def store_env(database_url: str) -> tuple[dict[str, str], str, str]:
@@ -72,7 +77,7 @@ class Ledger:
         self.views_url, self.usage_url = views_url, usage_url
         env["CREATE_TABLE"] = "true"
         self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
-        self.subscriptions = Subscriptions(env)
+        self.subscriptions, self.invoicing = Subscriptions(env), Invoicing(env)
         self.database = Database(views_url)
         self.database.migrate(SCHEMA + usage_readings.SCHEMA)
         self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
@@ -112,7 +117,12 @@ class Ledger:
                          now: datetime) -> invoice.Invoice:
         """The live draft of the closing invoice of the current period (API.md "Invoices")."""
         subscription = self._subscription_of(tenant_id, customer, subscription_id, now)
-        period = subscription.period_at(max(now, subscription.billing_start))
+        return self._computed(subscription, subscription.period_at(max(now, subscription.billing_start)),
+                              "closing", "upcoming")
+
+    def _computed(self, subscription: Subscription, period: Period, kind: str, status: str) -> invoice.Invoice:
+        """A period's invoice of that kind, computed from the contract, its prices and the usage so far."""
+        tenant_id, customer = subscription.tenant_id, subscription.customer
         plan = self.catalogue.plan(tenant_id, subscription.plan_code)
         specs = {number: self.catalogue.plan_version(plan, number).spec for _, number in subscription.versions}
         conversion = {price.pricing_unit: self.catalogue.pricing_unit(tenant_id, price.pricing_unit).spec.conversion_rate
@@ -121,15 +131,60 @@ class Ledger:
         start = max(period.start, subscription.billing_start)
         first = subscription.version_at(start)
         billed = invoice.Segment(start, period.end, first, specs[first])
-        usage = self._usage(tenant_id, customer)
-        lines = invoice.closing_lines(subscription.plan_code, parts, period, usage, conversion,
-                                      subscription.currency, billed)
-        sums = invoice.sums(lines, parts, period, subscription.currency, self._tax_rate(tenant_id, customer))
+        if kind == "advance":
+            lines = invoice.advance_lines(subscription.plan_code, billed, period, conversion, subscription.currency)
+        else:
+            lines = invoice.closing_lines(subscription.plan_code, parts, period, self._usage(tenant_id, customer),
+                                          conversion, subscription.currency, billed)
+        sums = invoice.sums(lines, parts if kind == "closing" else [], period, subscription.currency,
+                            self._tax_rate(tenant_id, customer))
         return invoice.Invoice(
-            customer=customer, subscription=public_id("subscriptions", subscription.id), status="upcoming",
+            customer=customer, subscription=public_id("subscriptions", subscription.id), status=status,
             currency=subscription.currency, period_start=period.start, period_end=period.end, lines=tuple(lines),
             **msgspec.structs.asdict(sums),
         )
+
+    def issued_invoice(self, tenant_id: UUID, invoice_id: UUID) -> invoice.Invoice:
+        """An issued invoice: as finalized, or (a draft) computed now from what it bills."""
+        issued = self.invoicing.invoice(tenant_id, invoice_id)
+        if issued.content is None:
+            subscription = self.subscriptions.subscription(tenant_id, issued.subscription_id)
+            found = self._computed(subscription, subscription.period_at(issued.period_start), issued.kind, issued.status)
+        else:
+            found = issued.content
+        return msgspec.structs.replace(found, id=public_id("invoices", issued.id), status=issued.status)
+
+    def finalize(self, by: Actor, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
+        """Number the draft and record what it bills, as computed now."""
+        issued = self.invoicing.invoice(tenant_id, invoice_id)
+        content = self.issued_invoice(tenant_id, invoice_id)
+        prefix = self.tenants.tenant(tenant_id).settings.invoice_prefix
+        return self.invoicing.finalize(by, issued, prefix, content)
+
+    def close_periods(self, now: datetime) -> int:
+        """The billing clock: draft every period's invoices that are due by `now` (advance at the
+        period's start, closing at its end), and finalize the drafts that are due (advance at once,
+        closing after the tenant's grace period). Idempotent; returns how many invoices changed."""
+        changed = 0
+        for tenant, body in self.documents.each("subscriptions"):
+            subscription = self.subscriptions.subscription(UUID(tenant), private_id("subscriptions", body["id"]))
+            grace = timedelta(hours=self.tenants.tenant(subscription.tenant_id).settings.grace_period_hours)
+            changed += sum(self._bill(subscription, kind, period, due, now)
+                           for period, kind, due in billing_dates(subscription, grace, now))
+        return changed
+
+    def _bill(self, subscription: Subscription, kind: str, period: Period, finalize_at: datetime,
+              now: datetime) -> int:
+        """Draft the invoice if it is not there yet, and finalize it if it is due; how many steps were taken."""
+        drafted = self.command(self.invoicing.draft, CLOCK, subscription, kind, period)
+        issued = drafted or self.invoicing.get(IssuedInvoice.create_id(subscription.id, kind, period.start))
+        if issued is None or issued.status != "draft" or finalize_at > now:
+            return int(drafted is not None)
+        try:
+            self.command(self.finalize, CLOCK, subscription.tenant_id, issued.id)
+        except Conflict:  # finalized by hand or by another clock meanwhile
+            return int(drafted is not None)
+        return 1 + int(drafted is not None)
 
     def _subscription_of(self, tenant_id: UUID, customer: str, subscription_id: UUID | None,
                          now: datetime) -> Subscription:
@@ -180,7 +235,7 @@ class Ledger:
             self._follower.terminate()  # between transactions or inside one: either way nothing half-done stays
             self._follower.join(10)
         self.usage.close()
-        for application in (self.tenants, self.catalogue, self.customers, self.subscriptions):
+        for application in (self.tenants, self.catalogue, self.customers, self.subscriptions, self.invoicing):
             application.close()
         if self.usage.database is not self.database:
             self.usage.database.close()

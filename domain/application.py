@@ -13,6 +13,7 @@ from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
 
 from domain.customer import CustomerDetails
 from domain.feature import FeatureSpec
+from domain.invoice import Invoice
 from domain.meter import MeterSpec
 from domain.money import decode_hook, encode_hook
 from domain.plan import PlanSpec
@@ -37,7 +38,7 @@ class StructAsDict(Transcoding):
 
 # Every value stored inside an event. All applications know all of them: they share one store.
 VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
-    TenantSettings, MeterSpec, FeatureSpec, PricingUnitSpec, PlanSpec, PlanVersionSpec, CustomerDetails,
+    TenantSettings, MeterSpec, FeatureSpec, PricingUnitSpec, PlanSpec, PlanVersionSpec, CustomerDetails, Invoice,
 )
 
 

@@ -9,7 +9,10 @@ from typing import Any
 
 import msgspec
 
+from domain.money import Amount
+
 from domain.api_key import ApiKey
+from domain.billing import IssuedInvoice
 from domain.customer import Customer
 from domain.feature import Feature
 from domain.meter import Meter
@@ -24,6 +27,7 @@ from projections.views import (
     CustomerView,
     Document,
     FeatureView,
+    InvoiceSummary,
     MeterView,
     PlanVersionView,
     PlanView,
@@ -41,6 +45,8 @@ COLLECTIONS: dict[type, str] = {
     Customer.Registered: "customers", Customer.DetailsChanged: "customers",
     Subscription.Started: "subscriptions", Subscription.Amended: "subscriptions",
     Subscription.CancelRequested: "subscriptions",
+    IssuedInvoice.Drafted: "invoices", IssuedInvoice.Finalized: "invoices", IssuedInvoice.Voided: "invoices",
+    IssuedInvoice.Paid: "invoices",
 }
 
 
@@ -100,6 +106,23 @@ def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C
             return msgspec.structs.replace(changed, parent=details.parent_external_id)
         case Subscription.Started() | Subscription.Amended() | Subscription.CancelRequested():
             return _subscription(document, event, created)
+        case IssuedInvoice.Drafted():
+            view = InvoiceSummary(
+                **created, number=None, customer=event.customer, kind=event.kind, status="draft", currency=None,
+                subscription=public_id("subscriptions", event.subscription_id), period_start=event.period_start,
+                period_end=event.period_end, total=None, amount_due=None, paid=Amount(0), updated_at=event.timestamp,
+            )
+            return _new(event, created["id"], view, parent=event.customer)
+        case IssuedInvoice.Finalized(content=content) if document:
+            return _changed(document, number=event.number, status="finalized", currency=content.currency,
+                            total=content.total, amount_due=content.amount_due, updated_at=event.timestamp)
+        case IssuedInvoice.Voided() if document:
+            return _changed(document, status="void", updated_at=event.timestamp)
+        case IssuedInvoice.Paid(amount=amount) if document:
+            view: InvoiceSummary = document.view  # type: ignore[assignment]
+            paid = Amount(view.paid + amount)
+            status = "paid" if view.amount_due is not None and paid >= view.amount_due else view.status
+            return _changed(document, paid=paid, status=status, updated_at=event.timestamp)
         case _:
             return document
 

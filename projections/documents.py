@@ -3,6 +3,7 @@
 Queries answer the stored JSON bytes as they are: a read is a look-up, never a re-encoding.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -65,7 +66,7 @@ class Documents:
 
     def page(
         self, collection: str, tenant_id: str, limit: int, starting_after: str | None = None,
-        parent: str | None = None, key: str = "code",
+        parent: str | None = None, key: str = "code", status: str | None = None,
     ) -> tuple[list[bytes], bool] | None:
         """Up to `limit` bodies in creation order after the document whose `key` is starting_after.
 
@@ -76,6 +77,9 @@ class Documents:
         params: list[Any] = [collection, tenant_id]
         if parent is not None:
             sql, params = sql + " AND parent = ?", [*params, parent]
+        if status is not None:  # the body's own field, read by the database's JSON functions
+            field = "(body::jsonb ->> 'status')" if self.database.postgres else "json_extract(body, '$.status')"
+            sql, params = sql + f" AND {field} = ?", [*params, status]
         with self.database.transaction() as cursor:
             if starting_after is not None:
                 row = cursor.execute(
@@ -90,6 +94,20 @@ class Documents:
             rows = cursor.execute(sql + " ORDER BY position LIMIT ?", (*params, limit + 1)).all()
         bodies = [body.encode() if isinstance(body, str) else body for (body,) in rows]
         return bodies[:limit], len(bodies) > limit
+
+    def each(self, collection: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every document of a collection, all tenants, in creation order: (tenant id, body)."""
+        after = -1
+        while True:
+            with self.database.transaction() as cursor:
+                rows = cursor.execute(
+                    "SELECT position, tenant_id, body FROM tally_documents WHERE collection = ? AND position > ? "
+                    "ORDER BY position LIMIT 500", (collection, after)).all()
+            if not rows:
+                return
+            for position, tenant_id, body in rows:
+                yield tenant_id, msgspec.json.decode(body)
+            after = rows[-1][0]
 
     def _one(self, sql: str, params: tuple) -> bytes | None:
         with self.database.transaction() as cursor:

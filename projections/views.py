@@ -14,6 +14,7 @@ from domain.price import Entitlement, Price
 PREFIXES = {
     "tenants": "ten", "api_keys": "key", "meters": "mtr", "features": "feat", "pricing_units": "pu",
     "plans": "plan", "plan_versions": "pv", "customers": "cus", "subscriptions": "sub",
+    "invoices": "inv",
 }
 
 
@@ -148,6 +149,23 @@ class SubscriptionView(View, frozen=True, kw_only=True):
     updated_at: datetime
 
 
+class InvoiceSummary(View, frozen=True, kw_only=True):
+    """An issued invoice in a list: a draft's amounts are computed when the invoice itself is read."""
+
+    number: str | None
+    customer: str
+    subscription: str
+    kind: str  # advance (the period's advance fees) | closing (the rest)
+    status: str  # draft | finalized | paid | void
+    currency: str | None
+    period_start: datetime
+    period_end: datetime
+    total: Amount | None
+    amount_due: Amount | None
+    paid: Amount
+    updated_at: datetime
+
+
 class Document(msgspec.Struct, frozen=True):
     """One read-model row: what the store indexes (tenant, code, parent) and the view it returns."""
 
@@ -161,4 +179,5 @@ VIEW_TYPES: dict[str, type[View]] = {
     "tenants": TenantView, "api_keys": ApiKeyView, "meters": MeterView, "features": FeatureView,
     "pricing_units": PricingUnitView, "plans": PlanView, "plan_versions": PlanVersionView,
     "customers": CustomerView, "subscriptions": SubscriptionView,
+    "invoices": InvoiceSummary,
 }

@@ -4,6 +4,7 @@ The table below is the specification, kept apart from the code's own `roles=`: a
 without a rule here fails the suite, and so does a role that may do more (or less) than it says.
 """
 
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import httpx
@@ -63,8 +64,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/subscriptions/{id}/versions"): READERS | {"portal"},
     ("POST", "/v1/subscriptions/{id}/amendments"): ADMIN,
     ("POST", "/v1/subscriptions/{id}/cancel"): ADMIN,
-    # Invoices
+    # Invoices: finance finalizes, voids and takes payments; readers read; a portal key its own
     ("GET", "/v1/customers/{external_id}/upcoming-invoice"): READERS | {"portal"},
+    ("GET", "/v1/invoices"): READERS | {"portal"},
+    ("GET", "/v1/invoices/{id}"): READERS | {"portal"},
+    ("POST", "/v1/invoices/{id}/finalize"): ADMIN | {"finance"},
+    ("POST", "/v1/invoices/{id}/void"): ADMIN | {"finance"},
+    ("POST", "/v1/invoices/{id}/pay"): ADMIN | {"finance"},
 }
 USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call", "timestamp": "2026-01-01T00:00:00Z",
          "properties": {"tokens": 12}}
@@ -72,9 +78,15 @@ USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call", "times
 FLAT = {"type": "flat", "currency": "USD", "amount": "49.00", "pay_in": "advance"}
 
 
-def sample_requests(spare_key_id: str, subscription: str = "sub_x") -> dict[tuple[str, str],
-                                                                          tuple[str, dict[str, Any] | None]]:
-    """For each route, a request an allowed caller can make succeed: (URL, JSON body)."""
+def sample_requests(spare_key_id: str, subscription: str = "sub_x",
+                    invoices: dict[str, dict[str, str]] | None = None) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """For each route, a request an allowed caller can make succeed: (URL, JSON body). Where a call
+    changes what the next one can do (finalize, void, pay), the URL is a function of the caller."""
+    invoices = invoices or {}
+
+    def each(action: str) -> Any:
+        return lambda caller: f"/v1/invoices/{invoices.get(action, {}).get(caller, 'inv_x')}/{action}"
+
     return {
         ("GET", "/healthz"): ("/healthz", None),
         ("GET", "/openapi.json"): ("/openapi.json", None),
@@ -122,6 +134,11 @@ def sample_requests(spare_key_id: str, subscription: str = "sub_x") -> dict[tupl
             "reason": "upgrade", "changes": {"plan_version": 2}}),
         ("POST", "/v1/subscriptions/{id}/cancel"): (f"/v1/subscriptions/{subscription}/cancel", {"at": "period_end"}),
         ("GET", "/v1/customers/{external_id}/upcoming-invoice"): (f"/v1/customers/acme/upcoming-invoice?subscription={subscription}", None),
+        ("GET", "/v1/invoices"): ("/v1/invoices?customer=acme&status=draft", None),
+        ("GET", "/v1/invoices/{id}"): (f"/v1/invoices/{invoices.get('read', 'inv_x')}", None),
+        ("POST", "/v1/invoices/{id}/finalize"): (each("finalize"), None),
+        ("POST", "/v1/invoices/{id}/void"): (each("void"), {"reason": "sent twice"}),
+        ("POST", "/v1/invoices/{id}/pay"): (each("pay"), {}),
     }
 
 
@@ -165,19 +182,33 @@ def _given_a_tenant_with_a_key_of_each_role(admin: httpx.Client) -> tuple[dict[s
     return secrets, spare, subscription
 
 
+def _given_invoices(admin: httpx.Client, ledger: Any) -> dict[str, Any]:
+    """Billing run to mid-April with a 90-day grace: advance invoices of January to April are final,
+    closing ones of January to March are drafts. Which one each caller may act on."""
+    assert admin.patch("/v1/tenant", json={"grace_period_hours": 2160}).status_code == 200
+    ledger.close_periods(datetime(2026, 4, 15, tzinfo=UTC))
+    found = admin.get("/v1/invoices", params={"customer": "acme", "limit": 100}).json()["data"]
+    by = {(i["kind"], i["period_start"][:7]): i["id"] for i in found}
+    return {"read": by["closing", "2026-01"],
+            "finalize": {"admin": by["closing", "2026-01"], "finance": by["closing", "2026-02"]},
+            "void": {"admin": by["advance", "2026-01"], "finance": by["advance", "2026-02"]},
+            "pay": {"admin": by["advance", "2026-03"], "finance": by["advance", "2026-04"]}}
+
+
 def test_each_role_may_call_exactly_the_routes_the_role_table_allows(admin, ledger, base_url):
     # Given a tenant with a catalogue, customers "acme" and its child "acme-eu", and a key of each role
     secrets, spare, subscription = _given_a_tenant_with_a_key_of_each_role(admin)
-    samples = sample_requests(spare, subscription)
+    samples = sample_requests(spare, subscription, _given_invoices(admin, ledger))
     callers = {role: client(base_url, secret) for role, secret in secrets.items()} | {
         ANONYMOUS: client(base_url, None)}
     mismatches = []
     try:
         # When every caller sends every route's request
         for route, allowed in EXPECTED.items():
-            url, body = samples[route]
+            target, body = samples[route]
             for caller, http in callers.items():
                 recorded = ledger.events_recorded()
+                url = target(caller) if callable(target) else target
                 response = http.request(route[0], url, json=body)
                 # Then an allowed caller succeeds; a key whose role may not gets 403, no key 401;
                 # and a refused caller changes nothing

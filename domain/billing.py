@@ -1,0 +1,156 @@
+"""Issued invoices: drafted at a period's start (advance fees) or end (the rest), then finalized with
+the tenant's next number, voided, or paid. And the tenant's invoice numbers, gapless.
+
+A draft holds no amounts: until it is finalized it is computed when read (late usage within the
+grace period lands on it). Finalizing records the computed invoice in the event: from then on it is
+the invoice, byte for byte, whatever arrives later.
+
+An invoice's id derives from (subscription, kind, period start): a period is drafted once, however
+many clocks run. A number is taken in the same save as the finalize, from one aggregate per tenant:
+two finalizes at once both read number N; the second save fails and nothing is skipped.
+"""
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Literal
+from uuid import UUID, uuid5
+
+import msgspec
+from eventsourcing.domain import event
+
+from domain.aggregate import Aggregate
+from domain.errors import Conflict, Invalid
+from domain.invoice import Invoice
+from domain.money import Amount
+from domain.periods import Period
+from domain.subscription import Subscription
+
+Kind = Literal["advance", "closing"]
+Status = Literal["draft", "finalized", "paid", "void"]
+NUMBER_DIGITS = 6
+
+
+class Payment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    amount: Amount | None = None  # none: all that is still due
+
+
+class Voiding(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
+
+
+class WrongStatus(Conflict):
+    def __init__(self, status: str, action: str) -> None:
+        super().__init__(f"the invoice is {status}: it cannot be {action}")
+
+
+class IssuedInvoice(Aggregate):
+    class Drafted(Aggregate.Created):
+        tenant_id: UUID
+        customer: str
+        subscription_id: UUID
+        kind: str
+        period_start: datetime
+        period_end: datetime
+
+    class Finalized(Aggregate.Event):
+        number: str
+        content: Invoice
+
+    class Voided(Aggregate.Event):
+        reason: str | None
+
+    class Paid(Aggregate.Event):
+        amount: Decimal
+
+    @staticmethod
+    def create_id(subscription_id: UUID, kind: str, period_start: datetime) -> UUID:
+        return uuid5(subscription_id, f"invoice:{kind}:{period_start.isoformat()}")
+
+    @event(Drafted)
+    def __init__(self, tenant_id: UUID, customer: str, subscription_id: UUID, kind: str, period_start: datetime,
+                 period_end: datetime) -> None:
+        self.tenant_id, self.customer, self.subscription_id, self.kind = tenant_id, customer, subscription_id, kind
+        self.period_start, self.period_end = period_start, period_end
+        self.status: Status = "draft"
+        self.content: Invoice | None = None
+        self.paid = Decimal(0)
+
+    def finalize(self, number: str, content: Invoice) -> None:
+        if self.status != "draft":
+            raise WrongStatus(self.status, "finalized")
+        self._finalized(number, content)
+
+    @event(Finalized)
+    def _finalized(self, number: str, content: Invoice) -> None:
+        self.status, self.content = "finalized", content
+
+    def void(self, reason: str | None) -> None:
+        if self.status not in ("draft", "finalized") or self.paid:
+            raise WrongStatus("paid" if self.paid else self.status, "voided")
+        self._voided(reason)
+
+    @event(Voided)
+    def _voided(self, reason: str | None) -> None:
+        self.status = "void"
+
+    def pay(self, amount: Decimal | None) -> None:
+        if self.status != "finalized" or self.content is None:
+            raise WrongStatus(self.status, "paid")
+        due = self.content.amount_due - self.paid
+        amount = due if amount is None else amount
+        if amount > due:
+            raise Invalid("amount", f"{amount} is more than the {due} still due")
+        if amount <= 0:
+            raise Invalid("amount", "nothing is due")
+        self._paid(amount)
+
+    @event(Paid)
+    def _paid(self, amount: Decimal) -> None:
+        self.paid += amount
+        if self.content is not None and self.paid >= self.content.amount_due:
+            self.status = "paid"
+
+
+class InvoiceNumbers(Aggregate):
+    """A tenant's invoice numbers: 1, 2, 3, ... with no gap."""
+
+    class Opened(Aggregate.Created):
+        tenant_id: UUID
+
+    class Taken(Aggregate.Event):
+        number: int
+
+    @staticmethod
+    def create_id(tenant_id: UUID) -> UUID:
+        return uuid5(tenant_id, "invoice-numbers")
+
+    @event(Opened)
+    def __init__(self, tenant_id: UUID) -> None:
+        self.tenant_id, self.last = tenant_id, 0
+
+    def take(self, prefix: str) -> str:
+        self._taken(self.last + 1)
+        return f"{prefix}{self.last:0{NUMBER_DIGITS}d}"
+
+    @event(Taken)
+    def _taken(self, number: int) -> None:
+        self.last = number
+
+
+def billing_dates(subscription: Subscription, grace: timedelta,
+                  now: datetime) -> Iterator[tuple[Period, Kind, datetime]]:
+    """Each invoice due by `now`: (period, kind, when it finalizes on its own). The advance invoice
+    is due at a period's start and final at once; the closing one at the period's end (or the
+    subscription's, if earlier), final after the grace period, during which late usage lands on it."""
+    until = min(now, subscription.ends_at) if subscription.ends_at is not None else now
+    moment = subscription.billing_start
+    while moment <= until:
+        period = subscription.period_at(moment)
+        yield period, "advance", period.start
+        end = min(period.end, subscription.ends_at) if subscription.ends_at is not None else period.end
+        if end <= now:
+            yield period, "closing", end + grace
+        if subscription.ends_at is not None and period.end >= subscription.ends_at:
+            return
+        moment = period.end

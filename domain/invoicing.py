@@ -1,0 +1,77 @@
+"""The invoices' use cases: draft a period's invoice (once), finalize with the next number, void, pay.
+
+The amounts are not computed here: the caller (which reads the usage) hands `finalize` the computed
+invoice, a pure function of the contract, its prices and the usage (`domain.invoice`).
+"""
+
+from decimal import Decimal
+from uuid import UUID
+
+import msgspec
+from eventsourcing.application import AggregateNotFoundError
+
+from domain.aggregate import Actor, acting
+from domain.application import TallyApplication
+from domain.billing import IssuedInvoice, InvoiceNumbers, Kind
+from domain.errors import Conflict, NotFound
+from domain.invoice import Invoice
+from domain.periods import Period
+from domain.subscription import Subscription
+
+
+class ChangedMeanwhile(Conflict):
+    def __init__(self) -> None:
+        super().__init__("the invoice changed at the same time; read it again and retry")
+
+
+class Invoicing(TallyApplication):
+    def draft(self, by: Actor, subscription: Subscription, kind: Kind, period: Period) -> IssuedInvoice | None:
+        """The period's invoice of that kind, drafted now; None when it was drafted before."""
+        invoice_id = IssuedInvoice.create_id(subscription.id, kind, period.start)
+        if self.get(invoice_id) is not None:
+            return None
+        with acting(by):
+            drafted = IssuedInvoice(tenant_id=subscription.tenant_id, customer=subscription.customer,
+                                    subscription_id=subscription.id, kind=kind, period_start=period.start,
+                                    period_end=period.end)
+        try:
+            self.save_or(ChangedMeanwhile(), drafted)
+        except ChangedMeanwhile:  # another clock drafted it first
+            return None
+        return drafted
+
+    def finalize(self, by: Actor, invoice: IssuedInvoice, prefix: str, content: Invoice) -> IssuedInvoice:
+        numbers = self.get(InvoiceNumbers.create_id(invoice.tenant_id))
+        with acting(by):
+            if numbers is None:
+                numbers = InvoiceNumbers(tenant_id=invoice.tenant_id)
+            number = numbers.take(prefix)
+            invoice.finalize(number, msgspec.structs.replace(content, number=number, status="finalized"))
+        self.save_or(ChangedMeanwhile(), numbers, invoice)
+        return invoice
+
+    def void(self, by: Actor, tenant_id: UUID, invoice_id: UUID, reason: str | None) -> IssuedInvoice:
+        invoice = self.invoice(tenant_id, invoice_id)
+        with acting(by):
+            invoice.void(reason)
+        self.save_or(ChangedMeanwhile(), invoice)
+        return invoice
+
+    def pay(self, by: Actor, tenant_id: UUID, invoice_id: UUID, amount: Decimal | None) -> IssuedInvoice:
+        invoice = self.invoice(tenant_id, invoice_id)
+        with acting(by):
+            invoice.pay(amount)
+        self.save_or(ChangedMeanwhile(), invoice)
+        return invoice
+
+    def invoice(self, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
+        found = self.get(invoice_id)
+        if not isinstance(found, IssuedInvoice) or found.tenant_id != tenant_id:
+            raise NotFound("invoice", str(invoice_id))
+        return found
+
+    def get(self, aggregate_id: UUID):  # noqa: ANN201
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
