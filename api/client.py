@@ -183,6 +183,7 @@ class _Operations:
                                       "The live draft of the current period's invoice")
     list_invoices = _operation("GET", "/v1/invoices", "List issued invoices: customer=..., status=...")
     get_invoice = _operation("GET", "/v1/invoices/{id}", "Read an invoice")
+    get_invoice_pdf = _operation("GET", "/v1/invoices/{id}/pdf", "The invoice as a PDF (bytes)")
     finalize_invoice = _operation("POST", "/v1/invoices/{id}/finalize", "Finalize a draft")
     void_invoice = _operation("POST", "/v1/invoices/{id}/void", "Void a draft or an unpaid invoice")
     pay_invoice = _operation("POST", "/v1/invoices/{id}/pay", "Record a payment (default: all that is due)")

@@ -1,18 +1,24 @@
 """Invoice operations: the upcoming invoice (the live draft of the current period's closing invoice),
 issued invoices (read, list, finalize, void, pay)."""
 
-from typing import get_args
+from typing import TypeVar, get_args
 from uuid import UUID
+
+import msgspec
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api.errors import ApiError, FieldError
 from api.http import JSON, Call, Operation, encoder
+from api.pdf import render
 from api.tenant import ADMIN, READERS
 from domain.billing import Payment, Status, Voiding
 from domain.invoice import Invoice
-from projections.views import InvoiceSummary, private_id
+from domain.money import decode_hook
+from projections.views import CustomerView, InvoiceSummary, TenantView, private_id, public_id
+
+T = TypeVar("T")
 
 OWN = READERS | {"portal"}  # a portal key reads its own customer's invoices
 FINANCE = ADMIN | {"finance"}
@@ -47,6 +53,22 @@ async def _answer(call: Call, invoice_id: UUID) -> Response:
 
 async def read(call: Call) -> Response:
     return await _answer(call, _invoice_id(call))
+
+
+async def pdf(call: Call) -> Response:
+    found = await run_in_threadpool(call.ledger.issued_invoice, call.tenant_id, _invoice_id(call))
+    if call.role == "portal" and found.customer != call.customer:
+        raise ApiError(404, f"no invoice {call.params['id']}")
+    tenant = _view(await call.document("tenants", code=public_id("tenants", call.tenant_id)), TenantView)
+    customer = _view(await call.document("customers", code=found.customer), CustomerView)
+    body = await run_in_threadpool(render, found, tenant, customer)
+    name = found.number or found.id
+    return Response(body, media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="{name}.pdf"'})
+
+
+def _view(response: Response, kind: type[T]) -> T:
+    return msgspec.json.decode(response.body, type=kind, dec_hook=decode_hook)
 
 
 async def listing(call: Call) -> Response:
@@ -84,6 +106,7 @@ OPERATIONS = [
               response=InvoiceSummary, listing=True),
     Operation("GET", "/v1/invoices/{id}", read, OWN, "Read an invoice (a draft is computed as of now)",
               response=Invoice),
+    Operation("GET", "/v1/invoices/{id}/pdf", pdf, OWN, "The invoice as a PDF, with the tenant's legal details"),
     Operation("POST", "/v1/invoices/{id}/finalize", finalize, FINANCE,
               "Finalize a draft: the tenant's next number, and its amounts fixed", response=Invoice),
     Operation("POST", "/v1/invoices/{id}/void", void, FINANCE, "Void a draft or an unpaid invoice", Voiding,

@@ -15,7 +15,7 @@ import msgspec
 from domain import invoice
 from domain.aggregate import Actor
 from domain.billing import IssuedInvoice, billing_dates
-from domain.invoicing import Invoicing
+from domain.invoicing import ChangedMeanwhile, Invoicing
 from domain.periods import Period
 from domain.catalogue import Catalogue
 from domain.customers import Customers
@@ -37,6 +37,7 @@ from projections.views import private_id, public_id
 
 T = TypeVar("T")
 CLOCK = Actor("system:billing-clock")
+FINALIZE_TRIES = 20
 
 
 def store_env(database_url: str) -> tuple[dict[str, str], str, str]:
@@ -155,11 +156,17 @@ class Ledger:
         return msgspec.structs.replace(found, id=public_id("invoices", issued.id), status=issued.status)
 
     def finalize(self, by: Actor, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
-        """Number the draft and record what it bills, as computed now."""
-        issued = self.invoicing.invoice(tenant_id, invoice_id)
-        content = self.issued_invoice(tenant_id, invoice_id)
+        """Number the draft and record what it bills, as computed now. Finalizes of other invoices
+        take numbers at the same time: losing that race is retried (a race on this invoice is not)."""
         prefix = self.tenants.tenant(tenant_id).settings.invoice_prefix
-        return self.invoicing.finalize(by, issued, prefix, content)
+        for _ in range(FINALIZE_TRIES - 1):
+            issued = self.invoicing.invoice(tenant_id, invoice_id)
+            try:
+                return self.invoicing.finalize(by, issued, prefix, self.issued_invoice(tenant_id, invoice_id))
+            except ChangedMeanwhile:
+                continue
+        issued = self.invoicing.invoice(tenant_id, invoice_id)
+        return self.invoicing.finalize(by, issued, prefix, self.issued_invoice(tenant_id, invoice_id))
 
     def close_periods(self, now: datetime) -> int:
         """The billing clock: draft every period's invoices that are due by `now` (advance at the

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from fpdf import FPDF, FontFace
 from fpdf.enums import TableBordersLayout
+from fpdf.table import Table
 
 from domain.invoice import Invoice, InvoiceLine, TierLine
 from projections.views import CustomerView, TenantView
 
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu"),
              Path("/usr/share/fonts/TTF"), Path("/usr/local/share/fonts"))
+CORE_FONT_ENCODING = "windows-1252"
 MARGIN_MM = 15
 COLUMN_WIDTHS_MM = (64, 40, 24, 26, 26)  # description, period, quantity, unit amount, amount: 180 mm
 COLUMN_ALIGNS = ("LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT")
@@ -53,32 +55,41 @@ class _Document(FPDF):
         self.invoice_title = title
         self.set_margins(MARGIN_MM, MARGIN_MM, MARGIN_MM)
         self.set_auto_page_break(auto=True, margin=MARGIN_MM + 5)
-        self.family = _font_family(self)
-        self.set_font(self.family, size=9)
+        self.typeface = _font_family(self)
+        self.set_font(self.typeface, size=9)
 
     def footer(self) -> None:
         self.set_y(-MARGIN_MM)
-        self.set_font(self.family, size=8)
+        self.set_font(self.typeface, size=8)
         self.set_text_color(*GREY)
         self.cell(0, 5, self.text_for(f"Invoice {self.invoice_title} · page {self.page_no()} of {{nb}}"), align="C")
         self.set_text_color(0)
 
     def text_for(self, text: str) -> str:
         """`text` with every character the current font cannot draw replaced by "?"."""
-        if self.family == "Helvetica":  # Latin-1 only: the en dash of a period becomes a hyphen
-            return "".join(c if ord(c) < 256 else "?" for c in text.replace("–", "-"))
-        cmap = self.fonts[self.family.lower()].cmap
+        if self.typeface == "Helvetica":
+            return "".join(c if _in_code_page(c) else "?" for c in text)
+        cmap = self.fonts[self.typeface.lower()].cmap
         return "".join(c if c.isspace() or ord(c) in cmap else "?" for c in text)
 
 
+def _in_code_page(character: str) -> bool:
+    try:
+        character.encode(CORE_FONT_ENCODING)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _font_family(pdf: FPDF) -> str:
-    """DejaVu Sans (regular and bold) when installed, else the core Helvetica (Latin-1 only)."""
+    """DejaVu Sans (regular and bold) when installed, else the core Helvetica (Windows-1252 only)."""
     for folder in FONT_DIRS:
         regular, bold = folder / "DejaVuSans.ttf", folder / "DejaVuSans-Bold.ttf"
         if regular.is_file() and bold.is_file():
             pdf.add_font("DejaVu", "", str(regular))
             pdf.add_font("DejaVu", "B", str(bold))
             return "DejaVu"
+    pdf.core_fonts_encoding = CORE_FONT_ENCODING  # what the core fonts' WinAnsiEncoding draws: – — € “ ”
     return "Helvetica"
 
 
@@ -115,18 +126,18 @@ def _period(start: datetime, end: datetime) -> str:
 def _header(pdf: _Document, invoice: Invoice, tenant: TenantView) -> None:
     """The tenant's legal details on the left; the invoice's title, status and period on the right."""
     top, half = pdf.get_y(), pdf.epw / 2
-    pdf.set_font(pdf.family, "B", 12)
+    pdf.set_font(pdf.typeface, "B", 12)
     pdf.multi_cell(half, 6, pdf.text_for(tenant.legal_name or tenant.name), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font(pdf.family, size=9)
+    pdf.set_font(pdf.typeface, size=9)
     if tenant.address:
         pdf.multi_cell(half, 4.5, pdf.text_for(tenant.address), new_x="LMARGIN", new_y="NEXT")
     if tenant.tax_id:
         pdf.multi_cell(half, 4.5, pdf.text_for(f"Tax ID: {tenant.tax_id}"), new_x="LMARGIN", new_y="NEXT")
     left_bottom = pdf.get_y()
     pdf.set_xy(MARGIN_MM + half, top)
-    pdf.set_font(pdf.family, "B", 18)
+    pdf.set_font(pdf.typeface, "B", 18)
     pdf.multi_cell(half, 9, pdf.text_for(f"Invoice {_title(invoice)}"), align="R", new_x="LEFT", new_y="NEXT")
-    pdf.set_font(pdf.family, size=9)
+    pdf.set_font(pdf.typeface, size=9)
     for label, value in (("Status", invoice.status), ("Period", _period(invoice.period_start, invoice.period_end)),
                          ("Currency", invoice.currency)):
         pdf.multi_cell(half, 4.5, pdf.text_for(f"{label}: {value}"), align="R", new_x="LEFT", new_y="NEXT")
@@ -134,13 +145,13 @@ def _header(pdf: _Document, invoice: Invoice, tenant: TenantView) -> None:
 
 
 def _bill_to(pdf: _Document, customer: CustomerView) -> None:
-    pdf.set_font(pdf.family, size=8)
+    pdf.set_font(pdf.typeface, size=8)
     pdf.set_text_color(*GREY)
     pdf.cell(0, 4, "BILL TO", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0)
-    pdf.set_font(pdf.family, "B", 10)
+    pdf.set_font(pdf.typeface, "B", 10)
     pdf.multi_cell(pdf.epw / 2, 5, pdf.text_for(customer.name), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font(pdf.family, size=9)
+    pdf.set_font(pdf.typeface, size=9)
     details = [f"Customer: {customer.external_id}"] + ([customer.email] if customer.email else [])
     for detail in details:
         pdf.multi_cell(pdf.epw / 2, 4.5, pdf.text_for(detail), new_x="LMARGIN", new_y="NEXT")
@@ -151,7 +162,7 @@ def _lines(pdf: _Document, invoice: Invoice) -> None:
     """The lines table; fpdf2 wraps long cells and repeats the header row on each new page."""
     heading = ("Description", "Period", "Quantity", "Unit amount", f"Amount ({invoice.currency})")
     tier_style, period_style = FontFace(color=GREY, size_pt=7.5), FontFace(size_pt=8)
-    pdf.set_font(pdf.family, size=8.5)
+    pdf.set_font(pdf.typeface, size=8.5)
     with pdf.table(col_widths=COLUMN_WIDTHS_MM, width=pdf.epw, text_align=COLUMN_ALIGNS, line_height=4.5,
                    borders_layout=TableBordersLayout.HORIZONTAL_LINES, padding=(1.2, 1, 1.2, 1),
                    headings_style=FontFace(emphasis="BOLD", size_pt=8, fill_color=(240, 240, 240)),
@@ -166,7 +177,7 @@ def _lines(pdf: _Document, invoice: Invoice) -> None:
     pdf.ln(4)
 
 
-def _line_row(pdf: _Document, table, line: InvoiceLine, period_style: FontFace) -> None:  # noqa: ANN001 — a Table
+def _line_row(pdf: _Document, table: Table, line: InvoiceLine, period_style: FontFace) -> None:
     unit_amount = "" if line.unit_amount is None else _money(line.unit_amount)
     row = table.row()
     row.cell(pdf.text_for(line.description))
@@ -175,7 +186,7 @@ def _line_row(pdf: _Document, table, line: InvoiceLine, period_style: FontFace) 
         row.cell(text)
 
 
-def _tier_row(pdf: _Document, table, number: int, tier: TierLine, style: FontFace) -> None:  # noqa: ANN001 — fpdf.table.Table
+def _tier_row(pdf: _Document, table: Table, number: int, tier: TierLine, style: FontFace) -> None:
     """A tier's share of its line, indented: its range, units, unit amount and (unrounded) amount."""
     bound = f"{_money(tier.from_units)} – {_money(tier.up_to)}" if tier.up_to is not None \
         else f"{_money(tier.from_units)} and above"
@@ -205,7 +216,7 @@ def _sums(pdf: _Document, invoice: Invoice) -> None:
             pdf.set_draw_color(*RULE)
             pdf.line(left, pdf.get_y() + 1, MARGIN_MM + pdf.epw, pdf.get_y() + 1)
             pdf.ln(2)
-        pdf.set_font(pdf.family, "B" if due or label == "Total" else "", 11 if due else 9)
+        pdf.set_font(pdf.typeface, "B" if due or label == "Total" else "", 11 if due else 9)
         pdf.set_x(left)
         pdf.cell(label_width, row_height, label)
         pdf.cell(value_width, row_height, f"{_money(amount)} {currency}", align="R", new_x="LMARGIN", new_y="NEXT")

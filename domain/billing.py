@@ -103,7 +103,7 @@ class IssuedInvoice(Aggregate):
             raise Invalid("amount", f"{amount} is more than the {due} still due")
         if amount <= 0:
             raise Invalid("amount", "nothing is due")
-        self._paid(amount)
+        self._paid(Decimal(amount))  # a plain Decimal in the event (the store knows no wire types)
 
     @event(Paid)
     def _paid(self, amount: Decimal) -> None:

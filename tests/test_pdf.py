@@ -11,6 +11,7 @@ from decimal import Decimal
 
 from pypdf import PdfReader
 
+from api import pdf
 from api.pdf import render
 from domain.invoice import Invoice, InvoiceLine, TierLine
 from domain.money import Amount, round_money
@@ -175,3 +176,15 @@ def test_rendering_the_same_invoice_twice_gives_the_same_bytes():
     given = invoice([line("pro v1: api_calls (graduated)", "13.67", quantity="1234", tiers=GRADUATED)])
     # When it is rendered twice, then the bytes are equal
     assert render(given, tenant(), customer()) == render(given, tenant(), customer())
+
+
+def test_without_dejavu_the_core_font_draws_western_text_and_replaces_the_rest(monkeypatch):
+    # Given a system without the DejaVu fonts
+    monkeypatch.setattr(pdf, "FONT_DIRS", ())
+    # When invoices for customers named in Latin with diacritics and in Japanese are rendered
+    western = pages(render(invoice([line("pro v1: fee — annual", "49.00")]), tenant(), customer(name="Zoë Åberg")))
+    japanese = pages(render(invoice([line("pro v1: fee", "49.00")]), tenant(), customer(name="東京 Ltd")))
+    # Then the Western text reads back as it is, and the characters the font lacks become "?"
+    assert "Zoë Åberg" in western[0] and "pro v1: fee — annual" in western[0]
+    assert "2025-01-01 – 2025-02-01" in western[0]
+    assert "?? Ltd" in japanese[0] and "Amount due 58.80 USD" in words(japanese[0])

@@ -1,0 +1,176 @@
+"""The billing clock and issued invoices, on both stores: drafts once per period, finalize after the
+grace period with gapless numbers, late usage, void and pay, and recomputation byte for byte."""
+
+import io
+import threading
+from datetime import UTC, datetime
+from decimal import Decimal
+from uuid import UUID
+
+import msgspec
+import pytest
+from conftest import SETUP, assert_problem, created
+from pypdf import PdfReader
+
+from domain.errors import Conflict
+from domain.money import encode_hook
+from projections.views import private_id
+
+FEE = {"type": "flat", "currency": "USD", "amount": "30.00", "pay_in": "advance"}
+TOKENS = {"type": "per_unit", "meter_code": "tokens", "currency": "USD", "unit_amount": "0.01"}
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.fixture
+def acme(admin):
+    """A monthly plan ($30 in advance, $0.01 a token), customer acme subscribed from Jan 1 2026,
+    invoice prefix ACME-, 24 hours' grace."""
+    assert admin.patch("/v1/tenant", json={"invoice_prefix": "ACME-"}).status_code == 200
+    created(admin.post("/v1/meters", json={"code": "tokens", "name": "Tokens", "event_name": "llm",
+                                           "aggregation": "sum", "field": "tokens"}))
+    created(admin.post("/v1/plans", json={"code": "pro", "name": "Pro", "currency": "USD", "interval": "month"}))
+    created(admin.post("/v1/plans/pro/versions", json={"prices": [FEE, TOKENS]}))
+    created(admin.post("/v1/customers", json={"external_id": "acme", "name": "Acme", "currency": "USD"}))
+    created(admin.post("/v1/subscriptions", json={"customer": "acme", "plan_code": "pro",
+                                                  "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    return admin
+
+
+def use(admin, event_id: str, when: str, tokens: int) -> None:
+    answer = admin.post("/v1/events", json={"event_id": event_id, "customer": "acme", "event_name": "llm",
+                                            "timestamp": when, "properties": {"tokens": tokens}})
+    assert answer.json()["accepted"] == 1
+
+
+def invoices(admin, **query) -> dict[tuple[str, str], dict]:
+    found = admin.get("/v1/invoices", params={"customer": "acme", "limit": 100, **query}).json()["data"]
+    return {(i["kind"], i["period_start"][:10]): i for i in found}
+
+
+def test_the_clock_drafts_each_period_once_and_finalizes_after_the_grace_period(acme, ledger):
+    # Given January's usage, including a late event that arrives during the grace period
+    use(acme, "jan-1", "2026-01-10T00:00:00Z", 1000)
+    # When the clock runs on Feb 1 at 12:00, twice
+    changed = ledger.close_periods(at("2026-02-01T12:00:00"))
+    assert ledger.close_periods(at("2026-02-01T12:00:00")) == 0
+    # Then January's and February's advance invoices are final (numbered in order), January's closing a draft
+    found = invoices(acme)
+    assert changed == 5  # 2 advance drafted and finalized, 1 closing drafted
+    assert [(k, found[k]["status"], found[k]["number"]) for k in sorted(found)] == [
+        (("advance", "2026-01-01"), "finalized", "ACME-000001"),
+        (("advance", "2026-02-01"), "finalized", "ACME-000002"),
+        (("closing", "2026-01-01"), "draft", None),
+    ]
+    draft_url = f"/v1/invoices/{found['closing', '2026-01-01']['id']}"
+    assert acme.get(draft_url).json()["lines"][0]["amount"] == "10.00"
+    # When late January usage arrives within the grace period, then the grace period passes
+    use(acme, "jan-late", "2026-01-31T23:00:00Z", 500)
+    assert acme.get(draft_url).json()["total"] == "15.00"
+    ledger.close_periods(at("2026-02-02T00:00:00"))
+    # Then the draft is finalized with the next number and what it billed then, whatever comes later
+    final = acme.get(draft_url).json()
+    assert (final["status"], final["number"], final["total"]) == ("finalized", "ACME-000003", "15.00")
+    use(acme, "jan-too-late", "2026-01-31T23:30:00Z", 9999)
+    assert acme.get(draft_url).json() == final
+    assert list(invoices(acme, status="draft")) == []
+
+
+def test_a_finalized_invoice_is_what_recomputing_it_from_the_store_gives_byte_for_byte(acme, ledger):
+    use(acme, "jan-1", "2026-01-10T00:00:00Z", 1234)
+    ledger.close_periods(at("2026-02-03T00:00:00"))
+    closing = invoices(acme)["closing", "2026-01-01"]
+    issued = ledger.invoicing.invoice(UUID(_tenant(ledger, closing)), _id(closing))
+    subscription = ledger.subscriptions.subscription(issued.tenant_id, issued.subscription_id)
+    recomputed = ledger._computed(subscription, subscription.period_at(issued.period_start), "closing", "finalized")
+    recomputed = msgspec.structs.replace(recomputed, id=closing["id"], number=issued.content.number)
+    assert msgspec.json.encode(recomputed, enc_hook=encode_hook) == msgspec.json.encode(issued.content,
+                                                                                        enc_hook=encode_hook)
+    assert issued.content.total == Decimal("12.34")  # January's usage: the $30 fee was on the advance invoice
+
+
+def _id(summary: dict) -> UUID:
+    found = private_id("invoices", summary["id"])
+    assert found is not None
+    return found
+
+
+def _tenant(ledger, summary: dict) -> str:
+    with ledger.database.transaction() as cursor:
+        row = cursor.execute("SELECT tenant_id FROM tally_documents WHERE collection = 'invoices' AND id = ?",
+                             (str(_id(summary)),)).one()
+    return row[0]
+
+
+def test_concurrent_finalizes_take_one_number_each_with_no_gap(acme, ledger):
+    # Given three months of closing drafts (a 90-day grace keeps them drafts)
+    assert acme.patch("/v1/tenant", json={"grace_period_hours": 2160}).status_code == 200
+    ledger.close_periods(at("2026-04-01T00:00:00"))
+    pending = list(invoices(acme, status="draft").values())
+    drafts, tenant = [_id(i) for i in pending], UUID(_tenant(ledger, pending[0]))
+    assert len(drafts) == 3
+    # When six threads finalize them at once, each draft twice
+    outcomes: list[str] = []
+
+    def finalize(invoice_id: UUID) -> None:
+        try:
+            ledger.command(ledger.finalize, SETUP, tenant, invoice_id)
+            outcomes.append("finalized")
+        except Conflict:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=finalize, args=(d,)) for d in drafts + drafts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # Then each draft was finalized once, and the numbers run on without a gap or a repeat
+    assert (outcomes.count("finalized"), outcomes.count("refused")) == (3, 3)
+    numbers = sorted(i["number"] for i in invoices(acme).values() if i["number"])
+    assert numbers == [f"ACME-{n:06d}" for n in range(1, len(numbers) + 1)]
+    assert all(i["status"] == "finalized" for i in invoices(acme).values())
+
+
+def test_void_and_pay_follow_the_invoice_s_status(acme, ledger):
+    ledger.close_periods(at("2026-01-15T00:00:00"))
+    advance = invoices(acme)["advance", "2026-01-01"]
+    url = f"/v1/invoices/{advance['id']}"
+    # A payment above what is due is refused; a part, then the rest, pays it
+    before = ledger.events_recorded()
+    assert_problem(acme.post(f"{url}/pay", json={"amount": "30.01"}), 422, "amount")
+    assert ledger.events_recorded() == before
+    assert acme.post(f"{url}/pay", json={"amount": "10.00"}).json()["status"] == "finalized"
+    assert acme.post(f"{url}/pay", json={}).json()["status"] == "paid"
+    assert invoices(acme)["advance", "2026-01-01"]["paid"] == "30.00"
+    # A paid invoice cannot be voided or paid again
+    assert_problem(acme.post(f"{url}/void", json={}), 409)
+    assert_problem(acme.post(f"{url}/pay", json={}), 409)
+    # A draft can be voided once, and then cannot be finalized
+    ledger.close_periods(at("2026-02-01T01:00:00"))
+    draft = invoices(acme)["closing", "2026-01-01"]
+    voided = acme.post(f"/v1/invoices/{draft['id']}/void", json={"reason": "billed elsewhere"})
+    assert voided.json()["status"] == "void"
+    assert_problem(acme.post(f"/v1/invoices/{draft['id']}/void", json={}), 409)
+    assert_problem(acme.post(f"/v1/invoices/{draft['id']}/finalize"), 409)
+    assert_problem(acme.get("/v1/invoices/inv_0"), 404)
+    assert_problem(acme.get("/v1/invoices", params={"status": "lost"}), 422)
+
+
+def test_the_invoice_pdf_shows_the_tenant_s_legal_details_every_line_and_the_totals(acme, ledger):
+    # Given the tenant's legal details and a finalized January closing invoice
+    assert acme.patch("/v1/tenant", json={"legal_name": "Acme Billing GmbH", "address": "1 Main St, Berlin",
+                                          "tax_id": "DE123456789"}).status_code == 200
+    use(acme, "jan-1", "2026-01-10T00:00:00Z", 1234)
+    ledger.close_periods(at("2026-02-03T00:00:00"))
+    closing = invoices(acme)["closing", "2026-01-01"]
+    # When its PDF is fetched
+    answer = acme.get(f"/v1/invoices/{closing['id']}/pdf")
+    # Then it is a PDF whose text holds the legal details, the number, each line and the totals
+    assert (answer.status_code, answer.headers["content-type"]) == (200, "application/pdf")
+    text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(answer.content)).pages)
+    invoice = acme.get(f"/v1/invoices/{closing['id']}").json()
+    for expected in ["Acme Billing GmbH", "1 Main St, Berlin", "DE123456789", invoice["number"],
+                     *(line["description"] for line in invoice["lines"]), "12.34", invoice["total"]]:
+        assert expected in text, expected
