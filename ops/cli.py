@@ -4,6 +4,7 @@ import argparse
 import sys
 from uuid import UUID
 
+from api.clock import BillingClock
 from api.ledger import Ledger
 from domain.aggregate import Actor
 from domain.api_key import ROLES, ApiKey
@@ -48,9 +49,13 @@ def serve(settings: config.Config) -> None:
         sys.exit(f"tally: TALLY_API_KEY: {refusal}")
     print(f"Tally listening on http://{settings.host}:{settings.port} (store: {_safe(settings.database_url)})",
           flush=True)
+    clock = BillingClock(ledger, settings.billing_interval_seconds)
+    if not ledger.distributed:  # distributed, `tally worker` runs the clock
+        clock.start()
     try:
         uvicorn.run(create_app(ledger), host=settings.host, port=settings.port, log_level="warning")
     finally:
+        clock.stop()
         ledger.close()
 
 
@@ -70,13 +75,15 @@ def worker(settings: config.Config) -> None:
     from projections.drivers.worker import create_worker
 
     bootstrap = _distributed(settings, "worker")
-    database = Database(settings.database_url)
-    database.migrate(SCHEMA)
+    ledger = Ledger(settings.database_url, distributed=True)
+    clock = BillingClock(ledger, settings.billing_interval_seconds)  # one worker at a time ticks
+    clock.start()
     print(f"Tally worker: {bootstrap} -> {_safe(settings.database_url)}", flush=True)
     try:
-        Worker(create_worker(bootstrap, database), loglevel="WARNING").execute_from_commandline()
+        Worker(create_worker(bootstrap, ledger.database), loglevel="WARNING").execute_from_commandline()
     finally:
-        database.close()
+        clock.stop()
+        ledger.close()
 
 
 def relay(settings: config.Config) -> None:

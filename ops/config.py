@@ -22,6 +22,7 @@ class Config:
     api_key: str | None
     kafka_bootstrap: str | None
     relay_stall_seconds: float = 5.0  # the relay sends again when consumers stop this long behind it
+    billing_interval_seconds: float = 60.0  # how often the billing clock closes periods
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Config:
@@ -46,6 +47,7 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
         api_key=api_key,
         kafka_bootstrap=environ.get("TALLY_KAFKA_BOOTSTRAP") or None,
         relay_stall_seconds=_seconds(environ, "TALLY_RELAY_STALL_SECONDS", 5.0),
+        billing_interval_seconds=_seconds(environ, "TALLY_BILLING_INTERVAL_SECONDS", 60.0),
     )
 
 

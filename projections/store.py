@@ -8,8 +8,10 @@ from there, so a crash between the two is repaired by the next catch-up (nothing
 SQL is written once with `?` placeholders; on PostgreSQL they become `%s`.
 """
 
+import fcntl
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +129,33 @@ class Database:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Whether this process got `name`'s lock (held until the block ends): a PostgreSQL advisory
+        lock, or on SQLite an exclusive lock on a file beside the store. Never waits."""
+        if self.postgres:
+            with self.pool.connection() as connection:
+                connection.autocommit = True
+                key = zlib.crc32(name.encode())
+                got = connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+                try:
+                    yield bool(got)
+                finally:
+                    if got:
+                        connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    connection.autocommit = False
+            return
+        with open(f"{self.path}.{name}.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self.postgres:

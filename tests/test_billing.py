@@ -12,6 +12,7 @@ import pytest
 from conftest import SETUP, assert_problem, created
 from pypdf import PdfReader
 
+from api.clock import LOCK, BillingClock
 from domain.errors import Conflict
 from domain.money import encode_hook
 from projections.views import private_id
@@ -174,3 +175,16 @@ def test_the_invoice_pdf_shows_the_tenant_s_legal_details_every_line_and_the_tot
     for expected in ["Acme Billing GmbH", "1 Main St, Berlin", "DE123456789", invoice["number"],
                      *(line["description"] for line in invoice["lines"]), "12.34", invoice["total"]]:
         assert expected in text, expected
+
+
+def test_one_billing_clock_ticks_at_a_time_and_a_tick_is_idempotent(acme, ledger):
+    # Given two clocks on the same store, stopped at Feb 1 12:00
+    first = BillingClock(ledger, 0, now=lambda: at("2026-02-01T12:00:00"))
+    second = BillingClock(ledger, 0, now=lambda: at("2026-02-01T12:00:00"))
+    # When the second ticks while the first holds the lock
+    with ledger.database.exclusive(LOCK) as mine:
+        assert mine
+        assert second.tick() is None
+    # Then once the lock is free, a tick drafts what is due, and the next finds nothing to do
+    assert first.tick() == 5
+    assert second.tick() == 0

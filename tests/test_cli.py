@@ -332,3 +332,27 @@ def test_a_bad_setting_stops_serve_with_a_message_naming_it(tmp_path, setting, v
     assert f"tally: configuration error: {message}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "events.sqlite").exists()
+
+
+def test_serve_runs_the_billing_clock_on_its_own(database_url, tmp_path):
+    # Given a server whose clock ticks every 0.2 s, and a subscription that started a year ago
+    env = tally_env(database_url, TALLY_API_KEY="clock-test-admin-key", TALLY_BILLING_INTERVAL_SECONDS="0.2")
+    with serving(env, tmp_path) as server, httpx.Client(
+            base_url=server.base_url, headers={"Authorization": "Bearer clock-test-admin-key"}, timeout=10) as api:
+        for path, body in [
+            ("/v1/plans", {"code": "pro", "name": "Pro", "currency": "USD", "interval": "year"}),
+            ("/v1/plans/pro/versions", {"prices": [{"type": "flat", "currency": "USD", "amount": "120.00",
+                                                    "pay_in": "advance"}]}),
+            ("/v1/customers", {"external_id": "acme", "name": "Acme", "currency": "USD"}),
+            ("/v1/subscriptions", {"customer": "acme", "plan_code": "pro", "start_at": "2025-01-01T00:00:00Z",
+                                   "billing_anchor": "calendar"}),
+        ]:
+            assert api.post(path, json=body).status_code == 201
+        # When a moment passes
+        deadline, found = time.monotonic() + 15, []
+        while time.monotonic() < deadline and (len(found) < 3 or any(i["status"] == "draft" for i in found)):
+            found = api.get("/v1/invoices", params={"customer": "acme"}).json()["data"]
+            time.sleep(0.1)
+    # Then the clock has billed 2025 (advance and closing, finalized) and 2026 in advance, nobody asking
+    assert sorted((i["kind"], i["period_start"][:4], i["status"]) for i in found) == [
+        ("advance", "2025", "finalized"), ("advance", "2026", "finalized"), ("closing", "2025", "finalized")]
