@@ -33,7 +33,7 @@ async def upcoming(call: Call) -> Response:
         raise ApiError(404, f"no subscription {named}")
     ledger = call.ledger
     found = await run_in_threadpool(ledger.upcoming_invoice, call.tenant_id, customer, subscription_id,
-                                    ledger.subscriptions.clock())
+                                    ledger.now())
     return Response(encoder.encode(found), media_type=JSON)
 
 

@@ -14,7 +14,7 @@ import msgspec
 
 from domain import invoice
 from domain.aggregate import Actor
-from domain.billing import IssuedInvoice, billing_dates
+from domain.billing import Cutoff, IssuedInvoice, billing_dates, usage_cutoff
 from domain.invoicing import ChangedMeanwhile, Invoicing
 from domain.periods import Period
 from domain.catalogue import Catalogue
@@ -38,6 +38,10 @@ from projections.views import private_id, public_id
 T = TypeVar("T")
 CLOCK = Actor("system:billing-clock")
 FINALIZE_TRIES = 20
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def store_env(database_url: str) -> tuple[dict[str, str], str, str]:
@@ -89,6 +93,10 @@ class Ledger:
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
         self._follower: Any = None
 
+    def now(self) -> datetime:
+        """The ledger's clock (the subscriptions' clock, which tests stop)."""
+        return self.subscriptions.clock()
+
     def follow_usage(self) -> None:
         """Keep the usage read model up to date beside this server (embedded, or PostgreSQL without
         Kafka), in a process of its own."""
@@ -121,8 +129,10 @@ class Ledger:
         return self._computed(subscription, subscription.period_at(max(now, subscription.billing_start)),
                               "closing", "upcoming")
 
-    def _computed(self, subscription: Subscription, period: Period, kind: str, status: str) -> invoice.Invoice:
-        """A period's invoice of that kind, computed from the contract, its prices and the usage so far."""
+    def _computed(self, subscription: Subscription, period: Period, kind: str, status: str,
+                  late: bool = True) -> invoice.Invoice:
+        """A period's invoice of that kind, computed from the contract, its prices and the usage so far
+        (with `late`, a closing invoice also carries the previous period's late usage)."""
         tenant_id, customer = subscription.tenant_id, subscription.customer
         plan = self.catalogue.plan(tenant_id, subscription.plan_code)
         specs = {number: self.catalogue.plan_version(plan, number).spec for _, number in subscription.versions}
@@ -137,6 +147,8 @@ class Ledger:
         else:
             lines = invoice.closing_lines(subscription.plan_code, parts, period, self._usage(tenant_id, customer),
                                           conversion, subscription.currency, billed)
+            if late:
+                lines += self._late_usage(subscription, period)
         sums = invoice.sums(lines, parts if kind == "closing" else [], period, subscription.currency,
                             self._tax_rate(tenant_id, customer))
         return invoice.Invoice(
@@ -144,6 +156,18 @@ class Ledger:
             currency=subscription.currency, period_start=period.start, period_end=period.end, lines=tuple(lines),
             **msgspec.structs.asdict(sums),
         )
+
+    def _late_usage(self, subscription: Subscription, period: Period) -> list[invoice.InvoiceLine]:
+        """The previous period's usage that its finalized closing invoice did not bill."""
+        if period.start <= subscription.billing_start:
+            return []
+        previous = subscription.period_at(period.start - timedelta(microseconds=1))
+        issued = self.invoicing.get(IssuedInvoice.create_id(subscription.id, "closing", previous.start))
+        if issued is None or issued.content is None or issued.status == "void":
+            return []
+        now = self._computed(subscription, previous, "closing", issued.status, late=False)
+        return invoice.late_usage_lines([line for line in issued.content.lines
+                                         if not line.description.startswith("Late usage: ")], now.lines)
 
     def issued_invoice(self, tenant_id: UUID, invoice_id: UUID) -> invoice.Invoice:
         """An issued invoice: as finalized, or (a draft) computed now from what it bills."""
@@ -167,6 +191,19 @@ class Ledger:
                 continue
         issued = self.invoicing.invoice(tenant_id, invoice_id)
         return self.invoicing.finalize(by, issued, prefix, self.issued_invoice(tenant_id, invoice_id))
+
+    def usage_cutoffs(self, tenant_id: UUID, customers: set[str], now: datetime) -> dict[str, Cutoff]:
+        """For each customer that has one, the instant before which its usage is refused (closed periods)."""
+        closed: dict[str, list[tuple[datetime, datetime, str]]] = {}
+        for body in self.documents.children("invoices", str(tenant_id), customers):
+            if body["kind"] == "closing" and body["status"] in ("finalized", "paid"):
+                closed.setdefault(body["customer"], []).append(
+                    (_moment(body["period_start"]), _moment(body["period_end"]), body["number"]))
+        if not closed:
+            return {}
+        grace = timedelta(hours=self.tenants.tenant(tenant_id).settings.grace_period_hours)
+        found = {customer: usage_cutoff(periods, grace, now) for customer, periods in closed.items()}
+        return {customer: cutoff for customer, cutoff in found.items() if cutoff is not None}
 
     def close_periods(self, now: datetime) -> int:
         """The billing clock: draft every period's invoices that are due by `now` (advance at the

@@ -9,7 +9,7 @@ event is decoded event by event, to reject that one alone.
 """
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -62,10 +62,13 @@ def _future_error(event: UsageEvent) -> FieldError:
 
 async def ingest_one(call: Call) -> Response:
     event: UsageEvent = call.body
-    now = datetime.now(UTC)
+    now = call.ledger.now()
     if too_far_ahead(event, now):
         error = _future_error(event)
         raise ApiError(422, f"timestamp: {error.message}", [error])
+    _, refused = await _open_periods(call, [(0, event)], now)
+    if refused:
+        raise ApiError(422, f"timestamp: {refused[0].errors[0].message}", refused[0].errors)
     accepted = await _record(call, [event], now)
     return Response(encoder.encode(Ingested(accepted, 1 - accepted)), 202, media_type=JSON)
 
@@ -76,21 +79,44 @@ async def _record(call: Call, events: list[UsageEvent], now: datetime) -> int:
 
 
 async def ingest_batch(call: Call) -> Response:
-    now = datetime.now(UTC)
-    events, rejected = _decode(call.raw, now)
+    now = call.ledger.now()
+    indexed, rejected = _decode(call.raw, now)
+    events, refused = await _open_periods(call, indexed, now)
+    if refused:
+        rejected = sorted(rejected + refused, key=lambda r: r.index)
     accepted = await _record(call, events, now)
     answer = BatchIngested(accepted, len(events) - accepted, rejected)
     return Response(encoder.encode(answer), 202, media_type=JSON)
 
 
-def _decode(body: bytes, now: datetime) -> tuple[list[UsageEvent], list[Rejected]]:
-    """The batch's good events, and the bad ones' indexes and errors. One parse when all are good."""
+async def _open_periods(call: Call, indexed: list[tuple[int, UsageEvent]],
+                        now: datetime) -> tuple[list[UsageEvent], list[Rejected]]:
+    """The events whose period is still open to usage, and the others, refused with the reason."""
+    customers = {event.customer for _, event in indexed}
+    cutoffs = await run_in_threadpool(call.ledger.usage_cutoffs, call.tenant_id, customers, now) if indexed else {}
+    if not cutoffs:
+        return [event for _, event in indexed], []
+    events, refused = [], []
+    for index, event in indexed:
+        cutoff = cutoffs.get(event.customer)
+        if cutoff is not None and event.timestamp < cutoff.before:
+            refused.append(Rejected(index, [FieldError("timestamp", (
+                f"{event.timestamp.isoformat()} falls in a period invoiced on {cutoff.number}, closed to usage "
+                f"since {cutoff.closed_at.isoformat()} (its grace period ended)"))]))
+        else:
+            events.append(event)
+    return events, refused
+
+
+def _decode(body: bytes, now: datetime) -> tuple[list[tuple[int, UsageEvent]], list[Rejected]]:
+    """The batch's good events with their indexes, and the bad ones' indexes and errors. One parse
+    when all are good."""
     try:
         events = _batch.decode(body).events
     except (msgspec.ValidationError, msgspec.DecodeError):
         events = None
     if events is not None and len(events) <= MAX_EVENTS and not any(too_far_ahead(e, now) for e in events):
-        return events, []
+        return list(enumerate(events)), []
     batch: EventBatch = decode_body(_raw_batch, body)  # a malformed body is refused whole here
     if len(batch.events) > MAX_EVENTS:
         raise ApiError(413, f"a batch holds at most {MAX_EVENTS} events, not {len(batch.events)}")
@@ -104,7 +130,7 @@ def _decode(body: bytes, now: datetime) -> tuple[list[UsageEvent], list[Rejected
         if too_far_ahead(event, now):
             rejected.append(Rejected(index, [_future_error(event)]))
             continue
-        events.append(event)
+        events.append((index, event))
     return events, rejected
 
 
@@ -123,7 +149,7 @@ async def void(call: Call) -> Response:
     body: VoidBody = call.body
     event_ids = list(dict.fromkeys(body.event_ids))
     voided, missing = await run_in_threadpool(
-        call.ledger.usage.void, str(call.tenant_id), body.customer, event_ids, call.actor.key_id, datetime.now(UTC)
+        call.ledger.usage.void, str(call.tenant_id), body.customer, event_ids, call.actor.key_id, call.ledger.now()
     )
     answer = Voided(voided, len(event_ids) - len(missing) - voided, missing)
     return Response(encoder.encode(answer), media_type=JSON)

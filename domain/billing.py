@@ -10,7 +10,7 @@ many clocks run. A number is taken in the same save as the finalize, from one ag
 two finalizes at once both read number N; the second save fails and nothing is skipped.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -154,3 +154,26 @@ def billing_dates(subscription: Subscription, grace: timedelta,
         if subscription.ends_at is not None and period.end >= subscription.ends_at:
             return
         moment = period.end
+
+
+class Cutoff(msgspec.Struct, frozen=True):
+    """Usage before `before` is refused: it falls in a period invoiced as `number`, closed at `closed_at`."""
+
+    before: datetime
+    number: str
+    closed_at: datetime
+
+
+def usage_cutoff(closed: Iterable[tuple[datetime, datetime, str]], grace: timedelta, now: datetime) -> Cutoff | None:
+    """From a customer's finalized closing invoices (period start, end, number): the instant before
+    which its usage is refused. Usage for a finalized period is taken until the period's grace ends
+    (it becomes an adjustment on the next invoice), and refused after."""
+    latest = max(closed, default=None)
+    if latest is None:
+        return None
+    start, end, number = latest
+    if now >= end + grace:
+        return Cutoff(end, number, end + grace)
+    if now >= start + grace:  # earlier periods: their grace ended by this one's start + grace
+        return Cutoff(start, number, start + grace)
+    return None

@@ -110,6 +110,22 @@ def closing_lines(plan_code: str, parts: Sequence[Segment], period: Period, usag
     return lines + _advance_adjustments(plan_code, parts, period, conversion, currency, billed_in_advance)
 
 
+def late_usage_lines(billed: Sequence[InvoiceLine], now: Sequence[InvoiceLine]) -> list[InvoiceLine]:
+    """What a finalized invoice's lines would be now, beyond what it billed (usage that arrived
+    within its grace period, after it was finalized, or voids): a line for each difference, for the
+    next invoice. A finalized invoice is never edited."""
+    before = {(line.description, line.period_start, line.period_end): line for line in billed}
+    found = []
+    for line in now:
+        old = before.get((line.description, line.period_start, line.period_end))
+        amount = line.amount - (old.amount if old else ZERO)
+        if amount:
+            quantity = line.quantity - (old.quantity if old else ZERO)
+            found.append(msgspec.structs.replace(line, description=f"Late usage: {line.description}", tiers=None,
+                                                 quantity=Amount(quantity), amount=Amount(amount)))
+    return found
+
+
 def advance_lines(plan_code: str, part: Segment, period: Period, conversion: dict[str, Decimal],
                   currency: str) -> list[InvoiceLine]:
     """The advance invoice's lines: the version's advance flat fees for `part` of the period."""

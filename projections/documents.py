@@ -95,6 +95,17 @@ class Documents:
         bodies = [body.encode() if isinstance(body, str) else body for (body,) in rows]
         return bodies[:limit], len(bodies) > limit
 
+    def children(self, collection: str, tenant_id: str, parents: set[str]) -> list[dict[str, Any]]:
+        """The bodies of a tenant's documents whose parent is one of `parents`."""
+        if not parents:
+            return []
+        marks = ",".join("?" * len(parents))
+        with self.database.transaction() as cursor:
+            rows = cursor.execute(
+                f"SELECT body FROM tally_documents WHERE collection = ? AND tenant_id = ? AND parent IN ({marks})",
+                (collection, tenant_id, *sorted(parents))).all()
+        return [msgspec.json.decode(body) for (body,) in rows]
+
     def each(self, collection: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every document of a collection, all tenants, in creation order: (tenant id, body)."""
         after = -1

@@ -43,7 +43,7 @@ def acme(admin):
 def use(admin, event_id: str, when: str, tokens: int) -> None:
     answer = admin.post("/v1/events", json={"event_id": event_id, "customer": "acme", "event_name": "llm",
                                             "timestamp": when, "properties": {"tokens": tokens}})
-    assert answer.json()["accepted"] == 1
+    assert answer.json().get("accepted") == 1, answer.text
 
 
 def invoices(admin, **query) -> dict[tuple[str, str], dict]:
@@ -74,7 +74,9 @@ def test_the_clock_drafts_each_period_once_and_finalizes_after_the_grace_period(
     # Then the draft is finalized with the next number and what it billed then, whatever comes later
     final = acme.get(draft_url).json()
     assert (final["status"], final["number"], final["total"]) == ("finalized", "ACME-000003", "15.00")
-    use(acme, "jan-too-late", "2026-01-31T23:30:00Z", 9999)
+    too_late = acme.post("/v1/events", json={"event_id": "jan-too-late", "customer": "acme", "event_name": "llm",
+                                             "timestamp": "2026-01-31T23:30:00Z", "properties": {"tokens": 9999}})
+    assert_problem(too_late, 422, "timestamp")
     assert acme.get(draft_url).json() == final
     assert list(invoices(acme, status="draft")) == []
 
@@ -188,3 +190,34 @@ def test_one_billing_clock_ticks_at_a_time_and_a_tick_is_idempotent(acme, ledger
     # Then once the lock is free, a tick drafts what is due, and the next finds nothing to do
     assert first.tick() == 5
     assert second.tick() == 0
+
+
+def test_late_usage_within_grace_is_an_adjustment_on_the_next_invoice_and_after_it_is_refused(acme, ledger):
+    # Given January billed and finalized by hand on Feb 1 at 13:00, inside its 24 hours' grace
+    use(acme, "jan-1", "2026-01-10T00:00:00Z", 1000)
+    ledger.subscriptions.clock = lambda: at("2026-02-01T13:00:00")
+    ledger.close_periods(at("2026-02-01T13:00:00"))
+    january = invoices(acme)["closing", "2026-01-01"]
+    final = acme.post(f"/v1/invoices/{january['id']}/finalize").json()
+    assert (final["number"], final["total"]) == ("ACME-000003", "10.00")
+    # When January usage arrives within the grace period
+    use(acme, "jan-late", "2026-01-31T20:00:00Z", 250)
+    # Then January's invoice stays as finalized, and February's upcoming invoice carries the difference
+    assert acme.get(f"/v1/invoices/{january['id']}").json() == final
+    february = acme.get("/v1/customers/acme/upcoming-invoice").json()
+    late = [line for line in february["lines"] if line["description"].startswith("Late usage: ")]
+    assert [(line["quantity"], line["amount"], line["period_start"]) for line in late] == [
+        ("250", "2.50", "2026-01-01T00:00:00Z")]
+    # When the grace period is over, January usage is refused with the reason, and February's is taken
+    ledger.subscriptions.clock = lambda: at("2026-02-02T00:00:01")
+    refused = acme.post("/v1/events/batch", json={"events": [
+        {"event_id": "jan-too-late", "customer": "acme", "event_name": "llm", "timestamp": "2026-01-31T21:00:00Z",
+         "properties": {"tokens": 1}},
+        {"event_id": "feb-1", "customer": "acme", "event_name": "llm", "timestamp": "2026-02-01T21:00:00Z",
+         "properties": {"tokens": 1}}]}).json()
+    assert (refused["accepted"], [r["index"] for r in refused["rejected"]]) == (1, [0])
+    error = refused["rejected"][0]["errors"][0]
+    assert error["field"] == "timestamp" and "ACME-000003" in error["message"], error
+    one = acme.post("/v1/events", json={"event_id": "jan-too-late", "customer": "acme", "event_name": "llm",
+                                        "timestamp": "2026-01-31T21:00:00Z", "properties": {"tokens": 1}})
+    assert_problem(one, 422, "timestamp")
