@@ -187,6 +187,9 @@ class _Operations:
     finalize_invoice = _operation("POST", "/v1/invoices/{id}/finalize", "Finalize a draft")
     void_invoice = _operation("POST", "/v1/invoices/{id}/void", "Void a draft or an unpaid invoice")
     pay_invoice = _operation("POST", "/v1/invoices/{id}/pay", "Record a payment (default: all that is due)")
+    create_credit_note = _operation("POST", "/v1/credit-notes", "Credit a finalized invoice: lines=[...] or amount")
+    list_credit_notes = _operation("GET", "/v1/credit-notes", "List an invoice's credit notes: invoice_id=...")
+    get_credit_note = _operation("GET", "/v1/credit-notes/{id}", "Read a credit note")
 
 
 class Client(_Operations):

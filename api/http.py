@@ -42,6 +42,7 @@ class Operation:
     listing: bool = False
     max_body: int = MAX_BODY
     decoder: Any = field(default=None, compare=False)
+    media: str = "application/json"  # of the success answer
 
     def __post_init__(self) -> None:
         if self.body is not None and self.decoder is None:

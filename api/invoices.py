@@ -13,10 +13,10 @@ from api.errors import ApiError, FieldError
 from api.http import JSON, Call, Operation, encoder
 from api.pdf import render
 from api.tenant import ADMIN, READERS
-from domain.billing import Payment, Status, Voiding
+from domain.billing import CreditNoteSpec, Payment, Status, Voiding
 from domain.invoice import Invoice
 from domain.money import decode_hook
-from projections.views import CustomerView, InvoiceSummary, TenantView, private_id, public_id
+from projections.views import CreditNoteView, CustomerView, InvoiceSummary, TenantView, private_id, public_id
 
 T = TypeVar("T")
 
@@ -98,6 +98,30 @@ async def pay(call: Call) -> Response:
     return await _answer(call, _invoice_id(call))
 
 
+async def credit_note(call: Call) -> Response:
+    body: CreditNoteSpec = call.body
+    invoice_id = private_id("invoices", body.invoice_id)
+    if invoice_id is None:
+        raise ApiError(422, f"invoice_id: no invoice {body.invoice_id}", [FieldError("invoice_id", "no such invoice")])
+    note = await call.command(call.ledger.invoicing.credit, invoice_id, body)
+    return await call.document("credit_notes", id=note.id, status=201)
+
+
+async def read_credit_note(call: Call) -> Response:
+    found = private_id("credit_notes", call.params["id"])
+    if found is None:
+        raise ApiError(404, f"no credit note {call.params['id']}")
+    return await call.document("credit_notes", id=found)
+
+
+async def credit_notes(call: Call) -> Response:
+    invoice = call.request.query_params.get("invoice_id")
+    if invoice is None:
+        raise ApiError(422, "invoice_id: list the credit notes of one invoice (?invoice_id=inv_...)",
+                       [FieldError("invoice_id", "required")])
+    return await call.page("credit_notes", parent=invoice, key="id")
+
+
 OPERATIONS = [
     Operation("GET", "/v1/customers/{external_id}/upcoming-invoice", upcoming, READERS | {"portal"},
               "The live draft of the current period's closing invoice (?subscription= when several run)",
@@ -106,11 +130,19 @@ OPERATIONS = [
               response=InvoiceSummary, listing=True),
     Operation("GET", "/v1/invoices/{id}", read, OWN, "Read an invoice (a draft is computed as of now)",
               response=Invoice),
-    Operation("GET", "/v1/invoices/{id}/pdf", pdf, OWN, "The invoice as a PDF, with the tenant's legal details"),
+    Operation("GET", "/v1/invoices/{id}/pdf", pdf, OWN, "The invoice as a PDF, with the tenant's legal details",
+              media="application/pdf"),
     Operation("POST", "/v1/invoices/{id}/finalize", finalize, FINANCE,
               "Finalize a draft: the tenant's next number, and its amounts fixed", response=Invoice),
     Operation("POST", "/v1/invoices/{id}/void", void, FINANCE, "Void a draft or an unpaid invoice", Voiding,
               Invoice),
     Operation("POST", "/v1/invoices/{id}/pay", pay, FINANCE, "Record a payment (default: all that is due)",
               Payment, Invoice),
+    Operation("POST", "/v1/credit-notes", credit_note, FINANCE,
+              "Credit a finalized invoice, by lines or by amount (never more than is left)", CreditNoteSpec,
+              CreditNoteView, status=201),
+    Operation("GET", "/v1/credit-notes", credit_notes, READERS, "List an invoice's credit notes (?invoice_id=)",
+              response=CreditNoteView, listing=True),
+    Operation("GET", "/v1/credit-notes/{id}", read_credit_note, READERS, "Read a credit note",
+              response=CreditNoteView),
 ]

@@ -21,6 +21,7 @@ from domain.catalogue import Catalogue
 from domain.customers import Customers
 from domain.errors import Conflict, Invalid, NotFound
 from domain.meter import MeterSpec
+from domain.money import Amount
 from domain.metering import transactions_of
 from domain.pricing import Transaction
 from domain.subscription import Subscription
@@ -177,7 +178,8 @@ class Ledger:
             found = self._computed(subscription, subscription.period_at(issued.period_start), issued.kind, issued.status)
         else:
             found = issued.content
-        return msgspec.structs.replace(found, id=public_id("invoices", issued.id), status=issued.status)
+        return msgspec.structs.replace(found, id=public_id("invoices", issued.id), status=issued.status,
+                                       paid=Amount(issued.paid), credited=Amount(issued.credited))
 
     def finalize(self, by: Actor, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
         """Number the draft and record what it bills, as computed now. Finalizes of other invoices
@@ -186,11 +188,15 @@ class Ledger:
         for _ in range(FINALIZE_TRIES - 1):
             issued = self.invoicing.invoice(tenant_id, invoice_id)
             try:
-                return self.invoicing.finalize(by, issued, prefix, self.issued_invoice(tenant_id, invoice_id))
+                return self.invoicing.finalize(by, issued, prefix, self._billed(tenant_id, invoice_id))
             except ChangedMeanwhile:
                 continue
         issued = self.invoicing.invoice(tenant_id, invoice_id)
-        return self.invoicing.finalize(by, issued, prefix, self.issued_invoice(tenant_id, invoice_id))
+        return self.invoicing.finalize(by, issued, prefix, self._billed(tenant_id, invoice_id))
+
+    def _billed(self, tenant_id: UUID, invoice_id: UUID) -> invoice.Invoice:
+        """What a draft bills, as it is recorded when finalized (payments and credits come after)."""
+        return msgspec.structs.replace(self.issued_invoice(tenant_id, invoice_id), paid=None, credited=None)
 
     def usage_cutoffs(self, tenant_id: UUID, customers: set[str], now: datetime) -> dict[str, Cutoff]:
         """For each customer that has one, the instant before which its usage is refused (closed periods)."""

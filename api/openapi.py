@@ -56,6 +56,8 @@ def document(operations: list[Operation]) -> dict[str, Any]:
         answer: dict[str, Any] = {"description": "OK"}
         if response_type is not None:
             answer["content"] = {"application/json": {"schema": schemas[response_type]}}
+        elif operation.media != "application/json":
+            answer["content"] = {operation.media: {"schema": {"type": "string", "format": "binary"}}}
         responses = {str(operation.status): answer}
         if operation.roles:
             problem = {"application/problem+json": {"schema": schemas[Problem]}}

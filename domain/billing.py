@@ -10,7 +10,7 @@ many clocks run. A number is taken in the same save as the finalize, from one ag
 two finalizes at once both read number N; the second save fails and nothing is skipped.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -22,7 +22,7 @@ from eventsourcing.domain import event
 from domain.aggregate import Aggregate
 from domain.errors import Conflict, Invalid
 from domain.invoice import Invoice
-from domain.money import Amount
+from domain.money import Amount, round_money
 from domain.periods import Period
 from domain.subscription import Subscription
 
@@ -37,6 +37,25 @@ class Payment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 class Voiding(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
+
+
+class CreditLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    line_index: Annotated[int, msgspec.Meta(ge=0)]
+    amount: Amount
+
+
+class CreditNoteSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Credit lines of the invoice (before tax; tax is added at the invoice's rate, rounded once),
+    or an `amount` (tax included)."""
+
+    invoice_id: str
+    lines: Annotated[tuple[CreditLine, ...], msgspec.Meta(max_length=1000)] | None = None
+    amount: Amount | None = None
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+    def __post_init__(self) -> None:
+        if (self.lines is None) == (self.amount is None):
+            raise ValueError("lines: give lines or amount, not both")
 
 
 class WrongStatus(Conflict):
@@ -63,6 +82,14 @@ class IssuedInvoice(Aggregate):
     class Paid(Aggregate.Event):
         amount: Decimal
 
+    class Credited(Aggregate.Event):
+        number: str
+        lines: list  # [[line index, amount], ...]: what each line gave back, before tax
+        subtotal: Decimal
+        tax: Decimal
+        total: Decimal
+        reason: str
+
     @staticmethod
     def create_id(subscription_id: UUID, kind: str, period_start: datetime) -> UUID:
         return uuid5(subscription_id, f"invoice:{kind}:{period_start.isoformat()}")
@@ -75,6 +102,9 @@ class IssuedInvoice(Aggregate):
         self.status: Status = "draft"
         self.content: Invoice | None = None
         self.paid = Decimal(0)
+        self.credited = Decimal(0)
+        self.credited_lines: dict[int, Decimal] = {}
+        self.credit_notes = 0
 
     def finalize(self, number: str, content: Invoice) -> None:
         if self.status != "draft":
@@ -110,6 +140,76 @@ class IssuedInvoice(Aggregate):
         self.paid += amount
         if self.content is not None and self.paid >= self.content.amount_due:
             self.status = "paid"
+
+
+    def credit(self, spec: CreditNoteSpec) -> tuple[str, Decimal, Decimal, Decimal, list[list]]:
+        """A credit note against the finalized invoice: never more than is left of a line or of the
+        invoice, so it never takes the invoice below zero."""
+        if self.status not in ("finalized", "paid") or self.content is None:
+            raise WrongStatus(self.status, "credited")
+        content, left = self.content, self.content.total - self.credited
+        if spec.amount is not None:
+            total = Decimal(spec.amount)
+            if not 0 < total <= left:
+                raise Invalid("amount", f"between 0 and the {left} left to credit, not {total}")
+            tax = round_money(total * content.tax_rate / (1 + content.tax_rate), content.currency)
+            lines: list[list] = []
+        else:
+            lines = self._credit_lines(spec.lines or ())
+            subtotal = sum((amount for _, amount in lines), Decimal(0))
+            tax = round_money(subtotal * content.tax_rate, content.currency)
+            total = subtotal + tax
+            if total > left:
+                raise Invalid("lines", f"{total} with tax is more than the {left} left to credit")
+        number = f"{self.content.number}-CN{self.credit_notes + 1}"
+        self._credited(number, lines, total - tax, tax, total, spec.reason)
+        return number, total - tax, tax, total, lines
+
+    def _credit_lines(self, lines: Sequence[CreditLine]) -> list[list]:
+        assert self.content is not None
+        found: dict[int, Decimal] = {}
+        for index, line in enumerate(lines):
+            if line.line_index >= len(self.content.lines):
+                raise Invalid(f"lines[{index}].line_index", f"the invoice has {len(self.content.lines)} lines")
+            billed = self.content.lines[line.line_index].amount
+            left = billed - self.credited_lines.get(line.line_index, Decimal(0)) - found.get(line.line_index, 0)
+            if not 0 < line.amount <= left or line.amount != round_money(line.amount, self.content.currency):
+                raise Invalid(f"lines[{index}].amount", f"between 0 and the {left} left on line "
+                                                        f"{line.line_index}, in whole minor units")
+            found[line.line_index] = found.get(line.line_index, Decimal(0)) + Decimal(line.amount)
+        return [[index, amount] for index, amount in found.items()]
+
+    @event(Credited)
+    def _credited(self, number: str, lines: list, subtotal: Decimal, tax: Decimal, total: Decimal, reason: str) -> None:
+        self.credit_notes += 1
+        self.credited += total
+        for index, amount in lines:
+            self.credited_lines[index] = self.credited_lines.get(index, Decimal(0)) + Decimal(amount)
+
+
+class IssuedCreditNote(Aggregate):
+    """A credit note: issued once, never changed (the invoice keeps what is left to credit)."""
+
+    class Issued(Aggregate.Created):
+        tenant_id: UUID
+        invoice_id: UUID
+        customer: str
+        number: str
+        currency: str
+        lines: list  # [[line index, amount], ...]
+        subtotal: Decimal
+        tax: Decimal
+        total: Decimal
+        reason: str
+
+    @staticmethod
+    def create_id(invoice_id: UUID, number: str) -> UUID:
+        return uuid5(invoice_id, f"credit-note:{number}")
+
+    @event(Issued)
+    def __init__(self, tenant_id: UUID, invoice_id: UUID, customer: str, number: str, currency: str, lines: list,
+                 subtotal: Decimal, tax: Decimal, total: Decimal, reason: str) -> None:
+        self.tenant_id, self.invoice_id, self.number, self.total = tenant_id, invoice_id, number, total
 
 
 class InvoiceNumbers(Aggregate):

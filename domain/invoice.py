@@ -208,6 +208,8 @@ class Invoice(Sums, frozen=True, kw_only=True):
     period_start: datetime
     period_end: datetime
     lines: tuple[InvoiceLine, ...]
+    paid: Amount | None = None  # issued invoices: payments recorded so far (not part of what was finalized)
+    credited: Amount | None = None  # issued invoices: credit notes' totals so far (idem)
 
 
 def sums(lines: Sequence[InvoiceLine], parts: Sequence[Segment], period: Period, currency: str,

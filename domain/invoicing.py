@@ -12,7 +12,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
-from domain.billing import IssuedInvoice, InvoiceNumbers, Kind
+from domain.billing import CreditNoteSpec, InvoiceNumbers, IssuedCreditNote, IssuedInvoice, Kind
 from domain.errors import Conflict, NotFound
 from domain.invoice import Invoice
 from domain.periods import Period
@@ -63,6 +63,18 @@ class Invoicing(TallyApplication):
             invoice.pay(amount)
         self.save_or(ChangedMeanwhile(), invoice)
         return invoice
+
+    def credit(self, by: Actor, tenant_id: UUID, invoice_id: UUID, spec: CreditNoteSpec) -> IssuedCreditNote:
+        invoice = self.invoice(tenant_id, invoice_id)
+        with acting(by):
+            number, subtotal, tax, total, lines = invoice.credit(spec)
+            assert invoice.content is not None
+            note = IssuedCreditNote(
+                tenant_id=tenant_id, invoice_id=invoice.id,
+                customer=invoice.customer, number=number, currency=invoice.content.currency, lines=lines,
+                subtotal=subtotal, tax=tax, total=total, reason=spec.reason)
+        self.save_or(ChangedMeanwhile(), invoice, note)
+        return note
 
     def invoice(self, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
         found = self.get(invoice_id)

@@ -12,7 +12,7 @@ import msgspec
 from domain.money import Amount
 
 from domain.api_key import ApiKey
-from domain.billing import IssuedInvoice
+from domain.billing import IssuedCreditNote, IssuedInvoice
 from domain.customer import Customer
 from domain.feature import Feature
 from domain.meter import Meter
@@ -24,6 +24,8 @@ from domain.tenant import Tenant
 from projections.views import (
     ApiKeyView,
     ContractVersion,
+    CreditLineView,
+    CreditNoteView,
     CustomerView,
     Document,
     FeatureView,
@@ -46,7 +48,7 @@ COLLECTIONS: dict[type, str] = {
     Subscription.Started: "subscriptions", Subscription.Amended: "subscriptions",
     Subscription.CancelRequested: "subscriptions",
     IssuedInvoice.Drafted: "invoices", IssuedInvoice.Finalized: "invoices", IssuedInvoice.Voided: "invoices",
-    IssuedInvoice.Paid: "invoices",
+    IssuedInvoice.Paid: "invoices", IssuedCreditNote.Issued: "credit_notes",
 }
 
 
@@ -123,6 +125,15 @@ def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C
             paid = Amount(view.paid + amount)
             status = "paid" if view.amount_due is not None and paid >= view.amount_due else view.status
             return _changed(document, paid=paid, status=status, updated_at=event.timestamp)
+        case IssuedCreditNote.Issued():
+            invoice = public_id("invoices", event.invoice_id)
+            view = CreditNoteView(
+                **created, number=event.number, invoice_id=invoice, customer=event.customer, currency=event.currency,
+                lines=tuple(CreditLineView(line_index=i, amount=Amount(a)) for i, a in event.lines),
+                subtotal=Amount(event.subtotal), tax=Amount(event.tax), total=Amount(event.total),
+                reason=event.reason, created_by=event.actor,
+            )
+            return _new(event, event.number, view, parent=invoice)
         case _:
             return document
 

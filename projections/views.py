@@ -14,7 +14,7 @@ from domain.price import Entitlement, Price
 PREFIXES = {
     "tenants": "ten", "api_keys": "key", "meters": "mtr", "features": "feat", "pricing_units": "pu",
     "plans": "plan", "plan_versions": "pv", "customers": "cus", "subscriptions": "sub",
-    "invoices": "inv",
+    "invoices": "inv", "credit_notes": "cn",
 }
 
 
@@ -166,6 +166,24 @@ class InvoiceSummary(View, frozen=True, kw_only=True):
     updated_at: datetime
 
 
+class CreditLineView(msgspec.Struct, frozen=True, kw_only=True):
+    line_index: int
+    amount: Amount
+
+
+class CreditNoteView(View, frozen=True, kw_only=True):
+    number: str
+    invoice_id: str
+    customer: str
+    currency: str
+    lines: tuple[CreditLineView, ...]  # empty for a credit note by amount
+    subtotal: Amount
+    tax: Amount
+    total: Amount
+    reason: str
+    created_by: str
+
+
 class Document(msgspec.Struct, frozen=True):
     """One read-model row: what the store indexes (tenant, code, parent) and the view it returns."""
 
@@ -179,5 +197,5 @@ VIEW_TYPES: dict[str, type[View]] = {
     "tenants": TenantView, "api_keys": ApiKeyView, "meters": MeterView, "features": FeatureView,
     "pricing_units": PricingUnitView, "plans": PlanView, "plan_versions": PlanVersionView,
     "customers": CustomerView, "subscriptions": SubscriptionView,
-    "invoices": InvoiceSummary,
+    "invoices": InvoiceSummary, "credit_notes": CreditNoteView,
 }

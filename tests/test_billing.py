@@ -221,3 +221,43 @@ def test_late_usage_within_grace_is_an_adjustment_on_the_next_invoice_and_after_
     one = acme.post("/v1/events", json={"event_id": "jan-too-late", "customer": "acme", "event_name": "llm",
                                         "timestamp": "2026-01-31T21:00:00Z", "properties": {"tokens": 1}})
     assert_problem(one, 422, "timestamp")
+
+
+def test_credit_notes_by_lines_or_amount_never_take_an_invoice_below_zero(acme, ledger):
+    # Given January's closing invoice: 1,000 tokens = $10.00, with 20 % tax: total $12.00
+    assert acme.patch("/v1/tenant", json={"default_tax_rate": "0.2"}).status_code == 200
+    use(acme, "jan-1", "2026-01-10T00:00:00Z", 1000)
+    ledger.close_periods(at("2026-02-03T00:00:00"))
+    january = invoices(acme)["closing", "2026-01-01"]
+    assert acme.get(f"/v1/invoices/{january['id']}").json()["total"] == "12.00"
+    before = ledger.events_recorded()
+    # When $3.33 of line 0 is credited: tax 0.666 rounds half-up to 0.67, the note is 4.00
+    note = acme.post("/v1/credit-notes", json={"invoice_id": january["id"], "lines": [
+        {"line_index": 0, "amount": "3.33"}], "reason": "outage"})
+    assert note.status_code == 201, note.text
+    assert {k: note.json()[k] for k in ("number", "subtotal", "tax", "total")} == {
+        "number": "ACME-000002-CN1", "subtotal": "3.33", "tax": "0.67", "total": "4.00"}
+    # Then more than is left of the line, or of the invoice, is refused and records nothing
+    ledger_before = ledger.events_recorded()
+    assert_problem(acme.post("/v1/credit-notes", json={"invoice_id": january["id"], "lines": [
+        {"line_index": 0, "amount": "6.68"}], "reason": "x"}), 422, "lines[0].amount")
+    assert_problem(acme.post("/v1/credit-notes", json={"invoice_id": january["id"], "amount": "8.01",
+                                                       "reason": "x"}), 422, "amount")
+    assert_problem(acme.post("/v1/credit-notes", json={"invoice_id": january["id"], "lines": [
+        {"line_index": 9, "amount": "1.00"}], "reason": "x"}), 422, "lines[0].line_index")
+    assert_problem(acme.post("/v1/credit-notes", json={"invoice_id": january["id"], "amount": "1.00",
+                                                       "lines": [], "reason": "x"}), 422, "lines")
+    assert ledger.events_recorded() == ledger_before
+    # And what is left can be credited by amount, tax inside it, to exactly zero
+    rest = acme.post("/v1/credit-notes", json={"invoice_id": january["id"], "amount": "8.00", "reason": "refund"})
+    assert {k: rest.json()[k] for k in ("number", "subtotal", "tax", "total")} == {
+        "number": "ACME-000002-CN2", "subtotal": "6.67", "tax": "1.33", "total": "8.00"}
+    assert acme.get(f"/v1/invoices/{january['id']}").json()["credited"] == "12.00"
+    assert_problem(acme.post("/v1/credit-notes", json={"invoice_id": january["id"], "amount": "0.01",
+                                                       "reason": "x"}), 422, "amount")
+    # And a draft cannot be credited
+    ledger.close_periods(at("2026-03-01T01:00:00"))
+    february = invoices(acme)["closing", "2026-02-01"]
+    assert_problem(acme.post("/v1/credit-notes", json={"invoice_id": february["id"], "amount": "1.00",
+                                                       "reason": "x"}), 409)
+    assert ledger.events_recorded() > before

@@ -82,8 +82,13 @@ def test_anyone_may_check_health_and_read_an_openapi_3_1_document_that_describes
             assert body_schema["$ref"].endswith("/" + operation.body.__name__), where
         else:
             assert "requestBody" not in spec, where
-        # And its success answer has a schema in components (a listing answers a page of them)
-        answer = spec["responses"][str(operation.status)]["content"]["application/json"]["schema"]
+        # And its success answer has a schema in components (a listing answers a page of them); a
+        # document that is not JSON (a PDF) is said to be binary
+        content = spec["responses"][str(operation.status)]["content"]
+        if operation.media != "application/json":
+            assert content == {operation.media: {"schema": {"type": "string", "format": "binary"}}}, where
+            continue
+        answer = content["application/json"]["schema"]
         page = _resolve(document, answer["$ref"])
         if operation.listing:
             assert set(page["required"]) >= {"data", "has_more"}, where

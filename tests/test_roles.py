@@ -4,7 +4,7 @@ The table below is the specification, kept apart from the code's own `roles=`: a
 without a rule here fails the suite, and so does a role that may do more (or less) than it says.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 import httpx
@@ -72,8 +72,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/invoices/{id}/finalize"): ADMIN | {"finance"},
     ("POST", "/v1/invoices/{id}/void"): ADMIN | {"finance"},
     ("POST", "/v1/invoices/{id}/pay"): ADMIN | {"finance"},
+    ("POST", "/v1/credit-notes"): ADMIN | {"finance"},
+    ("GET", "/v1/credit-notes"): READERS,
+    ("GET", "/v1/credit-notes/{id}"): READERS,
 }
-USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call", "timestamp": "2026-01-01T00:00:00Z",
+USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call",
+         "timestamp": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),  # an open period
          "properties": {"tokens": 12}}
 
 FLAT = {"type": "flat", "currency": "USD", "amount": "49.00", "pay_in": "advance"}
@@ -141,6 +145,10 @@ def sample_requests(spare_key_id: str, subscription: str = "sub_x",
         ("POST", "/v1/invoices/{id}/finalize"): (each("finalize"), None),
         ("POST", "/v1/invoices/{id}/void"): (each("void"), {"reason": "sent twice"}),
         ("POST", "/v1/invoices/{id}/pay"): (each("pay"), {}),
+        ("POST", "/v1/credit-notes"): ("/v1/credit-notes", {
+            "invoice_id": invoices.get("pay", {}).get("admin", "inv_x"), "amount": "1.00", "reason": "goodwill"}),
+        ("GET", "/v1/credit-notes"): (f"/v1/credit-notes?invoice_id={invoices.get('credited', 'inv_x')}", None),
+        ("GET", "/v1/credit-notes/{id}"): (f"/v1/credit-notes/{invoices.get('credit_note', 'cn_x')}", None),
     }
 
 
@@ -185,16 +193,22 @@ def _given_a_tenant_with_a_key_of_each_role(admin: httpx.Client) -> tuple[dict[s
 
 
 def _given_invoices(admin: httpx.Client, ledger: Any) -> dict[str, Any]:
-    """Billing run to mid-April with a 90-day grace: advance invoices of January to April are final,
-    closing ones of January to March are drafts. Which one each caller may act on."""
+    """Billing run to mid-May with a 90-day grace: advance invoices of January to May are final, the
+    closing ones of March and April drafts; April's advance one paid and credited. Which invoice
+    each caller may act on."""
     assert admin.patch("/v1/tenant", json={"grace_period_hours": 2160}).status_code == 200
-    ledger.close_periods(datetime(2026, 4, 15, tzinfo=UTC))
+    ledger.close_periods(datetime(2026, 5, 15, tzinfo=UTC))
     found = admin.get("/v1/invoices", params={"customer": "acme", "limit": 100}).json()["data"]
     by = {(i["kind"], i["period_start"][:7]): i["id"] for i in found}
-    return {"read": by["closing", "2026-01"],
-            "finalize": {"admin": by["closing", "2026-01"], "finance": by["closing", "2026-02"]},
+    assert admin.post(f"/v1/invoices/{by['advance', '2026-04']}/pay", json={}).status_code == 200
+    note = admin.post("/v1/credit-notes", json={"invoice_id": by["advance", "2026-04"], "amount": "5.00",
+                                                "reason": "goodwill"})
+    assert note.status_code == 201, note.text
+    credited = by["advance", "2026-04"]
+    return {"read": by["closing", "2026-03"], "credited": credited, "credit_note": note.json()["id"],
+            "finalize": {"admin": by["closing", "2026-03"], "finance": by["closing", "2026-04"]},
             "void": {"admin": by["advance", "2026-01"], "finance": by["advance", "2026-02"]},
-            "pay": {"admin": by["advance", "2026-03"], "finance": by["advance", "2026-04"]}}
+            "pay": {"admin": by["advance", "2026-03"], "finance": by["advance", "2026-05"]}}
 
 
 def test_each_role_may_call_exactly_the_routes_the_role_table_allows(admin, ledger, base_url):
