@@ -183,6 +183,8 @@ class _Operations:
                                       "The live draft of the current period's invoice")
     list_invoices = _operation("GET", "/v1/invoices", "List issued invoices: customer=..., status=...")
     get_invoice = _operation("GET", "/v1/invoices/{id}", "Read an invoice")
+    get_invoice_as_of = _operation("GET", "/v1/customers/{external_id}/invoices/{id}",
+                                   "Time travel: an invoice as it stood at as_of=...")
     get_invoice_pdf = _operation("GET", "/v1/invoices/{id}/pdf", "The invoice as a PDF (bytes)")
     finalize_invoice = _operation("POST", "/v1/invoices/{id}/finalize", "Finalize a draft")
     void_invoice = _operation("POST", "/v1/invoices/{id}/void", "Void a draft or an unpaid invoice")

@@ -1,6 +1,7 @@
 """Invoice operations: the upcoming invoice (the live draft of the current period's closing invoice),
 issued invoices (read, list, finalize, void, pay)."""
 
+from datetime import datetime
 from typing import TypeVar, get_args
 from uuid import UUID
 
@@ -53,6 +54,21 @@ async def _answer(call: Call, invoice_id: UUID) -> Response:
 
 async def read(call: Call) -> Response:
     return await _answer(call, _invoice_id(call))
+
+
+async def as_of(call: Call) -> Response:
+    """A customer's invoice as it stood at `as_of`, from the events recorded by then."""
+    text = call.request.query_params.get("as_of")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ApiError(422, "as_of: an RFC 3339 time with an offset", [FieldError("as_of", "a time with an offset")])
+    found = await run_in_threadpool(call.ledger.issued_invoice, call.tenant_id, _invoice_id(call), moment)
+    if found.customer != call.params["external_id"]:
+        raise ApiError(404, f"no invoice {call.params['id']} for customer {call.params['external_id']!r}")
+    return Response(encoder.encode(found), media_type=JSON)
 
 
 async def pdf(call: Call) -> Response:
@@ -130,6 +146,8 @@ OPERATIONS = [
               response=InvoiceSummary, listing=True),
     Operation("GET", "/v1/invoices/{id}", read, OWN, "Read an invoice (a draft is computed as of now)",
               response=Invoice),
+    Operation("GET", "/v1/customers/{external_id}/invoices/{id}", as_of, OWN,
+              "Time travel: the invoice as it stood at ?as_of= (from the events recorded by then)", response=Invoice),
     Operation("GET", "/v1/invoices/{id}/pdf", pdf, OWN, "The invoice as a PDF, with the tenant's legal details",
               media="application/pdf"),
     Operation("POST", "/v1/invoices/{id}/finalize", finalize, FINANCE,

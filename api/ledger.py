@@ -18,6 +18,7 @@ from domain.billing import Cutoff, IssuedInvoice, billing_dates, usage_cutoff
 from domain.invoicing import ChangedMeanwhile, Invoicing
 from domain.periods import Period
 from domain.catalogue import Catalogue
+from domain.customer import Customer
 from domain.customers import Customers
 from domain.errors import Conflict, Invalid, NotFound
 from domain.meter import MeterSpec
@@ -118,7 +119,10 @@ class Ledger:
         return report(self._usage_reader(str(tenant_id), customer, meter), customer, meter, start, end, window,
                       group_by)
 
-    def _usage_reader(self, tenant: str, customer: str, meter: MeterSpec) -> Read:
+    def _usage_reader(self, tenant: str, customer: str, meter: MeterSpec, as_of: datetime | None = None) -> Read:
+        if as_of is not None:
+            return lambda start_us, end_us: usage_readings.as_of(
+                self.usage, tenant, customer, meter.event_name, start_us, end_us, microseconds(as_of))
         partition = usage_readings.partition_of(tenant, customer) if self.distributed else None
         return lambda start_us, end_us: usage_readings.fresh(
             self.database, self.usage, tenant, customer, meter.event_name, start_us, end_us, partition)
@@ -131,9 +135,10 @@ class Ledger:
                               "closing", "upcoming")
 
     def _computed(self, subscription: Subscription, period: Period, kind: str, status: str,
-                  late: bool = True) -> invoice.Invoice:
+                  late: bool = True, as_of: datetime | None = None) -> invoice.Invoice:
         """A period's invoice of that kind, computed from the contract, its prices and the usage so far
-        (with `late`, a closing invoice also carries the previous period's late usage)."""
+        (with `late`, a closing invoice also carries the previous period's late usage); `as_of`: from
+        the usage and the settings as they stood then."""
         tenant_id, customer = subscription.tenant_id, subscription.customer
         plan = self.catalogue.plan(tenant_id, subscription.plan_code)
         specs = {number: self.catalogue.plan_version(plan, number).spec for _, number in subscription.versions}
@@ -146,36 +151,47 @@ class Ledger:
         if kind == "advance":
             lines = invoice.advance_lines(subscription.plan_code, billed, period, conversion, subscription.currency)
         else:
-            lines = invoice.closing_lines(subscription.plan_code, parts, period, self._usage(tenant_id, customer),
-                                          conversion, subscription.currency, billed)
+            lines = invoice.closing_lines(subscription.plan_code, parts, period,
+                                          self._usage(tenant_id, customer, as_of), conversion, subscription.currency,
+                                          billed)
             if late:
-                lines += self._late_usage(subscription, period)
+                lines += self._late_usage(subscription, period, as_of)
         sums = invoice.sums(lines, parts if kind == "closing" else [], period, subscription.currency,
-                            self._tax_rate(tenant_id, customer))
+                            self._tax_rate(tenant_id, customer, as_of))
         return invoice.Invoice(
             customer=customer, subscription=public_id("subscriptions", subscription.id), status=status,
             currency=subscription.currency, period_start=period.start, period_end=period.end, lines=tuple(lines),
             **msgspec.structs.asdict(sums),
         )
 
-    def _late_usage(self, subscription: Subscription, period: Period) -> list[invoice.InvoiceLine]:
+    def _late_usage(self, subscription: Subscription, period: Period,
+                    as_of: datetime | None) -> list[invoice.InvoiceLine]:
         """The previous period's usage that its finalized closing invoice did not bill."""
         if period.start <= subscription.billing_start:
             return []
         previous = subscription.period_at(period.start - timedelta(microseconds=1))
-        issued = self.invoicing.get(IssuedInvoice.create_id(subscription.id, "closing", previous.start))
+        previous_id = IssuedInvoice.create_id(subscription.id, "closing", previous.start)
+        issued = self.invoicing.get(previous_id) if as_of is None else self.invoicing.as_of(previous_id, as_of)
         if issued is None or issued.content is None or issued.status == "void":
             return []
-        now = self._computed(subscription, previous, "closing", issued.status, late=False)
+        now = self._computed(subscription, previous, "closing", issued.status, late=False, as_of=as_of)
         return invoice.late_usage_lines([line for line in issued.content.lines
                                          if not line.description.startswith("Late usage: ")], now.lines)
 
-    def issued_invoice(self, tenant_id: UUID, invoice_id: UUID) -> invoice.Invoice:
-        """An issued invoice: as finalized, or (a draft) computed now from what it bills."""
+    def issued_invoice(self, tenant_id: UUID, invoice_id: UUID, as_of: datetime | None = None) -> invoice.Invoice:
+        """An issued invoice: as finalized, or (a draft) computed now from what it bills. `as_of`: as it
+        stood then, from the events recorded by then (time travel)."""
         issued = self.invoicing.invoice(tenant_id, invoice_id)
+        if as_of is not None:
+            issued = self.invoicing.as_of(invoice_id, as_of)
+            if issued is None:
+                raise NotFound("invoice as of", f"{public_id('invoices', invoice_id)} at {as_of.isoformat()}")
         if issued.content is None:
             subscription = self.subscriptions.subscription(tenant_id, issued.subscription_id)
-            found = self._computed(subscription, subscription.period_at(issued.period_start), issued.kind, issued.status)
+            if as_of is not None:
+                subscription = self.subscriptions.as_of(issued.subscription_id, as_of)
+            found = self._computed(subscription, subscription.period_at(issued.period_start), issued.kind,
+                                   issued.status, as_of=as_of)
         else:
             found = issued.content
         return msgspec.structs.replace(found, id=public_id("invoices", issued.id), status=issued.status,
@@ -254,12 +270,13 @@ class Ledger:
             raise Invalid("subscription", f"customer {customer!r} has {len(running)} running subscriptions: name one")
         return running[0]
 
-    def _usage(self, tenant_id: UUID, customer: str) -> invoice.Usage:
-        """A customer's usage as the invoice lines read it: the read model plus the log's tail."""
+    def _usage(self, tenant_id: UUID, customer: str, as_of: datetime | None = None) -> invoice.Usage:
+        """A customer's usage as the invoice lines read it: the read model plus the log's tail (or the
+        log as it stood `as_of`)."""
         tenant = str(tenant_id)
 
         def reader(meter: MeterSpec) -> Read:
-            return self._usage_reader(tenant, customer, meter)
+            return self._usage_reader(tenant, customer, meter, as_of)
 
         def quantity(meter_code: str, start: datetime, end: datetime) -> Decimal:
             meter = self.catalogue.meter(tenant_id, meter_code).spec
@@ -272,9 +289,15 @@ class Ledger:
 
         return invoice.Usage(quantity, transactions)
 
-    def _tax_rate(self, tenant_id: UUID, customer: str) -> Decimal:
-        found = self.customers.customer(tenant_id, customer).details.tax_rate
-        return found if found is not None else self.tenants.tenant(tenant_id).settings.default_tax_rate
+    def _tax_rate(self, tenant_id: UUID, customer: str, as_of: datetime | None = None) -> Decimal:
+        """The customer's tax rate, else the tenant's default (as they stood `as_of`)."""
+        if as_of is None:
+            holder, tenant = self.customers.customer(tenant_id, customer), self.tenants.tenant(tenant_id)
+        else:
+            holder = self.customers.as_of(Customer.id_for(tenant_id, customer), as_of)
+            tenant = self.tenants.as_of(tenant_id, as_of)
+        found = holder.details.tax_rate if holder is not None else None
+        return found if found is not None else tenant.settings.default_tax_rate
 
     def events_recorded(self) -> int:
         """The position of the last event in the store (0 when empty)."""

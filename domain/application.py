@@ -54,6 +54,15 @@ class TallyApplication(Application):
         for type_ in VALUE_TYPES:
             transcoder.register(StructAsDict(type_))
 
+    def as_of(self, aggregate_id: Any, moment: Any) -> Any:
+        """The aggregate as it was at `moment` (its events recorded by then, replayed), or None."""
+        aggregate = None
+        for event in self.repository.event_store.get(aggregate_id):
+            if event.timestamp > moment:
+                break
+            aggregate = event.mutate(aggregate)
+        return aggregate
+
     def save_or(self, refusal: Exception, *aggregates: Any) -> None:
         """Save, or raise `refusal` when another command got there first: an aggregate with the same
         derived id was created, or one of these aggregates moved on since it was read."""

@@ -129,3 +129,20 @@ def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, even
     return ([r for r in readings if start_us <= r.timestamp_us < end_us],
             sorted((r for r in readings if r.timestamp_us < start_us),
                    key=lambda r: (r.timestamp_us, r.position), reverse=True)[:BEFORE_LIMIT])
+
+
+def as_of(log: UsageLog, tenant_id: str, customer: str, event_name: str, start_us: int, end_us: int,
+          recorded_us: int) -> tuple[list[Reading], list[Reading]]:
+    """As `fresh`, but as the log stood at `recorded_us`: the events recorded by then, less those
+    voided by then (time travel reads the log itself)."""
+    with log.database.transaction() as cursor:
+        rows = cursor.execute(
+            "SELECT u.event_id, u.timestamp_us, u.position, u.properties FROM tally_usage u WHERE u.tenant_id = ? "
+            "AND u.customer = ? AND u.event_name = ? AND u.kind = 'event' AND u.recorded_us <= ? AND u.timestamp_us < ? "
+            "AND NOT EXISTS (SELECT 1 FROM tally_usage v WHERE v.tenant_id = u.tenant_id AND v.customer = u.customer "
+            "AND v.event_id = u.event_id AND v.kind = 'void' AND v.recorded_us <= ?) ORDER BY u.position",
+            (tenant_id, customer, event_name, recorded_us, end_us, recorded_us)).all()
+    readings = [Reading(t, p, _properties.decode(props), event_id) for event_id, t, p, props in rows]
+    return ([r for r in readings if r.timestamp_us >= start_us],
+            sorted((r for r in readings if r.timestamp_us < start_us),
+                   key=lambda r: (r.timestamp_us, r.position), reverse=True)[:BEFORE_LIMIT])

@@ -261,3 +261,35 @@ def test_credit_notes_by_lines_or_amount_never_take_an_invoice_below_zero(acme, 
     assert_problem(acme.post("/v1/credit-notes", json={"invoice_id": february["id"], "amount": "1.00",
                                                        "reason": "x"}), 409)
     assert ledger.events_recorded() > before
+
+
+def test_time_travel_answers_an_invoice_as_it_stood_from_the_events(acme, ledger):
+    # Given January's usage arriving in two steps, the draft finalized, then paid
+    use(acme, "jan-1", "2026-01-10T00:00:00Z", 1000)
+    ledger.close_periods(at("2026-02-01T12:00:00"))
+    january = invoices(acme)["closing", "2026-01-01"]
+    url = f"/v1/customers/acme/invoices/{january['id']}"
+    after_first = datetime.now(UTC)
+    use(acme, "jan-2", "2026-01-20T00:00:00Z", 500)
+    after_second = datetime.now(UTC)
+    ledger.close_periods(at("2026-02-02T01:00:00"))
+    after_final = datetime.now(UTC)
+    assert acme.post(f"/v1/invoices/{january['id']}/pay", json={}).status_code == 200
+
+    def then(moment: datetime) -> dict:
+        answer = acme.get(url, params={"as_of": moment.isoformat()})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    # Then each instant answers what was true then: the draft with the usage recorded by then,
+    # the finalized invoice, then the paid one
+    assert (then(after_first)["status"], then(after_first)["total"]) == ("draft", "10.00")
+    assert (then(after_second)["status"], then(after_second)["total"]) == ("draft", "15.00")
+    assert (then(after_final)["status"], then(after_final)["number"], then(after_final)["paid"]) == (
+        "finalized", "ACME-000003", "0")
+    assert then(datetime.now(UTC))["status"] == "paid"
+    # And before it was drafted, it did not exist; a time with no offset is refused
+    assert_problem(acme.get(url, params={"as_of": "2020-01-01T00:00:00Z"}), 404)
+    assert_problem(acme.get(url, params={"as_of": "2026-02-01T00:00:00"}), 422, "as_of")
+    assert_problem(acme.get(f"/v1/customers/ghost/invoices/{january['id']}",
+                            params={"as_of": datetime.now(UTC).isoformat()}), 404)
