@@ -243,9 +243,9 @@ def billing_dates(subscription: Subscription, grace: timedelta,
     """Each invoice due by `now`: (period, kind, when it finalizes on its own). The advance invoice
     is due at a period's start and final at once; the closing one at the period's end (or the
     subscription's, if earlier), final after the grace period, during which late usage lands on it."""
-    until = min(now, subscription.ends_at) if subscription.ends_at is not None else now
+    ends_at = subscription.ends_at
     moment = subscription.billing_start
-    while moment <= until:
+    while moment <= now and (ends_at is None or moment < ends_at):  # ended before billing began: nothing
         period = subscription.period_at(moment)
         yield period, "advance", period.start
         end = min(period.end, subscription.ends_at) if subscription.ends_at is not None else period.end
