@@ -293,3 +293,30 @@ def test_time_travel_answers_an_invoice_as_it_stood_from_the_events(acme, ledger
     assert_problem(acme.get(url, params={"as_of": "2026-02-01T00:00:00"}), 422, "as_of")
     assert_problem(acme.get(f"/v1/customers/ghost/invoices/{january['id']}",
                             params={"as_of": datetime.now(UTC).isoformat()}), 404)
+
+
+def test_concurrent_voids_have_one_effect(acme, ledger):
+    # Given a closing draft
+    ledger.close_periods(at("2026-02-01T01:00:00"))
+    draft = invoices(acme)["closing", "2026-01-01"]
+    tenant, invoice_id = UUID(_tenant(ledger, draft)), _id(draft)
+    before = ledger.events_recorded()
+    outcomes: list[str] = []
+
+    def void() -> None:
+        try:
+            ledger.command(ledger.invoicing.void, SETUP, tenant, invoice_id, "duplicate")
+            outcomes.append("voided")
+        except Conflict:
+            outcomes.append("refused")
+
+    # When six threads void it at once
+    threads = [threading.Thread(target=void) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # Then one voided it, the others were refused, and one event was recorded
+    assert sorted(outcomes) == ["refused"] * 5 + ["voided"]
+    assert ledger.events_recorded() == before + 1
+    assert acme.get(f"/v1/invoices/{draft['id']}").json()["status"] == "void"
