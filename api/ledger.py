@@ -231,10 +231,12 @@ class Ledger:
         """The billing clock: draft every period's invoices that are due by `now` (advance at the
         period's start, closing at its end), and finalize the drafts that are due (advance at once,
         closing after the tenant's grace period). Idempotent; returns how many invoices changed."""
-        changed = 0
+        changed, graces = 0, {}
         for tenant, body in self.documents.each("subscriptions"):
+            if tenant not in graces:  # read once a tick, not once a subscription
+                graces[tenant] = timedelta(hours=self.tenants.tenant(UUID(tenant)).settings.grace_period_hours)
             subscription = self.subscriptions.subscription(UUID(tenant), private_id("subscriptions", body["id"]))
-            grace = timedelta(hours=self.tenants.tenant(subscription.tenant_id).settings.grace_period_hours)
+            grace = graces[tenant]
             changed += sum(self._bill(subscription, kind, period, due, now)
                            for period, kind, due in billing_dates(subscription, grace, now))
         return changed
