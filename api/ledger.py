@@ -24,6 +24,7 @@ from domain.errors import Conflict, Invalid, NotFound
 from domain.meter import MeterSpec
 from domain.money import Amount
 from domain.metering import transactions_of
+from domain.price import FlatPrice
 from domain.pricing import Transaction
 from domain.subscription import Subscription
 from domain.subscriptions import Subscriptions
@@ -214,6 +215,12 @@ class Ledger:
         """What a draft bills, as it is recorded when finalized (payments and credits come after)."""
         return msgspec.structs.replace(self.issued_invoice(tenant_id, invoice_id), paid=None, credited=None)
 
+    def _charges_in_advance(self, subscription: Subscription, period: Period) -> bool:
+        plan = self.catalogue.plan(subscription.tenant_id, subscription.plan_code)
+        number = subscription.version_at(max(period.start, subscription.billing_start))
+        return any(isinstance(price, FlatPrice) and price.pay_in == "advance"
+                   for price in self.catalogue.plan_version(plan, number).spec.prices)
+
     def usage_cutoffs(self, tenant_id: UUID, customers: set[str], now: datetime) -> dict[str, Cutoff]:
         """For each customer that has one, the instant before which its usage is refused (closed periods)."""
         closed: dict[str, list[tuple[datetime, datetime, str]]] = {}
@@ -243,7 +250,10 @@ class Ledger:
 
     def _bill(self, subscription: Subscription, kind: str, period: Period, finalize_at: datetime,
               now: datetime) -> int:
-        """Draft the invoice if it is not there yet, and finalize it if it is due; how many steps were taken."""
+        """Draft the invoice if it is not there yet, and finalize it if it is due; how many steps were
+        taken. A period whose version has no advance fee has no advance invoice."""
+        if kind == "advance" and not self._charges_in_advance(subscription, period):
+            return 0
         drafted = self.command(self.invoicing.draft, CLOCK, subscription, kind, period)
         issued = drafted or self.invoicing.get(IssuedInvoice.create_id(subscription.id, kind, period.start))
         if issued is None or issued.status != "draft" or finalize_at > now:

@@ -320,3 +320,17 @@ def test_concurrent_voids_have_one_effect(acme, ledger):
     assert sorted(outcomes) == ["refused"] * 5 + ["voided"]
     assert ledger.events_recorded() == before + 1
     assert acme.get(f"/v1/invoices/{draft['id']}").json()["status"] == "void"
+
+
+def test_a_plan_without_an_advance_fee_has_no_advance_invoices(admin, ledger):
+    created(admin.post("/v1/meters", json={"code": "tokens", "name": "Tokens", "event_name": "llm",
+                                           "aggregation": "sum", "field": "tokens"}))
+    created(admin.post("/v1/plans", json={"code": "metered", "name": "Metered", "currency": "USD",
+                                          "interval": "month"}))
+    created(admin.post("/v1/plans/metered/versions", json={"prices": [TOKENS]}))
+    created(admin.post("/v1/customers", json={"external_id": "acme", "name": "Acme", "currency": "USD"}))
+    created(admin.post("/v1/subscriptions", json={"customer": "acme", "plan_code": "metered",
+                                                  "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    ledger.close_periods(at("2026-03-05T00:00:00"))
+    assert sorted(invoices(admin)) == [("closing", "2026-01-01"), ("closing", "2026-02-01")]
+    assert [i["number"] for i in invoices(admin).values()] == ["INV-000001", "INV-000002"]
