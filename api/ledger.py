@@ -239,13 +239,15 @@ class Ledger:
         period's start, closing at its end), and finalize the drafts that are due (advance at once,
         closing after the tenant's grace period). Idempotent; returns how many invoices changed."""
         changed, graces = 0, {}
-        for tenant, body in self.documents.each("subscriptions"):
-            if tenant not in graces:  # read once a tick, not once a subscription
-                graces[tenant] = timedelta(hours=self.tenants.tenant(UUID(tenant)).settings.grace_period_hours)
-            subscription = self.subscriptions.subscription(UUID(tenant), private_id("subscriptions", body["id"]))
-            grace = graces[tenant]
-            changed += sum(self._bill(subscription, kind, period, due, now)
-                           for period, kind, due in billing_dates(subscription, grace, now))
+        try:
+            for tenant, body in self.documents.each("subscriptions"):
+                if tenant not in graces:  # read once a tick, not once a subscription
+                    graces[tenant] = timedelta(hours=self.tenants.tenant(UUID(tenant)).settings.grace_period_hours)
+                subscription = self.subscriptions.subscription(UUID(tenant), private_id("subscriptions", body["id"]))
+                changed += sum(self._bill(subscription, kind, period, due, now)
+                               for period, kind, due in billing_dates(subscription, graces[tenant], now))
+        finally:
+            self.runner.catch_up()
         return changed
 
     def _bill(self, subscription: Subscription, kind: str, period: Period, finalize_at: datetime,
@@ -254,12 +256,12 @@ class Ledger:
         taken. A period whose version has no advance fee has no advance invoice."""
         if kind == "advance" and not self._charges_in_advance(subscription, period):
             return 0
-        drafted = self.command(self.invoicing.draft, CLOCK, subscription, kind, period)
+        drafted = self.invoicing.draft(CLOCK, subscription, kind, period)  # documents catch up once, after the tick
         issued = drafted or self.invoicing.get(IssuedInvoice.create_id(subscription.id, kind, period.start))
         if issued is None or issued.status != "draft" or finalize_at > now:
             return int(drafted is not None)
         try:
-            self.command(self.finalize, CLOCK, subscription.tenant_id, issued.id)
+            self.finalize(CLOCK, subscription.tenant_id, issued.id)
         except Conflict:  # finalized by hand or by another clock meanwhile
             return int(drafted is not None)
         return 1 + int(drafted is not None)
