@@ -14,7 +14,7 @@ import msgspec
 
 from domain import invoice
 from domain.aggregate import Actor
-from domain.billing import Cutoff, IssuedInvoice, billing_dates, usage_cutoff
+from domain.billing import Cutoff, IssuedInvoice, billing_dates, next_due, usage_cutoff
 from domain.invoicing import ChangedMeanwhile, Invoicing
 from domain.periods import Period
 from domain.catalogue import Catalogue
@@ -94,6 +94,7 @@ class Ledger:
         self.runner.catch_up()
         self.distributed = distributed
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
+        self._next_due: dict[str, tuple[Any, datetime]] = {}  # the clock's: subscription -> (what it saw, when due)
         self._follower: Any = None
 
     def now(self) -> datetime:
@@ -243,9 +244,14 @@ class Ledger:
             for tenant, body in self.documents.each("subscriptions"):
                 if tenant not in graces:  # read once a tick, not once a subscription
                     graces[tenant] = timedelta(hours=self.tenants.tenant(UUID(tenant)).settings.grace_period_hours)
+                seen = (body["updated_at"], graces[tenant])
+                known = self._next_due.get(body["id"])
+                if known is not None and known[0] == seen and now < known[1]:
+                    continue  # unchanged since the last tick, and nothing due yet
                 subscription = self.subscriptions.subscription(UUID(tenant), private_id("subscriptions", body["id"]))
-                changed += sum(self._bill(subscription, kind, period, due, now)
-                               for period, kind, due in billing_dates(subscription, graces[tenant], now))
+                dates = list(billing_dates(subscription, graces[tenant], now))
+                changed += sum(self._bill(subscription, kind, period, due, now) for period, kind, due in dates)
+                self._next_due[body["id"]] = (seen, next_due(subscription, dates, now))
         finally:
             self.runner.catch_up()
         return changed

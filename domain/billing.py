@@ -256,6 +256,19 @@ def billing_dates(subscription: Subscription, grace: timedelta,
         moment = period.end
 
 
+def next_due(subscription: Subscription, dates: Iterable[tuple[Period, Kind, datetime]], now: datetime) -> datetime:
+    """When the subscription next has an invoice to draft or finalize, after billing `dates` at `now`:
+    a draft's finalize time still ahead, the next period boundary, or its end."""
+    ahead = [finalize_at for _, _, finalize_at in dates if finalize_at > now]
+    ends_at = subscription.ends_at
+    if now < subscription.billing_start:
+        ahead.append(subscription.billing_start)
+    elif ends_at is None or ends_at > now:
+        boundary = subscription.period_at(now).end
+        ahead.append(boundary if ends_at is None else min(boundary, ends_at))
+    return min(ahead, default=datetime.max.replace(tzinfo=now.tzinfo))
+
+
 class Cutoff(msgspec.Struct, frozen=True):
     """Usage before `before` is refused: it falls in a period invoiced as `number`, closed at `closed_at`."""
 

@@ -334,3 +334,18 @@ def test_a_plan_without_an_advance_fee_has_no_advance_invoices(admin, ledger):
     ledger.close_periods(at("2026-03-05T00:00:00"))
     assert sorted(invoices(admin)) == [("closing", "2026-01-01"), ("closing", "2026-02-01")]
     assert [i["number"] for i in invoices(admin).values()] == ["INV-000001", "INV-000002"]
+
+
+def test_a_tick_skips_what_is_not_due_yet_and_sees_a_cancellation_at_once(acme, ledger):
+    # Given a tick on Jan 15 (January's advance invoice final; nothing else due until Feb 1)
+    ledger.subscriptions.clock = lambda: at("2026-01-15T00:00:00")
+    assert ledger.close_periods(at("2026-01-15T00:00:00")) == 2
+    assert ledger.close_periods(at("2026-01-15T01:00:00")) == 0
+    # When the subscription is cancelled now (Jan 15), the next tick closes it without waiting for Feb 1
+    subscription = invoices(acme)["advance", "2026-01-01"]["subscription"]
+    assert acme.post(f"/v1/subscriptions/{subscription}/cancel", json={"at": "now"}).status_code == 200
+    assert ledger.close_periods(at("2026-01-15T06:00:00")) == 1  # the closing draft, final on Jan 16
+    # And a shorter grace period is seen at once too
+    assert acme.patch("/v1/tenant", json={"grace_period_hours": 0}).status_code == 200
+    assert ledger.close_periods(at("2026-01-15T06:00:00")) == 1  # finalized
+    assert invoices(acme)["closing", "2026-01-01"]["status"] == "finalized"
