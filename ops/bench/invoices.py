@@ -9,7 +9,7 @@ from `ops.services.postgres(durable=True)`):
    advance and five metered prices (graduated on tokens, per_unit on requests, volume on active
    users, package on storage, percentage on payments); `--customers` customers, each with a
    calendar subscription from 2026-01-01 (straight through the domain applications, the documents
-   caught up once at the end); `--events-per-customer` usage events each in January, appended to the
+   caught up every 1,000); `--events-per-customer` usage events each in January, appended to the
    usage log in batches of about `--batch-events` (`ledger.usage.append`), then the usage read model
    caught up (`ledger.usage_runner.catch_up()`, timed apart). Then the clock at 2026-01-01T00:00Z,
    as it would have run on Jan 1: January's advance invoices, drafted and finalized
