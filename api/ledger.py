@@ -24,6 +24,7 @@ from domain.errors import Conflict, Invalid, NotFound
 from domain.meter import MeterSpec
 from domain.money import Amount
 from domain.metering import transactions_of
+from domain.plan_version import PlanVersionSpec
 from domain.price import FlatPrice
 from domain.pricing import Transaction
 from domain.subscription import Subscription
@@ -94,6 +95,7 @@ class Ledger:
         self.runner.catch_up()
         self.distributed = distributed
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
+        self._immutable: dict[tuple, Any] = {}  # plan versions and meters never change once made
         self._next_due: dict[str, tuple[Any, datetime]] = {}  # the clock's: subscription -> (what it saw, when due)
         self._follower: Any = None
 
@@ -142,8 +144,8 @@ class Ledger:
         (with `late`, a closing invoice also carries the previous period's late usage); `as_of`: from
         the usage and the settings as they stood then."""
         tenant_id, customer = subscription.tenant_id, subscription.customer
-        plan = self.catalogue.plan(tenant_id, subscription.plan_code)
-        specs = {number: self.catalogue.plan_version(plan, number).spec for _, number in subscription.versions}
+        specs = {number: self._version_spec(tenant_id, subscription.plan_code, number)
+                 for _, number in subscription.versions}
         conversion = {price.pricing_unit: self.catalogue.pricing_unit(tenant_id, price.pricing_unit).spec.conversion_rate
                       for spec in specs.values() for price in spec.prices if price.pricing_unit is not None}
         parts = invoice.segments(subscription.versions, specs, period, subscription.billing_start, subscription.ends_at)
@@ -217,10 +219,23 @@ class Ledger:
         return msgspec.structs.replace(self.issued_invoice(tenant_id, invoice_id), paid=None, credited=None)
 
     def _charges_in_advance(self, subscription: Subscription, period: Period) -> bool:
-        plan = self.catalogue.plan(subscription.tenant_id, subscription.plan_code)
         number = subscription.version_at(max(period.start, subscription.billing_start))
         return any(isinstance(price, FlatPrice) and price.pay_in == "advance"
-                   for price in self.catalogue.plan_version(plan, number).spec.prices)
+                   for price in self._version_spec(subscription.tenant_id, subscription.plan_code, number).prices)
+
+    def _version_spec(self, tenant_id: UUID, plan_code: str, number: int) -> PlanVersionSpec:
+        """A plan version's prices: immutable once published, so read once per process."""
+        key = (tenant_id, plan_code, number)
+        if key not in self._immutable:
+            self._immutable[key] = self.catalogue.plan_version(self.catalogue.plan(tenant_id, plan_code), number).spec
+        return self._immutable[key]
+
+    def _meter_spec(self, tenant_id: UUID, code: str) -> MeterSpec:
+        """A meter's definition: immutable once defined, so read once per process."""
+        key = (tenant_id, "meter", code)
+        if key not in self._immutable:
+            self._immutable[key] = self.catalogue.meter(tenant_id, code).spec
+        return self._immutable[key]
 
     def usage_cutoffs(self, tenant_id: UUID, customers: set[str], now: datetime) -> dict[str, Cutoff]:
         """For each customer that has one, the instant before which its usage is refused (closed periods)."""
@@ -299,11 +314,11 @@ class Ledger:
             return self._usage_reader(tenant, customer, meter, as_of)
 
         def quantity(meter_code: str, start: datetime, end: datetime) -> Decimal:
-            meter = self.catalogue.meter(tenant_id, meter_code).spec
+            meter = self._meter_spec(tenant_id, meter_code)
             return report(reader(meter), customer, meter, start, end, None, ()).total
 
         def transactions(meter_code: str, start: datetime, end: datetime) -> list[Transaction]:
-            meter = self.catalogue.meter(tenant_id, meter_code).spec
+            meter = self._meter_spec(tenant_id, meter_code)
             inside, _ = reader(meter)(microseconds(start), microseconds(end))
             return transactions_of(meter, inside)
 
