@@ -6,7 +6,6 @@ from typing import TypeVar, get_args
 from uuid import UUID
 
 import msgspec
-
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -17,7 +16,14 @@ from api.tenant import ADMIN, READERS
 from domain.billing import CreditNoteSpec, Payment, Status, Voiding
 from domain.invoice import Invoice
 from domain.money import decode_hook
-from projections.views import CreditNoteView, CustomerView, InvoiceSummary, TenantView, private_id, public_id
+from projections.views import (
+    CreditNoteView,
+    CustomerView,
+    InvoiceSummary,
+    TenantView,
+    private_id,
+    public_id,
+)
 
 T = TypeVar("T")
 

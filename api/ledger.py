@@ -15,15 +15,15 @@ import msgspec
 from domain import invoice
 from domain.aggregate import Actor
 from domain.billing import Cutoff, IssuedInvoice, billing_dates, next_due, usage_cutoff
-from domain.invoicing import ChangedMeanwhile, Invoicing
-from domain.periods import Period
 from domain.catalogue import Catalogue
 from domain.customer import Customer
 from domain.customers import Customers
 from domain.errors import Conflict, Invalid, NotFound
+from domain.invoicing import ChangedMeanwhile, Invoicing
 from domain.meter import MeterSpec
-from domain.money import Amount
 from domain.metering import transactions_of
+from domain.money import Amount
+from domain.periods import Period
 from domain.plan_version import PlanVersionSpec
 from domain.price import FlatPrice
 from domain.pricing import Transaction
@@ -128,8 +128,9 @@ class Ledger:
             return lambda start_us, end_us: usage_readings.as_of(
                 self.usage, tenant, customer, meter.event_name, start_us, end_us, microseconds(as_of))
         partition = usage_readings.partition_of(tenant, customer) if self.distributed else None
+        levels = meter.aggregation == "weighted_sum"  # only a level held from before the range needs earlier rows
         return lambda start_us, end_us: usage_readings.fresh(
-            self.database, self.usage, tenant, customer, meter.event_name, start_us, end_us, partition)
+            self.database, self.usage, tenant, customer, meter.event_name, start_us, end_us, partition, levels)
 
     def upcoming_invoice(self, tenant_id: UUID, customer: str, subscription_id: UUID | None,
                          now: datetime) -> invoice.Invoice:
@@ -175,7 +176,7 @@ class Ledger:
             return []
         previous = subscription.period_at(period.start - timedelta(microseconds=1))
         previous_id = IssuedInvoice.create_id(subscription.id, "closing", previous.start)
-        issued = self.invoicing.get(previous_id) if as_of is None else self.invoicing.as_of(previous_id, as_of)
+        issued = self.invoicing.find(previous_id) if as_of is None else self.invoicing.as_of(previous_id, as_of)
         if issued is None or issued.content is None or issued.status == "void":
             return []
         now = self._computed(subscription, previous, "closing", issued.status, late=False, as_of=as_of)
@@ -277,15 +278,14 @@ class Ledger:
         taken. A period whose version has no advance fee has no advance invoice."""
         if kind == "advance" and not self._charges_in_advance(subscription, period):
             return 0
-        drafted = self.invoicing.draft(CLOCK, subscription, kind, period)  # documents catch up once, after the tick
-        issued = drafted or self.invoicing.get(IssuedInvoice.create_id(subscription.id, kind, period.start))
+        issued, drafted = self.invoicing.draft(CLOCK, subscription, kind, period)  # documents catch up after the tick
         if issued is None or issued.status != "draft" or finalize_at > now:
-            return int(drafted is not None)
+            return int(drafted)
         try:
             self.finalize(CLOCK, subscription.tenant_id, issued.id)
         except Conflict:  # finalized by hand or by another clock meanwhile
-            return int(drafted is not None)
-        return 1 + int(drafted is not None)
+            return int(drafted)
+        return 1 + int(drafted)
 
     def _subscription_of(self, tenant_id: UUID, customer: str, subscription_id: UUID | None,
                          now: datetime) -> Subscription:

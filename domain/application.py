@@ -8,10 +8,11 @@ them can therefore load any aggregate (a key issuer checks that a customer exist
 from typing import Any
 
 import msgspec
-from eventsourcing.application import Application
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
 
 from domain.customer import CustomerDetails
+from domain.errors import NotFound
 from domain.feature import FeatureSpec
 from domain.invoice import Invoice
 from domain.meter import MeterSpec
@@ -53,6 +54,20 @@ class TallyApplication(Application):
         super().register_transcodings(transcoder)
         for type_ in VALUE_TYPES:
             transcoder.register(StructAsDict(type_))
+
+    def find(self, aggregate_id: Any) -> Any:
+        """The aggregate, or None when it was never created."""
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    def owned(self, kind: type, tenant_id: Any, aggregate_id: Any, noun: str) -> Any:
+        """The tenant's aggregate of that kind; NotFound for another kind, or another tenant's."""
+        found = self.find(aggregate_id)
+        if not isinstance(found, kind) or found.tenant_id != tenant_id:
+            raise NotFound(noun, str(aggregate_id))
+        return found
 
     def as_of(self, aggregate_id: Any, moment: Any) -> Any:
         """The aggregate as it was at `moment` (its events recorded by then, replayed), or None."""

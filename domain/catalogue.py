@@ -3,8 +3,6 @@
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
-
 from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
 from domain.errors import Conflict, Invalid, NotFound
@@ -64,25 +62,25 @@ class Catalogue(TallyApplication):
         return version
 
     def meter(self, tenant_id: UUID, code: str) -> Meter:
-        meter = self._get(Meter.id_for(tenant_id, code))
+        meter = self.find(Meter.id_for(tenant_id, code))
         if meter is None:
             raise NotFound("meter", code)
         return meter
 
     def plan(self, tenant_id: UUID, code: str) -> Plan:
-        plan = self._get(Plan.id_for(tenant_id, code))
+        plan = self.find(Plan.id_for(tenant_id, code))
         if plan is None:
             raise NotFound("plan", code)
         return plan
 
     def plan_version(self, plan: Plan, number: int) -> PlanVersion:
-        version = self._get(PlanVersion.create_id(plan.id, number))
+        version = self.find(PlanVersion.create_id(plan.id, number))
         if version is None:
             raise NotFound("plan version", f"{plan.spec.code}/{number}")
         return version
 
     def pricing_unit(self, tenant_id: UUID, code: str) -> PricingUnit:
-        unit = self._get(PricingUnit.id_for(tenant_id, code))
+        unit = self.find(PricingUnit.id_for(tenant_id, code))
         if unit is None:
             raise NotFound("pricing unit", code)
         return unit
@@ -109,14 +107,7 @@ class Catalogue(TallyApplication):
             raise Invalid(f"{field}.soft_limit", "only a metered feature can have a soft limit")
 
     def _known(self, kind: type, tenant_id: UUID, code: str, field: str):  # noqa: ANN202
-        found = self._get(kind.id_for(tenant_id, code))
+        found = self.find(kind.id_for(tenant_id, code))
         if found is None:
             raise Invalid(field, f"no {kind.__name__} with code {code!r}")
         return found
-
-    def _get(self, aggregate_id: UUID):  # noqa: ANN202
-        try:
-            return self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None
-

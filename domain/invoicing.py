@@ -4,16 +4,22 @@ The amounts are not computed here: the caller (which reads the usage) hands `fin
 invoice, a pure function of the contract, its prices and the usage (`domain.invoice`).
 """
 
+from collections.abc import Callable
 from decimal import Decimal
 from uuid import UUID
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError
 
 from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
-from domain.billing import CreditNoteSpec, InvoiceNumbers, IssuedCreditNote, IssuedInvoice, Kind
-from domain.errors import Conflict, NotFound
+from domain.billing import (
+    CreditNoteSpec,
+    InvoiceNumbers,
+    IssuedCreditNote,
+    IssuedInvoice,
+    Kind,
+)
+from domain.errors import Conflict
 from domain.invoice import Invoice
 from domain.periods import Period
 from domain.subscription import Subscription
@@ -28,11 +34,12 @@ class Invoicing(TallyApplication):
     # a tenant's number counter gains an event per invoice: read from a snapshot, not replayed whole
     snapshotting_intervals = {InvoiceNumbers: 100}  # noqa: RUF012 (eventsourcing's class setting)
 
-    def draft(self, by: Actor, subscription: Subscription, kind: Kind, period: Period) -> IssuedInvoice | None:
-        """The period's invoice of that kind, drafted now; None when it was drafted before."""
+    def draft(self, by: Actor, subscription: Subscription, kind: Kind, period: Period) -> tuple[IssuedInvoice, bool]:
+        """The period's invoice of that kind, and whether it was drafted now (False: it was there)."""
         invoice_id = IssuedInvoice.create_id(subscription.id, kind, period.start)
-        if self.get(invoice_id) is not None:
-            return None
+        existing = self.find(invoice_id)
+        if existing is not None:
+            return existing, False
         with acting(by):
             drafted = IssuedInvoice(tenant_id=subscription.tenant_id, customer=subscription.customer,
                                     subscription_id=subscription.id, kind=kind, period_start=period.start,
@@ -40,11 +47,11 @@ class Invoicing(TallyApplication):
         try:
             self.save_or(ChangedMeanwhile(), drafted)
         except ChangedMeanwhile:  # another clock drafted it first
-            return None
-        return drafted
+            return self.find(invoice_id), False
+        return drafted, True
 
     def finalize(self, by: Actor, invoice: IssuedInvoice, prefix: str, content: Invoice) -> IssuedInvoice:
-        numbers = self.get(InvoiceNumbers.create_id(invoice.tenant_id))
+        numbers = self.find(InvoiceNumbers.create_id(invoice.tenant_id))
         with acting(by):
             if numbers is None:
                 numbers = InvoiceNumbers(tenant_id=invoice.tenant_id)
@@ -54,16 +61,16 @@ class Invoicing(TallyApplication):
         return invoice
 
     def void(self, by: Actor, tenant_id: UUID, invoice_id: UUID, reason: str | None) -> IssuedInvoice:
-        invoice = self.invoice(tenant_id, invoice_id)
-        with acting(by):
-            invoice.void(reason)
-        self.save_or(ChangedMeanwhile(), invoice)
-        return invoice
+        return self._change(by, tenant_id, invoice_id, lambda invoice: invoice.void(reason))
 
     def pay(self, by: Actor, tenant_id: UUID, invoice_id: UUID, amount: Decimal | None) -> IssuedInvoice:
+        return self._change(by, tenant_id, invoice_id, lambda invoice: invoice.pay(amount))
+
+    def _change(self, by: Actor, tenant_id: UUID, invoice_id: UUID,
+                change: Callable[[IssuedInvoice], None]) -> IssuedInvoice:
         invoice = self.invoice(tenant_id, invoice_id)
         with acting(by):
-            invoice.pay(amount)
+            change(invoice)
         self.save_or(ChangedMeanwhile(), invoice)
         return invoice
 
@@ -80,13 +87,4 @@ class Invoicing(TallyApplication):
         return note
 
     def invoice(self, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
-        found = self.get(invoice_id)
-        if not isinstance(found, IssuedInvoice) or found.tenant_id != tenant_id:
-            raise NotFound("invoice", str(invoice_id))
-        return found
-
-    def get(self, aggregate_id: UUID):  # noqa: ANN201
-        try:
-            return self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None
+        return self.owned(IssuedInvoice, tenant_id, invoice_id, "invoice")

@@ -7,15 +7,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
-
 from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
 from domain.customer import Customer
-from domain.errors import Conflict, Invalid, NotFound
+from domain.errors import Conflict, Invalid
 from domain.plan import Plan
 from domain.plan_version import PlanVersion
-from domain.subscription import AmendmentSpec, Cancellation, Subscription, SubscriptionSpec
+from domain.subscription import (
+    AmendmentSpec,
+    Cancellation,
+    Subscription,
+    SubscriptionSpec,
+)
 
 
 class ChangedMeanwhile(Conflict):
@@ -31,10 +34,10 @@ class Subscriptions(TallyApplication):
     clock: Callable[[], datetime] = staticmethod(utc_now)
 
     def start(self, by: Actor, tenant_id: UUID, spec: SubscriptionSpec) -> Subscription:
-        customer = self._get(Customer.id_for(tenant_id, spec.customer))
+        customer = self.find(Customer.id_for(tenant_id, spec.customer))
         if customer is None:
             raise Invalid("customer", f"no customer {spec.customer!r}")
-        plan = self._get(Plan.id_for(tenant_id, spec.plan_code))
+        plan = self.find(Plan.id_for(tenant_id, spec.plan_code))
         if plan is None:
             raise Invalid("plan_code", f"no plan {spec.plan_code!r}")
         if plan.spec.currency != customer.currency:
@@ -53,7 +56,7 @@ class Subscriptions(TallyApplication):
 
     def amend(self, by: Actor, tenant_id: UUID, subscription_id: UUID, amendment: AmendmentSpec) -> Subscription:
         subscription = self.subscription(tenant_id, subscription_id)
-        plan = self._get(Plan.id_for(tenant_id, subscription.plan_code))
+        plan = self.find(Plan.id_for(tenant_id, subscription.plan_code))
         assert plan is not None, "a plan is never removed"
         version = self._version(plan, amendment.changes.plan_version, "changes.plan_version")
         now = self.clock()
@@ -71,20 +74,11 @@ class Subscriptions(TallyApplication):
         return subscription
 
     def subscription(self, tenant_id: UUID, subscription_id: UUID) -> Subscription:
-        found = self._get(subscription_id)
-        if not isinstance(found, Subscription) or found.tenant_id != tenant_id:
-            raise NotFound("subscription", str(subscription_id))
-        return found
+        return self.owned(Subscription, tenant_id, subscription_id, "subscription")
 
     def _version(self, plan: Plan, number: int, field: str) -> PlanVersion:
-        version = self._get(PlanVersion.create_id(plan.id, number)) if number else None
+        version = self.find(PlanVersion.create_id(plan.id, number)) if number else None
         if version is None:
             raise Invalid(field, f"plan {plan.spec.code!r} has no version {number}" if number else
                           f"plan {plan.spec.code!r} has no version yet: publish one first")
         return version
-
-    def _get(self, aggregate_id: UUID):  # noqa: ANN202
-        try:
-            return self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None

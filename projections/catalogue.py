@@ -9,13 +9,12 @@ from typing import Any
 
 import msgspec
 
-from domain.money import Amount
-
 from domain.api_key import ApiKey
 from domain.billing import IssuedCreditNote, IssuedInvoice
 from domain.customer import Customer
 from domain.feature import Feature
 from domain.meter import Meter
+from domain.money import Amount
 from domain.plan import Plan
 from domain.plan_version import PlanVersion
 from domain.pricing_unit import PricingUnit

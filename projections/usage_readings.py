@@ -102,9 +102,10 @@ _properties = msgspec.json.Decoder(dict)
 
 
 def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, event_name: str, start_us: int,
-          end_us: int, partition: int | None) -> tuple[list[Reading], list[Reading]]:
-    """The customer's readings of one event name in [start_us, end_us), and (newest first) up to
-    BEFORE_LIMIT before start_us: the read model's rows, plus the log's tail it has not applied."""
+          end_us: int, partition: int | None, before: bool = True) -> tuple[list[Reading], list[Reading]]:
+    """The customer's readings of one event name in [start_us, end_us), and (newest first, when
+    `before`: only a weighted_sum needs them) up to BEFORE_LIMIT before start_us: the read model's
+    rows, plus the log's tail it has not applied."""
     key = (tenant_id, customer, event_name)
     with database.transaction() as cursor:
         row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (position_name(partition),)).one()
@@ -113,12 +114,12 @@ def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, even
             "SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
             "AND customer = ? AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ?", (*key, start_us, end_us),
         ).all()
-        before = cursor.execute(
+        earlier = cursor.execute(
             "SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
             "AND customer = ? AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC "
             "LIMIT ?", (*key, start_us, BEFORE_LIMIT),
-        ).all()
-    rows = {event_id: (t, p, props) for event_id, t, p, props in inside + before}  # by id: the tail overlaps
+        ).all() if before else []
+    rows = {event_id: (t, p, props) for event_id, t, p, props in inside + earlier}  # by id: the tail overlaps
     puts, deletes = reduce(log.tail(applied, *key))
     for *_, event_id in deletes:
         rows.pop(event_id, None)
