@@ -2,7 +2,8 @@
 opened on one database URL. Commands catch the documents up before they answer, so a client
 reads its own writes."""
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -42,6 +43,10 @@ from projections.views import private_id, public_id
 T = TypeVar("T")
 CLOCK = Actor("system:billing-clock")
 FINALIZE_TRIES = 20
+
+
+def _meters(specs: Iterable[PlanVersionSpec]) -> set[str]:
+    return {price.meter_code for spec in specs for price in spec.prices if price.meter_code is not None}
 
 
 def _moment(text: str) -> datetime:
@@ -130,7 +135,8 @@ class Ledger:
         partition = usage_readings.partition_of(tenant, customer) if self.distributed else None
         levels = meter.aggregation == "weighted_sum"  # only a level held from before the range needs earlier rows
         return lambda start_us, end_us: usage_readings.fresh(
-            self.database, self.usage, tenant, customer, meter.event_name, start_us, end_us, partition, levels)
+            self.database, self.usage, tenant, customer, (meter.event_name,), start_us, end_us, partition,
+            levels)[meter.event_name]
 
     def upcoming_invoice(self, tenant_id: UUID, customer: str, subscription_id: UUID | None,
                          now: datetime) -> invoice.Invoice:
@@ -157,8 +163,8 @@ class Ledger:
             lines = invoice.advance_lines(subscription.plan_code, billed, period, conversion, subscription.currency)
         else:
             lines = invoice.closing_lines(subscription.plan_code, parts, period,
-                                          self._usage(tenant_id, customer, as_of), conversion, subscription.currency,
-                                          billed)
+                                          self._usage(tenant_id, customer, _meters(specs.values()), period, as_of),
+                                          conversion, subscription.currency, billed)
             if late:
                 lines += self._late_usage(subscription, period, as_of)
         sums = invoice.sums(lines, parts if kind == "closing" else [], period, subscription.currency,
@@ -305,13 +311,26 @@ class Ledger:
             raise Invalid("subscription", f"customer {customer!r} has {len(running)} running subscriptions: name one")
         return running[0]
 
-    def _usage(self, tenant_id: UUID, customer: str, as_of: datetime | None = None) -> invoice.Usage:
+    def _usage(self, tenant_id: UUID, customer: str, meter_codes: set[str], span: Period,
+               as_of: datetime | None = None) -> invoice.Usage:
         """A customer's usage as the invoice lines read it: the read model plus the log's tail (or the
-        log as it stood `as_of`)."""
+        log as it stood `as_of`). The meters' events in `span` are read at once (but a weighted_sum's,
+        which needs the level held before a range)."""
         tenant = str(tenant_id)
+        low, high = microseconds(span.start), microseconds(span.end)
+        names = [meter.event_name for meter in map(functools.partial(self._meter_spec, tenant_id), sorted(meter_codes))
+                 if meter.aggregation != "weighted_sum"]
+        partition = usage_readings.partition_of(tenant, customer) if self.distributed else None
+        read = usage_readings.fresh(self.database, self.usage, tenant, customer, names, low, high, partition,
+                                    before=False) if names and as_of is None else {}
 
         def reader(meter: MeterSpec) -> Read:
-            return self._usage_reader(tenant, customer, meter, as_of)
+            inside = read.get(meter.event_name)
+            if inside is None:
+                return self._usage_reader(tenant, customer, meter, as_of)
+            return lambda start_us, end_us: (
+                ([r for r in inside[0] if start_us <= r.timestamp_us < end_us], []) if low <= start_us <= end_us <= high
+                else self._usage_reader(tenant, customer, meter)(start_us, end_us))
 
         def quantity(meter_code: str, start: datetime, end: datetime) -> Decimal:
             meter = self._meter_spec(tenant_id, meter_code)

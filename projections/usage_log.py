@@ -165,13 +165,14 @@ class UsageLog:
                                   (after, limit)).all()
         return [Entry(*row) for row in rows]
 
-    def tail(self, after: int, tenant_id: str, customer: str, event_name: str) -> list[Entry]:
-        """One customer's entries of one event name after position `after`: what a read model that
-        has applied up to `after` does not hold yet."""
+    def tail(self, after: int, tenant_id: str, customer: str, event_names: Sequence[str]) -> list[Entry]:
+        """One customer's entries of these event names after position `after`: what a read model
+        that has applied up to `after` does not hold yet."""
         with self.database.transaction() as cursor:
             rows = cursor.execute(
                 f"SELECT {ENTRY} FROM tally_usage WHERE position > ? AND tenant_id = ? AND customer = ? "
-                "AND event_name = ? ORDER BY position", (after, tenant_id, customer, event_name)).all()
+                f"AND event_name IN ({','.join('?' * len(event_names))}) ORDER BY position",
+                (after, tenant_id, customer, *event_names)).all()
         return [Entry(*row) for row in rows]
 
     def last_position(self) -> int:

@@ -101,35 +101,36 @@ def position_name(partition: int | None) -> str:
 _properties = msgspec.json.Decoder(dict)
 
 
-def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, event_name: str, start_us: int,
-          end_us: int, partition: int | None, before: bool = True) -> tuple[list[Reading], list[Reading]]:
-    """The customer's readings of one event name in [start_us, end_us), and (newest first, when
+def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, event_names: Sequence[str],
+          start_us: int, end_us: int, partition: int | None,
+          before: bool = True) -> dict[str, tuple[list[Reading], list[Reading]]]:
+    """For each event name, the customer's readings in [start_us, end_us), and (newest first, when
     `before`: only a weighted_sum needs them) up to BEFORE_LIMIT before start_us: the read model's
-    rows, plus the log's tail it has not applied."""
-    key = (tenant_id, customer, event_name)
+    rows, plus the log's tail it has not applied. One read for all the names."""
+    names = tuple(dict.fromkeys(event_names))
+    marks = ",".join("?" * len(names))
     with database.transaction() as cursor:
         row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (position_name(partition),)).one()
         applied = int(row[0]) if row else 0
-        inside = cursor.execute(
-            "SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
-            "AND customer = ? AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ?", (*key, start_us, end_us),
-        ).all()
-        earlier = cursor.execute(
-            "SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
-            "AND customer = ? AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC "
-            "LIMIT ?", (*key, start_us, BEFORE_LIMIT),
-        ).all() if before else []
-    rows = {event_id: (t, p, props) for event_id, t, p, props in inside + earlier}  # by id: the tail overlaps
-    puts, deletes = reduce(log.tail(applied, *key))
-    for *_, event_id in deletes:
-        rows.pop(event_id, None)
-    for _, _, _, t, event_id, p, props in puts.values():
-        rows.setdefault(event_id, (t, p, props))
-    readings = sorted((Reading(t, p, _properties.decode(props), event_id) for event_id, (t, p, props) in rows.items()),
-                      key=lambda r: r.position)
-    return ([r for r in readings if start_us <= r.timestamp_us < end_us],
-            sorted((r for r in readings if r.timestamp_us < start_us),
-                   key=lambda r: (r.timestamp_us, r.position), reverse=True)[:BEFORE_LIMIT])
+        found = cursor.execute(
+            "SELECT event_name, event_id, timestamp_us, position, properties FROM tally_usage_readings "
+            f"WHERE tenant_id = ? AND customer = ? AND event_name IN ({marks}) AND timestamp_us >= ? "
+            "AND timestamp_us < ?", (tenant_id, customer, *names, start_us, end_us)).all()
+        for name in names if before else ():
+            found += [(name, *row) for row in cursor.execute(
+                "SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
+                "AND customer = ? AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC "
+                "LIMIT ?", (tenant_id, customer, name, start_us, BEFORE_LIMIT)).all()]
+    rows = {(name, event_id): (t, p, props) for name, event_id, t, p, props in found}  # by id: the tail overlaps
+    puts, deletes = reduce(log.tail(applied, tenant_id, customer, names))
+    for _, _, name, _, event_id in deletes:
+        rows.pop((name, event_id), None)
+    for _, _, name, t, event_id, p, props in puts.values():
+        rows.setdefault((name, event_id), (t, p, props))
+    readings: dict[str, list[Reading]] = {name: [] for name in names}
+    for (name, event_id), (t, p, props) in rows.items():
+        readings[name].append(Reading(t, p, _properties.decode(props), event_id))
+    return {name: _split(sorted(each, key=lambda r: r.position), start_us, end_us) for name, each in readings.items()}
 
 
 def as_of(log: UsageLog, tenant_id: str, customer: str, event_name: str, start_us: int, end_us: int,
@@ -143,7 +144,13 @@ def as_of(log: UsageLog, tenant_id: str, customer: str, event_name: str, start_u
             "AND NOT EXISTS (SELECT 1 FROM tally_usage v WHERE v.tenant_id = u.tenant_id AND v.customer = u.customer "
             "AND v.event_id = u.event_id AND v.kind = 'void' AND v.recorded_us <= ?) ORDER BY u.position",
             (tenant_id, customer, event_name, recorded_us, end_us, recorded_us)).all()
-    readings = [Reading(t, p, _properties.decode(props), event_id) for event_id, t, p, props in rows]
-    return ([r for r in readings if r.timestamp_us >= start_us],
+    return _split([Reading(t, p, _properties.decode(props), event_id) for event_id, t, p, props in rows],
+                  start_us, end_us)
+
+
+def _split(readings: list[Reading], start_us: int, end_us: int) -> tuple[list[Reading], list[Reading]]:
+    """Readings in log order: those in [start_us, end_us) (in log order), and up to BEFORE_LIMIT
+    before start_us (newest first)."""
+    return ([r for r in readings if start_us <= r.timestamp_us < end_us],
             sorted((r for r in readings if r.timestamp_us < start_us),
                    key=lambda r: (r.timestamp_us, r.position), reverse=True)[:BEFORE_LIMIT])
