@@ -5,11 +5,20 @@ to `stored_events`: one notification log, one order of events, read by every pro
 them can therefore load any aggregate (a key issuer checks that a customer exists).
 """
 
+from collections.abc import Collection
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Transcoder, Transcoding
+from eventsourcing.persistence import (
+    IntegrityError,
+    StoredEvent,
+    Transcoder,
+    Transcoding,
+)
+from eventsourcing.postgres import PostgresAggregateRecorder
+from psycopg.sql import SQL, Identifier
 
 from domain.customer import CustomerDetails
 from domain.errors import NotFound
@@ -61,6 +70,37 @@ class TallyApplication(Application):
             return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+
+    def find_many(self, aggregate_ids: Collection[UUID]) -> dict[UUID, Any]:
+        """Many aggregates in one read of the store, each replayed from its first event (for
+        aggregates of short streams: a snapshot is not looked for); one never created is absent."""
+        if not aggregate_ids:
+            return {}
+        recorder: Any = self.recorder
+        table = recorder.events_table_name
+        columns = "originator_id, originator_version, topic, state"
+        if isinstance(recorder, PostgresAggregateRecorder):
+            statement = SQL(f"SELECT {columns} FROM {{}}.{{}} WHERE originator_id = ANY(%s) "  # noqa: S608 (fixed names)
+                            "ORDER BY originator_id, originator_version").format(
+                Identifier(recorder.datastore.schema), Identifier(table))
+            with recorder.datastore.get_connection() as connection, connection.cursor() as cursor:
+                cursor.execute(statement, [list(aggregate_ids)])
+                rows = cursor.fetchall()
+        else:
+            marks = ",".join("?" * len(aggregate_ids))
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(f"SELECT {columns} FROM {table} WHERE originator_id IN ({marks}) "  # noqa: S608
+                               "ORDER BY originator_id, originator_version", [i.hex for i in aggregate_ids])
+                rows = cursor.fetchall()
+        found: dict[UUID, Any] = {}
+        for row in rows:
+            originator = row["originator_id"]
+            event = self.mapper.to_domain_event(StoredEvent(
+                originator_id=UUID(originator) if isinstance(originator, str) else originator,
+                originator_version=row["originator_version"],
+                topic=row["topic"], state=bytes(row["state"])))
+            found[event.originator_id] = event.mutate(found.get(event.originator_id))
+        return found
 
     def owned(self, kind: type, tenant_id: Any, aggregate_id: Any, noun: str) -> Any:
         """The tenant's aggregate of that kind; NotFound for another kind, or another tenant's."""

@@ -4,7 +4,7 @@ The amounts are not computed here: the caller (which reads the usage) hands `fin
 invoice, a pure function of the contract, its prices and the usage (`domain.invoice`).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from uuid import UUID
 
@@ -40,25 +40,42 @@ class Invoicing(TallyApplication):
         existing = self.find(invoice_id)
         if existing is not None:
             return existing, False
+        return self.draft_many(by, [(subscription, kind, period)])[0]
+
+    def draft_many(self, by: Actor,
+                   wanted: Sequence[tuple[Subscription, Kind, Period]]) -> list[tuple[IssuedInvoice, bool]]:
+        """Draft invoices not there yet, in one save; as `draft` answers, one by one, when one of
+        them was drafted meanwhile (by another clock)."""
         with acting(by):
-            drafted = IssuedInvoice(tenant_id=subscription.tenant_id, customer=subscription.customer,
-                                    subscription_id=subscription.id, kind=kind, period_start=period.start,
-                                    period_end=period.end)
+            drafted = [IssuedInvoice(tenant_id=subscription.tenant_id, customer=subscription.customer,
+                                     subscription_id=subscription.id, kind=kind, period_start=period.start,
+                                     period_end=period.end) for subscription, kind, period in wanted]
         try:
-            self.save_or(ChangedMeanwhile(), drafted)
-        except ChangedMeanwhile:  # another clock drafted it first
-            return self.find(invoice_id), False
-        return drafted, True
+            self.save_or(ChangedMeanwhile(), *drafted)
+        except ChangedMeanwhile:
+            if len(wanted) == 1:
+                return [(self.find(drafted[0].id), False)]
+            return [self.draft(by, *each) for each in wanted]
+        return [(invoice, True) for invoice in drafted]
 
     def finalize(self, by: Actor, invoice: IssuedInvoice, prefix: str, content: Invoice) -> IssuedInvoice:
-        numbers = self.find(InvoiceNumbers.create_id(invoice.tenant_id))
+        self.finalize_many(by, prefix, [(invoice, content)])
+        return invoice
+
+    def finalize_many(self, by: Actor, prefix: str, billed: Sequence[tuple[IssuedInvoice, Invoice]]) -> None:
+        """Number one tenant's drafts in their order, each recording what it bills, in one save.
+        ChangedMeanwhile, and nothing saved, when the tenant's numbers or one of the drafts moved on
+        since they were read: the drafts given are spoilt then (read them again)."""
+        tenant_id = billed[0][0].tenant_id
+        numbers = self.find(InvoiceNumbers.create_id(tenant_id))
         with acting(by):
             if numbers is None:
-                numbers = InvoiceNumbers(tenant_id=invoice.tenant_id)
-            number = numbers.take(prefix)
-            invoice.finalize(number, msgspec.structs.replace(content, number=number, status="finalized"))
-        self.save_or(ChangedMeanwhile(), numbers, invoice)
-        return invoice
+                numbers = InvoiceNumbers(tenant_id=tenant_id)
+            for invoice, content in billed:
+                assert invoice.tenant_id == tenant_id, "one tenant's numbers"
+                number = numbers.take(prefix)
+                invoice.finalize(number, msgspec.structs.replace(content, number=number, status="finalized"))
+        self.save_or(ChangedMeanwhile(), numbers, *(invoice for invoice, _ in billed))
 
     def void(self, by: Actor, tenant_id: UUID, invoice_id: UUID, reason: str | None) -> IssuedInvoice:
         return self._change(by, tenant_id, invoice_id, lambda invoice: invoice.void(reason))

@@ -77,9 +77,8 @@ class Documents:
         params: list[Any] = [collection, tenant_id]
         if parent is not None:
             sql, params = sql + " AND parent = ?", [*params, parent]
-        if status is not None:  # the body's own field, read by the database's JSON functions
-            field = "(body::jsonb ->> 'status')" if self.database.postgres else "json_extract(body, '$.status')"
-            sql, params = sql + f" AND {field} = ?", [*params, status]
+        if status is not None:
+            sql, params = sql + f" AND {self._status()} = ?", [*params, status]
         with self.database.transaction() as cursor:
             if starting_after is not None:
                 row = cursor.execute(
@@ -106,6 +105,15 @@ class Documents:
                 (collection, tenant_id, *sorted(parents))).all()
         return [msgspec.json.decode(body) for (body,) in rows]
 
+    def statuses(self, collection: str, document_ids: list[str]) -> dict[str, str]:
+        """The `status` field of each of these documents that exists, by id."""
+        if not document_ids:
+            return {}
+        with self.database.transaction() as cursor:
+            rows = cursor.execute(f"SELECT id, {self._status()} FROM tally_documents WHERE collection = ? AND id IN "
+                                  f"({','.join('?' * len(document_ids))})", (collection, *document_ids)).all()
+        return dict(rows)
+
     def each(self, collection: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every document of a collection, all tenants, in creation order: (tenant id, body)."""
         after = -1
@@ -119,6 +127,10 @@ class Documents:
             for position, tenant_id, body in rows:
                 yield tenant_id, msgspec.json.decode(body)
             after = rows[-1][0]
+
+    def _status(self) -> str:
+        """The body's own `status` field, read by the database's JSON functions."""
+        return "(body::jsonb ->> 'status')" if self.database.postgres else "json_extract(body, '$.status')"
 
     def _one(self, sql: str, params: tuple) -> bytes | None:
         with self.database.transaction() as cursor:

@@ -13,6 +13,7 @@ from conftest import SETUP, assert_problem, created
 from pypdf import PdfReader
 
 from api.clock import LOCK, BillingClock
+from api.ledger import Ledger
 from domain.errors import Conflict
 from domain.money import encode_hook
 from projections.views import private_id
@@ -190,6 +191,37 @@ def test_one_billing_clock_ticks_at_a_time_and_a_tick_is_idempotent(acme, ledger
     # Then once the lock is free, a tick drafts what is due, and the next finds nothing to do
     assert first.tick() == 5
     assert second.tick() == 0
+
+
+def test_two_clocks_racing_without_the_lock_still_draft_and_finalize_each_invoice_once(acme, ledger, database_url):
+    # Given five customers on the plan (the clock drafts and finalizes them together) and a second
+    # ledger on the same store, as a second server whose clock ignores the lock would be
+    for n in range(4):
+        created(acme.post("/v1/customers", json={"external_id": f"c{n}", "name": f"C{n}", "currency": "USD"}))
+        created(acme.post("/v1/subscriptions", json={"customer": f"c{n}", "plan_code": "pro",
+                                                     "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    other = Ledger(database_url)
+    try:
+        # When both close Jan and Feb at the same moment, three times over
+        totals: list[int] = []
+
+        def tick(clock: Ledger) -> None:
+            totals.append(clock.close_periods(at("2026-03-05T00:00:00")))
+
+        for _ in range(3):
+            threads = [threading.Thread(target=tick, args=(clock,)) for clock in (ledger, other, ledger, other)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+    finally:
+        other.close()
+    # Then every step was taken once: 5 customers x (3 advance + 2 closing) drafted and finalized
+    assert sum(totals) == 5 * 5 * 2
+    found = acme.get("/v1/invoices", params={"limit": 100}).json()["data"]
+    assert len(found) == 25 and {i["status"] for i in found} == {"finalized"}
+    numbers = sorted(i["number"] for i in found)
+    assert numbers == [f"ACME-{n:06d}" for n in range(1, 26)]
 
 
 def test_late_usage_within_grace_is_an_adjustment_on_the_next_invoice_and_after_it_is_refused(acme, ledger):
