@@ -7,13 +7,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
-from uuid import uuid4
+from uuid import UUID
 
 import httpx
 import msgspec
@@ -22,6 +24,14 @@ from api.client import MAX_BATCH, AsyncClient, FieldError, TallyError
 
 __all__ = ["Counts", "EventSender", "SenderClosed", "SenderFull"]
 log = logging.getLogger("tally.client")
+
+def uuid7() -> str:
+    """A time-ordered id (RFC 9562 UUIDv7): 48 bits of Unix milliseconds, the version, 74 random bits."""
+    random_bits = int.from_bytes(os.urandom(10))
+    value = (time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (random_bits >> 62 & 0xFFF) << 64 | 0b10 << 62 \
+        | random_bits & ((1 << 62) - 1)
+    return str(UUID(int=value))
+
 
 class SenderFull(RuntimeError):
     """`send_nowait` found `max_buffered` events waiting: Tally is slower than the caller, or down."""
@@ -72,14 +82,14 @@ class EventSender:
 
     def send_nowait(self, event: Mapping[str, Any]) -> str:
         """Buffer a copy of `event` and return its event_id, without touching the network. A missing
-        event_id is a uuid4 and a missing timestamp is now (UTC), both given here, once, so that every
+        event_id is a UUIDv7 (time-ordered: the store takes such ids fastest) and a missing timestamp is now (UTC), both given here, once, so that every
         retry resends the very same event. Raises SenderFull when `max_buffered` events wait."""
         self._ensure_running()
         if len(self._buffer) >= self._max_buffered:
             raise SenderFull(f"{len(self._buffer)} events wait to be sent; await send() to wait for room")
         stamped = dict(event)
         if stamped.get("event_id") is None:
-            stamped["event_id"] = str(uuid4())
+            stamped["event_id"] = uuid7()
         stamped.setdefault("timestamp", datetime.now(UTC))
         self._buffer.append(stamped)
         if len(self._buffer) >= self._max_batch:

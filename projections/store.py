@@ -115,6 +115,13 @@ class Database:
             self.local.connection = connection
         return connection
 
+    def tune(self, cache_mib: int, checkpoint_pages: int) -> None:
+        """SQLite, this thread's connection: a page cache of `cache_mib`, and a WAL checkpoint every
+        `checkpoint_pages` (for a writer whose rows land all over a big index)."""
+        if not self.postgres:
+            self._sqlite().execute(f"PRAGMA cache_size = -{cache_mib * 1024}")
+            self._sqlite().execute(f"PRAGMA wal_autocheckpoint = {checkpoint_pages}")
+
     @contextmanager
     def transaction(self, write: bool = False) -> Iterator[Cursor]:
         if self.postgres:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
@@ -259,6 +260,7 @@ async def test_a_retried_batch_carries_the_same_event_ids_and_counts_once(proxy,
     assert len(proxy.bodies) == 3
     assert proxy.bodies[0] == proxy.bodies[1] == proxy.bodies[2]
     assert [event["event_id"] for event in proxy.bodies[0]["events"]] == event_ids
+    assert {UUID(event_id).version for event_id in event_ids} == {7}  # time-ordered: the store takes them fastest
     assert sender.counts.retries == 2
     # And Tally counted each event once: the third attempt found them all recorded
     assert (sender.counts.accepted, sender.counts.duplicates) == (0, 5)
