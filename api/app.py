@@ -7,7 +7,16 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalogue, customers, invoices, openapi, subscriptions, tenant, usage
+from api import (
+    catalogue,
+    customers,
+    invoices,
+    openapi,
+    subscriptions,
+    tenant,
+    usage,
+    wallets,
+)
 from api.errors import HANDLERS
 from api.http import JSON, Call, Operation, encoder, endpoint
 from api.idempotency import Idempotency
@@ -33,6 +42,7 @@ OPERATIONS: list[Operation] = [
     *usage.OPERATIONS,
     *subscriptions.OPERATIONS,
     *invoices.OPERATIONS,
+    *wallets.OPERATIONS,
 ]
 
 

@@ -5,6 +5,7 @@ honour Idempotency-Key, then call the handler. Handlers hold no rules: one appli
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -80,7 +81,7 @@ class Call:
 
     async def page(self, collection: str, *, parent: str | None = None, key: str = "code",
                    status: str | None = None) -> Response:
-        limit = _limit(self.request.query_params.get("limit", "20"))
+        limit = limit_of(self)
         after = self.request.query_params.get("starting_after")
         if after is not None and key == "id":  # listed by id: the caller names an item by its public id (`key_…`)
             after = str(private_id(collection, after) or after)  # not one of ours: matches nothing, so 404
@@ -95,7 +96,23 @@ class Call:
         return Response(body, media_type=JSON)
 
 
-def _limit(text: str) -> int:
+def query_moment(call: Call, name: str) -> datetime | None:
+    """The query parameter `name` as an RFC 3339 time with an offset, if given; else a 422 naming it."""
+    text = call.request.query_params.get(name)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ApiError(422, f"{name}: an RFC 3339 time with an offset", [FieldError(name, "a time with an offset")])
+    return moment
+
+
+def limit_of(call: Call) -> int:
+    """The page size: ?limit=, 1 to 100 (default 20)."""
+    text = call.request.query_params.get("limit", "20")
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 100:  # "²".isdigit(), but int("²") fails
         raise ApiError(422, "limit: a whole number from 1 to 100", [FieldError("limit", "a whole number from 1 to 100")])
     return int(text)

@@ -1,7 +1,6 @@
 """Invoice operations: the upcoming invoice (the live draft of the current period's closing invoice),
 issued invoices (read, list, finalize, void, pay)."""
 
-from datetime import datetime
 from typing import TypeVar, get_args
 from uuid import UUID
 
@@ -10,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api.errors import ApiError, FieldError
-from api.http import JSON, Call, Operation, encoder
+from api.http import JSON, Call, Operation, encoder, query_moment
 from api.pdf import render
 from api.tenant import ADMIN, READERS
 from domain.billing import CreditNoteSpec, Payment, Status, Voiding
@@ -64,13 +63,9 @@ async def read(call: Call) -> Response:
 
 async def as_of(call: Call) -> Response:
     """A customer's invoice as it stood at `as_of`, from the events recorded by then."""
-    text = call.request.query_params.get("as_of")
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise ApiError(422, "as_of: an RFC 3339 time with an offset", [FieldError("as_of", "a time with an offset")])
+    moment = query_moment(call, "as_of")
+    if moment is None:
+        raise ApiError(422, "as_of: an RFC 3339 time with an offset", [FieldError("as_of", "required")])
     found = await run_in_threadpool(call.ledger.issued_invoice, call.tenant_id, _invoice_id(call), moment)
     if found.customer != call.params["external_id"]:
         raise ApiError(404, f"no invoice {call.params['id']} for customer {call.params['external_id']!r}")

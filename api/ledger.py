@@ -16,7 +16,7 @@ from uuid import UUID
 import msgspec
 
 from domain import invoice
-from domain.aggregate import Actor
+from domain.aggregate import Actor, acting
 from domain.billing import Cutoff, IssuedInvoice, billing_dates, next_due, usage_cutoff
 from domain.catalogue import Catalogue
 from domain.customer import Customer
@@ -33,7 +33,9 @@ from domain.pricing import Transaction
 from domain.subscription import Subscription
 from domain.subscriptions import Subscriptions
 from domain.tenants import Tenants
-from projections import usage_readings
+from domain.wallet import GrantSpec, Wallet
+from domain.wallets import Wallets
+from projections import usage_readings, wallets
 from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
@@ -95,7 +97,7 @@ class Ledger:
         self.views_url, self.usage_url = views_url, usage_url
         env["CREATE_TABLE"] = "true"
         self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
-        self.subscriptions, self.invoicing = Subscriptions(env), Invoicing(env)
+        self.subscriptions, self.invoicing, self.wallets = Subscriptions(env), Invoicing(env), Wallets(env)
         self.database = Database(views_url)
         self.database.migrate(SCHEMA + usage_readings.SCHEMA)
         self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
@@ -401,6 +403,33 @@ class Ledger:
         found = holder.details.tax_rate if holder is not None else None
         return found if found is not None else tenant.settings.default_tax_rate
 
+    def grant(self, by: Actor, tenant_id: UUID, wallet_id: UUID, spec: GrantSpec) -> Wallet:
+        return self.wallets.grant(by, tenant_id, wallet_id, spec, self.now())
+
+    def wallet(self, tenant_id: UUID, wallet_id: UUID, as_of: datetime | None = None) -> wallets.WalletView:
+        """The wallet now, or as it stood at `as_of` (from its events recorded by then). Grants whose
+        time has come show as expired, whether or not the clock has recorded it yet."""
+        found = self.wallets.wallet(tenant_id, wallet_id)
+        if as_of is not None:
+            found = self.wallets.as_of(wallet_id, as_of)
+            if found is None:
+                raise NotFound("wallet as of", f"{public_id('wallets', wallet_id)} at {as_of.isoformat()}")
+        with acting(CLOCK):
+            found.expire(as_of or self.now())  # in this copy only: the clock records it
+        return wallets.view(found)
+
+    def wallet_transactions(self, tenant_id: UUID, wallet_id: UUID, after: int,
+                            limit: int) -> tuple[list[wallets.TransactionView], bool]:
+        """A page of the wallet's transactions after its event number `after`, oldest first (each with
+        the balance after it); and whether more follow. A page reads its own events, not the history."""
+        wallet = self.wallets.wallet(tenant_id, wallet_id)  # the tenant's, or NotFound
+        if after >= wallet.version:
+            return [], False
+        before = self.wallets.repository.get(wallet_id, version=after).balance if after > 1 else Decimal(0)
+        events = self.wallets.repository.event_store.get(wallet_id, gt=after, limit=limit + 2)
+        found = wallets.transactions(events, before)
+        return found[:limit], len(found) > limit
+
     def events_recorded(self) -> int:
         """The position of the last event in the store (0 when empty)."""
         return self.tenants.recorder.max_notification_id() or 0
@@ -410,7 +439,8 @@ class Ledger:
             self._follower.terminate()  # between transactions or inside one: either way nothing half-done stays
             self._follower.join(10)
         self.usage.close()
-        for application in (self.tenants, self.catalogue, self.customers, self.subscriptions, self.invoicing):
+        for application in (self.tenants, self.catalogue, self.customers, self.subscriptions, self.invoicing,
+                            self.wallets):
             application.close()
         if self.usage.database is not self.database:
             self.usage.database.close()

@@ -30,6 +30,7 @@ from domain.plan import PlanSpec
 from domain.plan_version import PlanVersionSpec
 from domain.pricing_unit import PricingUnitSpec
 from domain.tenant import TenantSettings
+from domain.wallet import GrantSpec, WalletSpec
 
 
 class StructAsDict(Transcoding):
@@ -49,6 +50,7 @@ class StructAsDict(Transcoding):
 # Every value stored inside an event. All applications know all of them: they share one store.
 VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     TenantSettings, MeterSpec, FeatureSpec, PricingUnitSpec, PlanSpec, PlanVersionSpec, CustomerDetails, Invoice,
+    WalletSpec, GrantSpec,
 )
 
 

@@ -14,7 +14,7 @@ from domain.price import Entitlement, Price
 PREFIXES = {
     "tenants": "ten", "api_keys": "key", "meters": "mtr", "features": "feat", "pricing_units": "pu",
     "plans": "plan", "plan_versions": "pv", "customers": "cus", "subscriptions": "sub",
-    "invoices": "inv", "credit_notes": "cn",
+    "invoices": "inv", "credit_notes": "cn", "wallets": "wal", "grants": "grt",
 }
 
 

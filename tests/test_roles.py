@@ -76,11 +76,17 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/credit-notes"): ADMIN | {"finance"},
     ("GET", "/v1/credit-notes"): READERS,
     ("GET", "/v1/credit-notes/{id}"): READERS,
+    ("POST", "/v1/wallets"): ADMIN,
+    ("GET", "/v1/wallets/{id}"): READERS | {"portal"},
+    ("POST", "/v1/wallets/{id}/grants"): ADMIN,
+    ("GET", "/v1/wallets/{id}/transactions"): READERS | {"portal"},
 }
 USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call",
          "timestamp": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),  # an open period
          "properties": {"tokens": 12}}
 
+WALLET = {"customer": "acme", "name": "AI credits", "credit_unit": "credit", "currency": "USD",
+          "conversion_rate": "0.01"}
 FLAT = {"type": "flat", "currency": "USD", "amount": "49.00", "pay_in": "advance"}
 
 
@@ -152,6 +158,12 @@ def sample_requests(spare_key_id: str, subscription: str = "sub_x",
             "invoice_id": invoices.get("pay", {}).get("admin", "inv_x"), "amount": "1.00", "reason": "goodwill"}),
         ("GET", "/v1/credit-notes"): (f"/v1/credit-notes?invoice_id={invoices.get('credited', 'inv_x')}", None),
         ("GET", "/v1/credit-notes/{id}"): (f"/v1/credit-notes/{invoices.get('credit_note', 'cn_x')}", None),
+        ("POST", "/v1/wallets"): ("/v1/wallets", WALLET),
+        ("GET", "/v1/wallets/{id}"): (f"/v1/wallets/{invoices.get('wallet', 'wal_x')}", None),
+        ("POST", "/v1/wallets/{id}/grants"): (f"/v1/wallets/{invoices.get('wallet', 'wal_x')}/grants",
+                                              {"amount": "100", "kind": "promotional"}),
+        ("GET", "/v1/wallets/{id}/transactions"): (f"/v1/wallets/{invoices.get('wallet', 'wal_x')}/transactions",
+                                                   None),
     }
 
 
@@ -208,7 +220,9 @@ def _given_invoices(admin: httpx.Client, ledger: Any) -> dict[str, Any]:
                                                 "reason": "goodwill"})
     assert note.status_code == 201, note.text
     credited = by["advance", "2026-04"]
-    return {"read": by["closing", "2026-03"], "credited": credited, "credit_note": note.json()["id"],
+    wallet = admin.post("/v1/wallets", json=WALLET)
+    assert wallet.status_code == 201, wallet.text
+    return {"wallet": wallet.json()["id"], "read": by["closing", "2026-03"], "credited": credited, "credit_note": note.json()["id"],
             "finalize": {"admin": by["closing", "2026-03"], "finance": by["closing", "2026-04"]},
             "void": {"admin": by["advance", "2026-01"], "finance": by["advance", "2026-02"]},
             "pay": {"admin": by["advance", "2026-03"], "finance": by["advance", "2026-05"]}}

@@ -1,0 +1,76 @@
+"""Wallet operations: open a wallet, grant credits, read it (now or as it stood at ?as_of=), and its
+transactions."""
+
+from uuid import UUID
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from api.errors import ApiError, FieldError
+from api.http import JSON, Call, Operation, encoder, limit_of, query_moment
+from api.tenant import ADMIN, READERS
+from domain.wallet import GrantSpec, WalletSpec
+from projections.views import private_id
+from projections.wallets import TransactionView, WalletView
+
+OWN = READERS | {"portal"}  # a portal key reads its own customer's wallets
+
+
+def _wallet_id(call: Call) -> UUID:
+    found = private_id("wallets", call.params["id"])
+    if found is None:
+        raise ApiError(404, f"no wallet {call.params['id']}")
+    return found
+
+
+def _own(call: Call, wallet: WalletView) -> WalletView:
+    if call.role == "portal" and wallet.customer != call.customer:
+        raise ApiError(404, f"no wallet {call.params['id']}")
+    return wallet
+
+
+async def create(call: Call) -> Response:
+    wallet = await call.command(call.ledger.wallets.create, call.body)
+    found = await run_in_threadpool(call.ledger.wallet, call.tenant_id, wallet.id)
+    return Response(encoder.encode(found), 201, media_type=JSON)
+
+
+async def read(call: Call) -> Response:
+    found = await run_in_threadpool(call.ledger.wallet, call.tenant_id, _wallet_id(call), query_moment(call, "as_of"))
+    return Response(encoder.encode(_own(call, found)), media_type=JSON)
+
+
+async def grant(call: Call) -> Response:
+    await call.command(call.ledger.grant, _wallet_id(call), call.body)
+    found = await run_in_threadpool(call.ledger.wallet, call.tenant_id, _wallet_id(call))
+    return Response(encoder.encode(found), 201, media_type=JSON)
+
+
+async def transactions(call: Call) -> Response:
+    wallet_id = _wallet_id(call)
+    _own(call, await run_in_threadpool(call.ledger.wallet, call.tenant_id, wallet_id))
+    after = call.request.query_params.get("starting_after")
+    version = 0
+    if after is not None:
+        prefix, _, number = after.rpartition("_")
+        if prefix != f"wtx_{wallet_id.hex}" or not (number.isascii() and number.isdigit()):
+            raise ApiError(404, f"starting_after: no transaction {after!r} of this wallet",
+                           [FieldError("starting_after", "names nothing in this list")])
+        version = int(number)
+    found, more = await run_in_threadpool(call.ledger.wallet_transactions, call.tenant_id, wallet_id, version,
+                                          limit_of(call))
+    return Response(encoder.encode({"data": found, "has_more": more}), media_type=JSON)
+
+
+OPERATIONS = [
+    Operation("POST", "/v1/wallets", create, ADMIN, "Open a wallet of credits for a customer", WalletSpec,
+              WalletView, status=201),
+    Operation("GET", "/v1/wallets/{id}", read, OWN,
+              "A wallet: balance and each grant's remaining credits, now or as it stood at ?as_of=",
+              response=WalletView),
+    Operation("POST", "/v1/wallets/{id}/grants", grant, ADMIN,
+              "Grant credits (paid or promotional, expiring or not)", GrantSpec, WalletView, status=201),
+    Operation("GET", "/v1/wallets/{id}/transactions", transactions, OWN,
+              "Every grant, debit and expiry of a wallet, oldest first, with the balance after each",
+              response=TransactionView, listing=True),
+]
