@@ -193,6 +193,7 @@ class _Operations:
     list_credit_notes = _operation("GET", "/v1/credit-notes", "List an invoice's credit notes: invoice_id=...")
     get_credit_note = _operation("GET", "/v1/credit-notes/{id}", "Read a credit note")
     create_wallet = _operation("POST", "/v1/wallets", "Open a wallet of credits for a customer")
+    list_wallets = _operation("GET", "/v1/wallets", "List a customer's wallets: customer=...")
     get_wallet = _operation("GET", "/v1/wallets/{id}", "Read a wallet (as_of=... for a past instant)")
     grant_credits = _operation("POST", "/v1/wallets/{id}/grants", "Grant credits: amount, kind, expires_at?")
     list_wallet_transactions = _operation("GET", "/v1/wallets/{id}/transactions", "A wallet's transactions")

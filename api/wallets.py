@@ -10,7 +10,7 @@ from api.errors import ApiError, FieldError
 from api.http import JSON, Call, Operation, encoder, limit_of, query_moment
 from api.tenant import ADMIN, READERS
 from domain.wallet import GrantSpec, WalletSpec
-from projections.views import private_id
+from projections.views import WalletSummary, private_id
 from projections.wallets import TransactionView, WalletView
 
 OWN = READERS | {"portal"}  # a portal key reads its own customer's wallets
@@ -40,6 +40,16 @@ async def read(call: Call) -> Response:
     return Response(encoder.encode(_own(call, found)), media_type=JSON)
 
 
+async def listing(call: Call) -> Response:
+    customer = call.request.query_params.get("customer")
+    if call.role == "portal":
+        customer = call.customer if customer in (None, call.customer) else ""  # another's: an empty list
+    if customer is None:
+        raise ApiError(422, "customer: list the wallets of one customer (?customer=external_id)",
+                       [FieldError("customer", "required")])
+    return await call.page("wallets", parent=customer, key="id")
+
+
 async def grant(call: Call) -> Response:
     await call.command(call.ledger.grant, _wallet_id(call), call.body)
     found = await run_in_threadpool(call.ledger.wallet, call.tenant_id, _wallet_id(call))
@@ -65,6 +75,8 @@ async def transactions(call: Call) -> Response:
 OPERATIONS = [
     Operation("POST", "/v1/wallets", create, ADMIN, "Open a wallet of credits for a customer", WalletSpec,
               WalletView, status=201),
+    Operation("GET", "/v1/wallets", listing, OWN, "List a customer's wallets (?customer=)",
+              response=WalletSummary, listing=True),
     Operation("GET", "/v1/wallets/{id}", read, OWN,
               "A wallet: balance and each grant's remaining credits, now or as it stood at ?as_of=",
               response=WalletView),

@@ -20,6 +20,7 @@ from domain.plan_version import PlanVersion
 from domain.pricing_unit import PricingUnit
 from domain.subscription import Subscription
 from domain.tenant import Tenant
+from domain.wallet import Wallet
 from projections.views import (
     ApiKeyView,
     ContractVersion,
@@ -35,6 +36,7 @@ from projections.views import (
     PricingUnitView,
     SubscriptionView,
     TenantView,
+    WalletSummary,
     public_id,
 )
 
@@ -47,7 +49,7 @@ COLLECTIONS: dict[type, str] = {
     Subscription.Started: "subscriptions", Subscription.Amended: "subscriptions",
     Subscription.CancelRequested: "subscriptions",
     IssuedInvoice.Drafted: "invoices", IssuedInvoice.Finalized: "invoices", IssuedInvoice.Voided: "invoices",
-    IssuedInvoice.Paid: "invoices", IssuedCreditNote.Issued: "credit_notes",
+    IssuedInvoice.Paid: "invoices", IssuedCreditNote.Issued: "credit_notes", Wallet.Created: "wallets",
 }
 
 
@@ -133,6 +135,10 @@ def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C
                 reason=event.reason, created_by=event.actor,
             )
             return _new(event, event.number, view, parent=invoice)
+        case Wallet.Created(spec=spec):
+            view = WalletSummary(**created, customer=spec.customer, name=spec.name, credit_unit=spec.credit_unit,
+                                 currency=spec.currency, priority=spec.priority)
+            return _new(event, created["id"], view, parent=spec.customer)
         case _:
             return document
 

@@ -184,6 +184,16 @@ class CreditNoteView(View, frozen=True, kw_only=True):
     created_by: str
 
 
+class WalletSummary(View, frozen=True, kw_only=True):
+    """A wallet in a list (its balance and grants: `GET /v1/wallets/{id}`)."""
+
+    customer: str
+    name: str
+    credit_unit: str
+    currency: str
+    priority: int
+
+
 class Document(msgspec.Struct, frozen=True):
     """One read-model row: what the store indexes (tenant, code, parent) and the view it returns."""
 
@@ -197,5 +207,5 @@ VIEW_TYPES: dict[str, type[View]] = {
     "tenants": TenantView, "api_keys": ApiKeyView, "meters": MeterView, "features": FeatureView,
     "pricing_units": PricingUnitView, "plans": PlanView, "plan_versions": PlanVersionView,
     "customers": CustomerView, "subscriptions": SubscriptionView,
-    "invoices": InvoiceSummary, "credit_notes": CreditNoteView,
+    "invoices": InvoiceSummary, "credit_notes": CreditNoteView, "wallets": WalletSummary,
 }

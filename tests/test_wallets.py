@@ -54,6 +54,10 @@ def test_transactions_list_every_grant_with_the_balance_after_it_page_by_page(ac
     assert [(t["amount"], t["balance"]) for t in rest["data"]] == [("30", "60"), ("40", "100"), ("50", "150")]
     assert rest["has_more"] is False
     assert_problem(acme.get(f"{url}/transactions", params={"starting_after": "wtx_nope_1"}), 404, "starting_after")
+    # And the customer's wallets list it
+    listed = acme.get("/v1/wallets", params={"customer": "acme"}).json()
+    assert [(w["id"], w["name"], w["priority"]) for w in listed["data"]] == [(wallet["id"], "AI credits", 1)]
+    assert_problem(acme.get("/v1/wallets"), 422, "customer")
 
 
 def test_bad_wallets_and_grants_are_refused_naming_the_field_and_change_nothing(acme, ledger):
