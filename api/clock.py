@@ -27,11 +27,13 @@ class BillingClock:
         self._thread: threading.Thread | None = None
 
     def tick(self) -> int | None:
-        """One pass; None when another clock holds the lock."""
+        """One pass (invoices due, then grants whose time has come); how many changed, or None when
+        another clock holds the lock."""
         with self.ledger.database.exclusive(LOCK) as mine:
             if not mine:
                 return None
-            return self.ledger.close_periods(self.now())
+            now = self.now()
+            return self.ledger.close_periods(now) + self.ledger.expire_grants(now)
 
     def start(self) -> None:
         if self._thread is None and self.interval > 0:
@@ -43,7 +45,7 @@ class BillingClock:
             try:
                 changed = self.tick()
                 if changed:
-                    log.info("billing clock: %d invoices drafted or finalized", changed)
+                    log.info("billing clock: %d invoices drafted or finalized, or grants expired", changed)
             except Exception:  # the store is away for a moment: the next tick retries
                 log.exception("billing clock: tick failed; retrying")
             self._stop.wait(self.interval)

@@ -108,6 +108,7 @@ class Ledger:
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
         self._immutable: dict[tuple, Any] = {}  # plan versions and meters never change once made
         self._next_due: dict[str, tuple[Any, datetime]] = {}  # the clock's: subscription -> (what it saw, when due)
+        self._wallets_seen: dict[str, tuple[Any, datetime]] = {}  # the clock's: wallet -> (what it saw, when)
         self._follower: Any = None
 
     def now(self) -> datetime:
@@ -289,6 +290,22 @@ class Ledger:
             return changed + self._close(chunk, now)
         finally:
             self.runner.catch_up()
+
+    def expire_grants(self, now: datetime) -> int:
+        """The billing clock, for wallets: record the expiry of what is left of each grant whose time
+        has come by `now`; how many expired. A wallet is read only when one of its grants' expiry
+        falls after the last look at it, or it changed since."""
+        expired = 0
+        try:
+            for tenant, body in self.documents.each("wallets"):
+                last = self._wallets_seen.get(body["id"])  # (its updated_at then, when looked at)
+                since = last[1] if last is not None and last[0] == body["updated_at"] else None
+                if any(since is None or moment > since for moment in map(_moment, body["expiries"]) if moment <= now):
+                    expired += self.wallets.expire(CLOCK, UUID(tenant), private_id("wallets", body["id"]), now)
+                self._wallets_seen[body["id"]] = (body["updated_at"], now)
+        finally:
+            self.runner.catch_up()
+        return expired
 
     def _close(self, chunk: list[tuple[str, Any]], now: datetime) -> int:
         """Bill what is due of these subscriptions (public id, what the clock saw of it), then note

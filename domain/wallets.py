@@ -40,5 +40,18 @@ class Wallets(TallyApplication):
         self.save_or(ChangedMeanwhile(), wallet)
         return wallet
 
+    def expire(self, by: Actor, tenant_id: UUID, wallet_id: UUID, now: datetime) -> int:
+        """Record the expiry of what is left of each grant whose time has come; how many expired
+        (0 when the wallet changed meanwhile: the next try sees it)."""
+        wallet = self.wallet(tenant_id, wallet_id)
+        with acting(by):
+            expired = wallet.expire(now)
+        if expired:
+            try:
+                self.save_or(ChangedMeanwhile(), wallet)
+            except ChangedMeanwhile:
+                return 0
+        return expired
+
     def wallet(self, tenant_id: UUID, wallet_id: UUID) -> Wallet:
         return self.owned(Wallet, tenant_id, wallet_id, "wallet")

@@ -50,6 +50,7 @@ COLLECTIONS: dict[type, str] = {
     Subscription.CancelRequested: "subscriptions",
     IssuedInvoice.Drafted: "invoices", IssuedInvoice.Finalized: "invoices", IssuedInvoice.Voided: "invoices",
     IssuedInvoice.Paid: "invoices", IssuedCreditNote.Issued: "credit_notes", Wallet.Created: "wallets",
+    Wallet.Granted: "wallets", Wallet.Debited: "wallets", Wallet.Expired: "wallets",
 }
 
 
@@ -137,8 +138,15 @@ def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C
             return _new(event, event.number, view, parent=invoice)
         case Wallet.Created(spec=spec):
             view = WalletSummary(**created, customer=spec.customer, name=spec.name, credit_unit=spec.credit_unit,
-                                 currency=spec.currency, priority=spec.priority)
+                                 currency=spec.currency, priority=spec.priority, expiries=(),
+                                 updated_at=event.timestamp)
             return _new(event, created["id"], view, parent=spec.customer)
+        case Wallet.Granted(spec=spec) if document:
+            known: tuple = document.view.expiries  # type: ignore[attr-defined]
+            expiries = tuple(sorted((*known, spec.expires_at))) if spec.expires_at is not None else known
+            return _changed(document, expiries=expiries, updated_at=event.timestamp)
+        case Wallet.Debited() | Wallet.Expired() if document:
+            return _changed(document, updated_at=event.timestamp)
         case _:
             return document
 

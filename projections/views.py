@@ -192,6 +192,8 @@ class WalletSummary(View, frozen=True, kw_only=True):
     credit_unit: str
     currency: str
     priority: int
+    expiries: tuple[datetime, ...]  # when its grants expire (the billing clock records what is left then)
+    updated_at: datetime
 
 
 class Document(msgspec.Struct, frozen=True):

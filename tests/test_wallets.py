@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 import pytest
 from conftest import assert_problem, created
 
+from api.clock import BillingClock
+
 WALLET = {"customer": "acme", "name": "AI credits", "credit_unit": "credit", "currency": "USD",
           "conversion_rate": "0.01", "topup_conversion_rate": "0.008", "priority": 1, "overdraft_limit": "50"}
 
@@ -76,3 +78,23 @@ def test_bad_wallets_and_grants_are_refused_naming_the_field_and_change_nothing(
                                                     "expires_at": "2026-01-01T00:00:00Z"}), 422, "expires_at")
     assert ledger.events_recorded() == recorded
     assert_problem(acme.get("/v1/wallets/wal_00000000000000000000000000000000"), 404)
+
+
+def test_the_billing_clock_records_each_expiry_once_as_a_transaction(acme, ledger):
+    wallet = created(acme.post("/v1/wallets", json=WALLET))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(acme.post(f"{url}/grants", json={"amount": "1000", "kind": "paid"}))
+    created(acme.post(f"{url}/grants", json={"amount": "200", "kind": "promotional",
+                                             "expires_at": "2026-01-20T00:00:00Z"}))
+    clock = BillingClock(ledger, 0, now=lambda: datetime(2026, 1, 19, tzinfo=UTC))
+    # When the clock ticks before Jan 20, nothing expires
+    assert clock.tick() == 0
+    # When it ticks after, the promotional grant's 200 expire, once however often it ticks
+    clock.now = lambda: datetime(2026, 1, 21, tzinfo=UTC)
+    assert (clock.tick(), clock.tick()) == (1, 0)
+    # Then the expiry is a transaction, and the balance what the paid grant holds
+    found = acme.get(f"{url}/transactions").json()["data"]
+    assert [(t["type"], t["amount"], t["balance"]) for t in found] == [
+        ("grant", "1000", "1000"), ("grant", "200", "1200"), ("expiry", "-200", "1000")]
+    assert found[-1]["created_by"] == "system:billing-clock"
+    assert acme.get(url).json()["balance"] == "1000"
