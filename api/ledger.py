@@ -19,9 +19,11 @@ from domain import invoice
 from domain.aggregate import Actor, acting
 from domain.billing import Cutoff, IssuedInvoice, billing_dates, next_due, usage_cutoff
 from domain.catalogue import Catalogue
+from domain.charges import charge_key
 from domain.customer import Customer
 from domain.customers import Customers
 from domain.errors import Conflict, Invalid, NotFound
+from domain.feature import Feature
 from domain.invoicing import ChangedMeanwhile, Invoicing
 from domain.meter import MeterSpec
 from domain.metering import transactions_of
@@ -39,15 +41,18 @@ from projections import usage_readings, wallets
 from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
-from projections.store import SCHEMA, Database
+from projections.store import SCHEMA, Database, lock_position, save_position
 from projections.usage import Read, UsageReport, Window, report
-from projections.usage_log import UsageLog, microseconds
+from projections.usage_log import UsageLog, microseconds, moment_of
 from projections.views import private_id, public_id
 
 T = TypeVar("T")
 CLOCK = Actor("system:billing-clock")
 FINALIZE_TRIES = 20
 CLOCK_CHUNK = 200  # subscriptions the clock reads, drafts and finalizes together
+DEBITER = Actor("system:wallet-debits")
+DEBITS = "wallet-debits"  # the usage-log position the debits have read up to
+DEBIT_BATCH = 20_000  # usage-log entries a debit pass reads
 _NONE: Mapping[UUID, Any] = MappingProxyType({})
 
 
@@ -366,15 +371,20 @@ class Ledger:
             if found.customer != customer:
                 raise NotFound("subscription", public_id("subscriptions", subscription_id))
             return found
-        bodies, _ = self.documents.page("subscriptions", str(tenant_id), 100, parent=customer) or ([], False)
-        mine = [self.subscriptions.subscription(tenant_id, private_id("subscriptions", body["id"]))
-                for body in map(msgspec.json.decode, bodies)]
-        running = [found for found in mine if found.ends_at is None or found.ends_at > now]
+        running = [found for found in self._subscriptions(tenant_id, customer)
+                   if found.ends_at is None or found.ends_at > now]
         if not running:
             raise NotFound("running subscription of customer", customer)
         if len(running) > 1:
             raise Invalid("subscription", f"customer {customer!r} has {len(running)} running subscriptions: name one")
         return running[0]
+
+    def _subscriptions(self, tenant_id: UUID, customer: str) -> list[Subscription]:
+        """The customer's subscriptions (the first 100), in one read of the store."""
+        bodies, _ = self.documents.page("subscriptions", str(tenant_id), 100, parent=customer) or ([], False)
+        found = self.subscriptions.find_many([private_id("subscriptions", body["id"])
+                                              for body in map(msgspec.json.decode, bodies)])
+        return list(found.values())
 
     def _usage(self, tenant_id: UUID, customer: str, meter_codes: set[str], span: Period,
                as_of: datetime | None = None) -> invoice.Usage:
@@ -425,15 +435,80 @@ class Ledger:
 
     def wallet(self, tenant_id: UUID, wallet_id: UUID, as_of: datetime | None = None) -> wallets.WalletView:
         """The wallet now, or as it stood at `as_of` (from its events recorded by then). Grants whose
-        time has come show as expired, whether or not the clock has recorded it yet."""
+        time has come show as expired, whether or not the clock has recorded it yet; now, usage
+        acknowledged and not yet debited is taken off too (in this copy only: DESIGN.md "Freshness")."""
         found = self.wallets.wallet(tenant_id, wallet_id)
+        now = as_of or self.now()
         if as_of is not None:
             found = self.wallets.as_of(wallet_id, as_of)
             if found is None:
                 raise NotFound("wallet as of", f"{public_id('wallets', wallet_id)} at {as_of.isoformat()}")
+        else:
+            others = [self.wallets.repository.get(other) for other in self._wallets_of(str(tenant_id), found.customer)
+                      if other != wallet_id]
+            self.wallets.pending(tenant_id, found.customer, [found, *others], self._usage_costs(
+                tenant_id, found.customer, [now]), self._feature_meters(tenant_id, [found, *others]), now)
         with acting(CLOCK):
-            found.expire(as_of or self.now())  # in this copy only: the clock records it
+            found.expire(now)  # in this copy only: the clock records it
         return wallets.view(found)
+
+    def debit_usage(self, limit: int = DEBIT_BATCH) -> int:
+        """Debit wallets for the usage logged since the last call (up to `limit` log entries): for
+        each customer with wallets, what the usage of the periods it falls in costs beyond what was
+        charged, from its wallets by priority, all in one save. Returns the entries read. A batch
+        cut short (a crash, a race) is read again and charges nothing twice."""
+        with self.database.transaction() as cursor:
+            row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (DEBITS,)).one()
+        entries = self.usage.entries(int(row[0]) if row else 0, limit)
+        if not entries:
+            return 0
+        through, now = entries[-1].position, self.now()
+        moments: dict[tuple[str, str], set[datetime]] = {}
+        for entry in entries:
+            moments.setdefault((entry.tenant_id, entry.customer), set()).add(moment_of(entry.timestamp_us))
+        changed: list[Any] = []
+        for (tenant, customer), when in moments.items():
+            wallet_ids = self._wallets_of(tenant, customer)
+            if wallet_ids:
+                holders = [self.wallets.repository.get(wallet_id) for wallet_id in wallet_ids]
+                changed += self.wallets.charge(DEBITER, UUID(tenant), customer, wallet_ids, through,
+                                               self._usage_costs(UUID(tenant), customer, when),
+                                               self._feature_meters(UUID(tenant), holders), now)
+        if changed:
+            self.wallets.save(*changed)
+        with self.database.transaction(write=True) as cursor:
+            lock_position(cursor, DEBITS)
+            save_position(cursor, DEBITS, through)
+        self.runner.catch_up()
+        return len(entries)
+
+    def _wallets_of(self, tenant: str, customer: str) -> list[UUID]:
+        return [private_id("wallets", body["id"]) for body in self.documents.children("wallets", tenant, {customer})]
+
+    def _usage_costs(self, tenant_id: UUID, customer: str, moments: Iterable[datetime]) -> dict[str, Decimal]:
+        """What the customer's usage has cost so far (fiat, the invoice's metered line amounts), by
+        charge key (subscription, period, meter), in each period that holds one of `moments`."""
+        costs: dict[str, Decimal] = {}
+        for subscription in self._subscriptions(tenant_id, customer):
+            ends_at = subscription.ends_at
+            periods = {subscription.period_at(moment) for moment in moments
+                       if subscription.billing_start <= moment and (ends_at is None or moment < ends_at)}
+            for period in periods:
+                for line in self._computed(subscription, period, "closing", "upcoming", late=False).lines:
+                    if line.meter_code is not None:
+                        key = charge_key(subscription.id, period.start, line.meter_code)
+                        costs[key] = costs.get(key, Decimal(0)) + line.amount
+        return costs
+
+    def _feature_meters(self, tenant_id: UUID, holders: Iterable[Wallet]) -> dict[str, str]:
+        """The meter of each feature the wallets apply to (a feature never changes once defined)."""
+        found = {}
+        for code in {code for wallet in holders if wallet.spec.applies_to for code in wallet.spec.applies_to.features}:
+            key = (tenant_id, "feature", code)
+            if key not in self._immutable:
+                self._immutable[key] = self.catalogue.find(Feature.id_for(tenant_id, code)).spec.meter_code
+            found[code] = self._immutable[key]
+        return found
 
     def wallet_transactions(self, tenant_id: UUID, wallet_id: UUID, after: int,
                             limit: int) -> tuple[list[wallets.TransactionView], bool]:

@@ -173,6 +173,11 @@ class Wallet(Aggregate):
         """What can still be spent: the balance plus the overdraft left."""
         return self.balance + self.spec.overdraft
 
+    def room(self, now: datetime) -> Decimal:
+        """Credits it can still give at `now`: what its live grants hold, and the overdraft left."""
+        live = sum((g.remaining for g in self._live(now)), Decimal(0))
+        return max(live + self.spec.overdraft - self.overdraft, Decimal(0))
+
     def grant(self, spec: GrantSpec) -> UUID:
         grant_id = uuid5(self.id, f"grant:{len(self.grants) + 1}")
         self._granted(grant_id, spec)

@@ -1,13 +1,20 @@
 """The wallets' use cases: open a wallet for a customer, grant credits, expire what is due."""
 
+from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
+from domain.charges import ZERO, UsageCharges, allocate
 from domain.customer import Customer
 from domain.errors import Conflict, Invalid
+from domain.feature import Feature
 from domain.wallet import GrantSpec, Wallet, WalletSpec
+
+PENDING = Actor("system:pending")  # debits a read works out, never saved
 
 
 class ChangedMeanwhile(Conflict):
@@ -16,8 +23,8 @@ class ChangedMeanwhile(Conflict):
 
 
 class Wallets(TallyApplication):
-    # a wallet gains an event per debit (one per usage batch): read from a snapshot, not replayed whole
-    snapshotting_intervals = {Wallet: 100}  # noqa: RUF012 (eventsourcing's class setting)
+    # a wallet and a customer's charges gain an event per usage batch: read from a snapshot, not replayed whole
+    snapshotting_intervals = {Wallet: 100, UsageCharges: 100}  # noqa: RUF012 (eventsourcing's class setting)
 
     def create(self, by: Actor, tenant_id: UUID, spec: WalletSpec) -> Wallet:
         customer = self.find(Customer.id_for(tenant_id, spec.customer))
@@ -26,6 +33,11 @@ class Wallets(TallyApplication):
         if spec.currency != customer.currency:
             raise Invalid("currency", f"customer {spec.customer!r} is invoiced in {customer.currency}: its wallets "
                                       f"are worth {customer.currency} too, not {spec.currency}")
+        for n, code in enumerate(spec.applies_to.features if spec.applies_to else ()):
+            feature = self.find(Feature.id_for(tenant_id, code))
+            if feature is None or feature.spec.meter_code is None:
+                raise Invalid(f"applies_to.features[{n}]", f"no metered feature {code!r}: a wallet pays for "
+                                                           "the usage of metered features")
         with acting(by):
             wallet = Wallet(tenant_id=tenant_id, spec=spec)
         self.save(wallet)
@@ -52,6 +64,37 @@ class Wallets(TallyApplication):
             except ChangedMeanwhile:
                 return 0
         return expired
+
+    def charge(self, by: Actor, tenant_id: UUID, customer: str, wallet_ids: Sequence[UUID], through: int,
+               costs: dict[str, Decimal], feature_meters: dict[str, str], now: datetime) -> list[Any]:
+        """One customer's part of a batch: record what its usage up to `through` costs (`costs`: fiat so
+        far, by charge key) and debit its wallets for what that adds. Answers the aggregates changed,
+        unsaved (the caller saves a batch's together); none when that usage was charged already."""
+        charges = self.find(UsageCharges.create_id(tenant_id, customer))
+        if charges is not None and through <= charges.through:
+            return []
+        wallets = [self.repository.get(wallet_id) for wallet_id in wallet_ids]
+        with acting(by):
+            if charges is None:
+                charges = UsageCharges(tenant_id=tenant_id, customer=customer)
+            taken, _ = allocate(charges.charge(through, costs), wallets, feature_meters, now)
+            debited = [wallet for wallet in wallets if taken.get(wallet.id)]
+            for wallet in debited:
+                wallet.debit(taken[wallet.id], through, now)
+        return [charges, *debited]
+
+    def pending(self, tenant_id: UUID, customer: str, wallets: Sequence[Wallet], costs: dict[str, Decimal],
+                feature_meters: dict[str, str], now: datetime) -> None:
+        """Debit these wallets (copies, never saved) for what the usage costs beyond what was charged:
+        a balance read counts usage the debits have not reached yet."""
+        charges = self.find(UsageCharges.create_id(tenant_id, customer))
+        charged = charges.totals if charges is not None else {}
+        raised = {key: cost - charged.get(key, ZERO) for key, cost in costs.items() if cost > charged.get(key, ZERO)}
+        taken, _ = allocate(raised, wallets, feature_meters, now)
+        with acting(PENDING):
+            for wallet in wallets:
+                if taken.get(wallet.id):
+                    wallet.debit(taken[wallet.id], max(wallet.through, charges.through if charges else 0) + 1, now)
 
     def wallet(self, tenant_id: UUID, wallet_id: UUID) -> Wallet:
         return self.owned(Wallet, tenant_id, wallet_id, "wallet")

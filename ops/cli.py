@@ -4,7 +4,7 @@ import argparse
 import sys
 from uuid import UUID
 
-from api.clock import BillingClock
+from api.clock import BillingClock, debits
 from api.ledger import Ledger
 from domain.aggregate import Actor
 from domain.api_key import ROLES, ApiKey
@@ -49,13 +49,15 @@ def serve(settings: config.Config) -> None:
         sys.exit(f"tally: TALLY_API_KEY: {refusal}")
     print(f"Tally listening on http://{settings.host}:{settings.port} (store: {_safe(settings.database_url)})",
           flush=True)
-    clock = BillingClock(ledger, settings.billing_interval_seconds)
-    if not ledger.distributed:  # distributed, `tally worker` runs the clock
-        clock.start()
+    jobs = [BillingClock(ledger, settings.billing_interval_seconds), debits(ledger, settings.debit_interval_seconds)]
+    if not ledger.distributed:  # distributed, `tally worker` runs them
+        for job in jobs:
+            job.start()
     try:
         uvicorn.run(create_app(ledger), host=settings.host, port=settings.port, log_level="warning")
     finally:
-        clock.stop()
+        for job in jobs:
+            job.stop()
         ledger.close()
 
 
@@ -76,13 +78,16 @@ def worker(settings: config.Config) -> None:
 
     bootstrap = _distributed(settings, "worker")
     ledger = Ledger(settings.database_url, distributed=True)
-    clock = BillingClock(ledger, settings.billing_interval_seconds)  # one worker at a time ticks
-    clock.start()
+    # one worker at a time runs each job
+    jobs = [BillingClock(ledger, settings.billing_interval_seconds), debits(ledger, settings.debit_interval_seconds)]
+    for job in jobs:
+        job.start()
     print(f"Tally worker: {bootstrap} -> {_safe(settings.database_url)}", flush=True)
     try:
         Worker(create_worker(bootstrap, ledger.database), loglevel="WARNING").execute_from_commandline()
     finally:
-        clock.stop()
+        for job in jobs:
+            job.stop()
         ledger.close()
 
 

@@ -23,6 +23,7 @@ class Config:
     kafka_bootstrap: str | None
     relay_stall_seconds: float = 5.0  # the relay sends again when consumers stop this long behind it
     billing_interval_seconds: float = 60.0  # how often the billing clock closes periods
+    debit_interval_seconds: float = 1.0  # how often wallets are debited for new usage
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Config:
@@ -48,6 +49,7 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
         kafka_bootstrap=environ.get("TALLY_KAFKA_BOOTSTRAP") or None,
         relay_stall_seconds=_seconds(environ, "TALLY_RELAY_STALL_SECONDS", 5.0),
         billing_interval_seconds=_seconds(environ, "TALLY_BILLING_INTERVAL_SECONDS", 60.0),
+        debit_interval_seconds=_seconds(environ, "TALLY_DEBIT_INTERVAL_SECONDS", 1.0),
     )
 
 

@@ -6,7 +6,7 @@ a pure function of them.
 """
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -16,7 +16,7 @@ from domain.errors import Invalid
 from domain.meter import MeterSpec
 from domain.metering import Reading, aggregate, group_of, level_before, matches
 from domain.money import Amount
-from projections.usage_log import EPOCH, microseconds
+from projections.usage_log import microseconds, moment_of
 
 Window = Literal["hour", "day"]
 WINDOW_US = {"hour": 3_600_000_000, "day": 86_400_000_000}
@@ -37,10 +37,6 @@ class UsageReport(msgspec.Struct, frozen=True):
     to: datetime
     total: Amount
     buckets: list[Bucket]
-
-
-def _moment(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
 
 
 def edges(start_us: int, end_us: int, window: Window | None) -> list[int]:
@@ -83,9 +79,9 @@ def report(read: Read, customer: str, meter: MeterSpec, start: datetime, end: da
         label = dict(zip(group_by, group, strict=True)) if group_by else None
         for low, high in zip(bounds, bounds[1:], strict=False):
             value = _value(meter, mine, earlier, low, high)
-            buckets.append(Bucket(_moment(low), _moment(high), Amount(value), label))
+            buckets.append(Bucket(moment_of(low), moment_of(high), Amount(value), label))
     total = _value(meter, inside, before, start_us, end_us)
-    return UsageReport(meter.code, customer, _moment(start_us), _moment(end_us), Amount(total), buckets)
+    return UsageReport(meter.code, customer, moment_of(start_us), moment_of(end_us), Amount(total), buckets)
 
 
 def _value(meter: MeterSpec, inside: list[Reading], before: list[Reading], low: int, high: int) -> Decimal:

@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -77,6 +77,11 @@ def microseconds(moment: datetime) -> int:
 
 
 EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+def moment_of(us: int) -> datetime:
+    """The UTC time of microseconds since the epoch (as `microseconds` gives)."""
+    return EPOCH + timedelta(microseconds=us)
 
 
 def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> list[Row]:

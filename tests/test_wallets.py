@@ -98,3 +98,73 @@ def test_the_billing_clock_records_each_expiry_once_as_a_transaction(acme, ledge
         ("grant", "1000", "1000"), ("grant", "200", "1200"), ("expiry", "-200", "1000")]
     assert found[-1]["created_by"] == "system:billing-clock"
     assert acme.get(url).json()["balance"] == "1000"
+
+
+@pytest.fixture
+def metered(acme):
+    """Customer acme on a monthly plan at $0.01 a token from Jan 1 2026 (the ledger's clock: Jan 10)."""
+    created(acme.post("/v1/meters", json={"code": "tokens", "name": "Tokens", "event_name": "llm",
+                                          "aggregation": "sum", "field": "tokens"}))
+    created(acme.post("/v1/features", json={"code": "ai", "name": "AI", "type": "metered", "meter_code": "tokens"}))
+    created(acme.post("/v1/plans", json={"code": "pro", "name": "Pro", "currency": "USD", "interval": "month"}))
+    created(acme.post("/v1/plans/pro/versions", json={"prices": [
+        {"type": "per_unit", "meter_code": "tokens", "currency": "USD", "unit_amount": "0.01"}]}))
+    created(acme.post("/v1/subscriptions", json={"customer": "acme", "plan_code": "pro",
+                                                 "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    return acme
+
+
+def use(admin, event_id: str, tokens: int, when: str = "2026-01-05T00:00:00Z") -> None:
+    answer = admin.post("/v1/events", json={"event_id": event_id, "customer": "acme", "event_name": "llm",
+                                            "timestamp": when, "properties": {"tokens": tokens}})
+    assert answer.json().get("accepted") == 1, answer.text
+
+
+def test_usage_is_debited_in_the_spending_order_at_once_and_once_only(metered, ledger):
+    # Given a wallet (a credit is worth $0.01, 50 credits of overdraft) with 500 paid credits and 100
+    # promotional ones that expire on Jan 31
+    wallet = created(metered.post("/v1/wallets", json=WALLET))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(metered.post(f"{url}/grants", json={"amount": "500", "kind": "paid"}))
+    created(metered.post(f"{url}/grants", json={"amount": "100", "kind": "promotional",
+                                                "expires_at": "2026-01-31T00:00:00Z"}))
+    # When 300 tokens ($3.00, so 300 credits) are used
+    use(metered, "u-1", 300)
+    # Then the very next read counts them, before any debit is recorded: the promotional grant first
+    fresh = metered.get(url).json()
+    assert (fresh["balance"], [g["remaining"] for g in fresh["grants"]]) == ("300", ["300", "0"])
+    # And one debit pass records them, once, however often it runs
+    assert ledger.debit_usage() == 1
+    assert ledger.debit_usage() == 0
+    debits = [t for t in metered.get(f"{url}/transactions").json()["data"] if t["type"] == "debit"]
+    assert [(t["amount"], t["balance"], t["created_by"]) for t in debits] == [("-300", "300",
+                                                                               "system:wallet-debits")]
+    assert metered.get(url).json()["balance"] == "300"
+    # And a pass that reads the same usage again (a crash before its position was kept) charges nothing
+    with ledger.database.transaction(write=True) as cursor:
+        cursor.execute("UPDATE tally_positions SET position = 0 WHERE name = 'wallet-debits'")
+    assert ledger.debit_usage() == 1
+    assert metered.get(url).json()["balance"] == "300"
+    # When 400 more tokens are used, the grants and then the overdraft pay, down to -50 and no further
+    use(metered, "u-2", 400)
+    assert ledger.debit_usage() == 1
+    final = metered.get(url).json()
+    assert (final["balance"], [g["remaining"] for g in final["grants"]]) == ("-50", ["0", "0"])
+
+
+def test_wallets_are_spent_by_priority_and_only_for_the_features_they_apply_to(metered, ledger):
+    # Given a priority-0 wallet for feature "ai" (the tokens meter) and a priority-1 wallet for anything
+    first = created(metered.post("/v1/wallets", json={**WALLET, "name": "AI only", "priority": 0,
+                                                      "overdraft_limit": "0", "applies_to": {"features": ["ai"]}}))
+    second = created(metered.post("/v1/wallets", json={**WALLET, "name": "General", "overdraft_limit": "0"}))
+    for found in (first, second):
+        created(metered.post(f"/v1/wallets/{found['id']}/grants", json={"amount": "100", "kind": "paid"}))
+    # When 150 tokens are used and debited
+    use(metered, "u-1", 150)
+    ledger.debit_usage()
+    # Then the priority-0 wallet is emptied first, the rest comes from the other
+    balances = [metered.get(f"/v1/wallets/{found['id']}").json()["balance"] for found in (first, second)]
+    assert balances == ["0", "50"]
+    # And a wallet for a feature that does not exist, or is not metered, is refused
+    assert_problem(metered.post("/v1/wallets", json={**WALLET, "applies_to": {"features": ["nope"]}}), 422,
+                   "applies_to.features[0]")

@@ -1,0 +1,104 @@
+"""What a customer's usage has cost so far, and how it is paid from its wallets.
+
+`UsageCharges` (one per customer) records, for each (subscription, period, meter), the fiat amount
+the usage up to a usage-log position has cost (`Charged`): the metered lines of the period's
+invoice as computed then. A new batch of usage costs the difference. It is saved in the same
+save as the wallet debits it leads to, so a batch is charged once: a replay (a position at or
+below `through`) changes nothing.
+
+`allocate` is the pure rule that spreads a cost over the customer's wallets: by wallet priority
+(lower first, then the oldest wallet), each wallet only for the meters it applies to, each as far
+as its live grants and its overdraft go, in credits at its `conversion_rate`. What no wallet covers
+stays for the invoice.
+"""
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import event
+
+from domain.aggregate import Aggregate
+from domain.wallet import Wallet
+
+ZERO = Decimal(0)
+NAMESPACE = UUID("6f1c3a52-1d7e-4c1e-9a55-2f8f5f0c7a11")
+
+
+class UsageCharges(Aggregate):
+    """A customer's usage cost so far, per (subscription, period, meter), up to a usage-log position."""
+
+    class Opened(Aggregate.Created):
+        tenant_id: UUID
+        customer: str
+
+    class Charged(Aggregate.Event):
+        through: int  # the last usage-log position this covers
+        totals: dict  # charge key -> fiat cost so far (the new totals only)
+
+    @staticmethod
+    def create_id(tenant_id: UUID, customer: str) -> UUID:
+        return uuid5(NAMESPACE, f"{tenant_id}/{customer}")
+
+    @event(Opened)
+    def __init__(self, tenant_id: UUID, customer: str) -> None:
+        self.tenant_id, self.customer = tenant_id, customer
+        self.through = 0
+        self.totals: dict[str, Decimal] = {}
+
+    def charge(self, through: int, totals: dict[str, Decimal]) -> dict[str, Decimal]:
+        """Record what the usage up to `through` costs; returns, per key, what it costs beyond what
+        was charged before. A total never goes down: after a void, later usage of the period is
+        charged only once it costs more than was charged already."""
+        assert through > self.through, (through, self.through)
+        raised = {key: total for key, total in totals.items() if total > self.totals.get(key, ZERO)}
+        before = dict(self.totals)
+        self._charged(through, raised)
+        return {key: total - before.get(key, ZERO) for key, total in raised.items()}
+
+    @event(Charged)
+    def _charged(self, through: int, totals: dict) -> None:
+        self.totals.update({key: Decimal(value) for key, value in totals.items()})
+        self.through = through
+
+
+def charge_key(subscription_id: UUID, period_start: datetime, meter_code: str) -> str:
+    return f"{subscription_id.hex}/{period_start.isoformat()}/{meter_code}"
+
+
+def meter_of(key: str) -> str:
+    return key.rsplit("/", 1)[1]
+
+
+def applies(wallet: Wallet, meter_code: str, meters_of_features: dict[str, str]) -> bool:
+    """Whether the wallet pays for usage of this meter (`meters_of_features`: feature code -> meter)."""
+    applies_to = wallet.spec.applies_to
+    return applies_to is None or any(meters_of_features.get(f) == meter_code for f in applies_to.features)
+
+
+def allocate(costs: dict[str, Decimal], wallets: Sequence[Wallet], meters_of_features: dict[str, str],
+             now: datetime) -> tuple[dict[UUID, Decimal], Decimal]:
+    """Spread positive costs (fiat, by charge key) over the wallets: credits to take from each
+    wallet, and the fiat no wallet covers. Pure: the wallets are not changed."""
+    room = {w.id: w.room(now) for w in wallets}  # credits each can still give
+    taken: dict[UUID, Decimal] = {}
+    uncovered = ZERO
+    for key, cost in sorted(costs.items()):
+        left = cost
+        for wallet in _ordered(wallets):
+            if left <= 0:
+                break
+            if not applies(wallet, meter_of(key), meters_of_features) or room[wallet.id] <= 0:
+                continue
+            rate = wallet.spec.conversion_rate
+            credits = min(room[wallet.id], left / rate)
+            room[wallet.id] -= credits
+            taken[wallet.id] = taken.get(wallet.id, ZERO) + credits
+            left -= credits * rate
+        uncovered += max(left, ZERO)
+    return taken, uncovered
+
+
+def _ordered(wallets: Iterable[Wallet]) -> list[Wallet]:
+    return sorted(wallets, key=lambda w: (w.spec.priority, w.created_on, w.id.hex))
