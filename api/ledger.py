@@ -19,7 +19,7 @@ from domain import invoice
 from domain.aggregate import Actor, acting
 from domain.billing import Cutoff, IssuedInvoice, billing_dates, next_due, usage_cutoff
 from domain.catalogue import Catalogue
-from domain.charges import charge_key
+from domain.charges import UsageCharges, charge_key
 from domain.customer import Customer
 from domain.customers import Customers
 from domain.errors import Conflict, Invalid, NotFound
@@ -178,10 +178,14 @@ class Ledger:
             lines = invoice.closing_lines(subscription.plan_code, parts, period,
                                           self._usage(tenant_id, customer, _meters(specs.values()), period, as_of),
                                           conversion, subscription.currency, billed)
+        credits = Decimal(0)
+        if kind == "closing":
+            credits = self._covered(subscription, period, as_of, loaded)
             if late:
-                lines += self._late_usage(subscription, period, as_of)
+                extra, late_credits = self._late_usage(subscription, period, as_of)
+                lines, credits = lines + extra, credits + late_credits
         sums = invoice.sums(lines, parts if kind == "closing" else [], period, subscription.currency,
-                            self._tax_rate(tenant_id, customer, as_of, loaded))
+                            self._tax_rate(tenant_id, customer, as_of, loaded), credits)
         return invoice.Invoice(
             customer=customer, subscription=public_id("subscriptions", subscription.id), status=status,
             currency=subscription.currency, period_start=period.start, period_end=period.end, lines=tuple(lines),
@@ -189,18 +193,30 @@ class Ledger:
         )
 
     def _late_usage(self, subscription: Subscription, period: Period,
-                    as_of: datetime | None) -> list[invoice.InvoiceLine]:
-        """The previous period's usage that its finalized closing invoice did not bill."""
+                    as_of: datetime | None) -> tuple[list[invoice.InvoiceLine], Decimal]:
+        """The previous period's usage that its finalized closing invoice did not bill, and the wallet
+        credits that paid for it since (they apply here, so late usage a wallet paid is not billed twice)."""
         if period.start <= subscription.billing_start:
-            return []
+            return [], Decimal(0)
         previous = subscription.period_at(period.start - timedelta(microseconds=1))
         previous_id = IssuedInvoice.create_id(subscription.id, "closing", previous.start)
         issued = self.invoicing.find(previous_id) if as_of is None else self.invoicing.as_of(previous_id, as_of)
         if issued is None or issued.content is None or issued.status == "void":
-            return []
+            return [], Decimal(0)
         now = self._computed(subscription, previous, "closing", issued.status, late=False, as_of=as_of)
-        return invoice.late_usage_lines([line for line in issued.content.lines
-                                         if not line.description.startswith("Late usage: ")], now.lines)
+        lines = invoice.late_usage_lines([line for line in issued.content.lines
+                                          if not line.description.startswith("Late usage: ")], now.lines)
+        return lines, max(now.credits_applied - issued.content.credits_applied, Decimal(0))
+
+    def _covered(self, subscription: Subscription, period: Period, as_of: datetime | None,
+                 loaded: Mapping[UUID, Any]) -> Decimal:
+        """The fiat the customer's wallets have paid for the subscription's usage in the period (as of then)."""
+        charges_id = UsageCharges.create_id(subscription.tenant_id, subscription.customer)
+        if as_of is not None:
+            charges = self.wallets.as_of(charges_id, as_of)
+        else:
+            charges = loaded[charges_id] if charges_id in loaded else self.wallets.find(charges_id)
+        return charges.covered_in(subscription.id, period.start) if charges is not None else Decimal(0)
 
     def issued_invoice(self, tenant_id: UUID, invoice_id: UUID, as_of: datetime | None = None) -> invoice.Invoice:
         """An issued invoice: as finalized, or (a draft) computed now from what it bills. `as_of`: as it
@@ -350,8 +366,13 @@ class Ledger:
         done = 0
         for tenant_id in dict.fromkeys(issued.tenant_id for issued, _ in finalizing):
             mine = [(issued, subscription) for issued, subscription in finalizing if issued.tenant_id == tenant_id]
+            customers = {subscription.customer for _, subscription in mine}
+            holders = {body["customer"] for body in self.documents.children("wallets", str(tenant_id), customers)}
             loaded = {tenant_id: self.tenants.tenant(tenant_id),
-                      **self.customers.find_many({Customer.id_for(tenant_id, s.customer) for _, s in mine})}
+                      **self.customers.find_many({Customer.id_for(tenant_id, customer) for customer in customers}),
+                      **{UsageCharges.create_id(tenant_id, customer):  # none: no wallet, so nothing paid
+                         self.wallets.find(UsageCharges.create_id(tenant_id, customer)) if customer in holders else None
+                         for customer in customers}}
             try:
                 self.invoicing.finalize_many(CLOCK, loaded[tenant_id].settings.invoice_prefix,
                                              [(issued, self._billed(issued, s, loaded)) for issued, s in mine])

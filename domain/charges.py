@@ -35,7 +35,8 @@ class UsageCharges(Aggregate):
 
     class Charged(Aggregate.Event):
         through: int  # the last usage-log position this covers
-        totals: dict  # charge key -> fiat cost so far (the new totals only)
+        totals: dict  # charge key -> fiat cost so far (the totals it raises only)
+        covered: dict  # charge key -> fiat the wallets paid of what it raises
 
     @staticmethod
     def create_id(tenant_id: UUID, customer: str) -> UUID:
@@ -46,21 +47,31 @@ class UsageCharges(Aggregate):
         self.tenant_id, self.customer = tenant_id, customer
         self.through = 0
         self.totals: dict[str, Decimal] = {}
+        self.covered: dict[str, Decimal] = {}
 
-    def charge(self, through: int, totals: dict[str, Decimal]) -> dict[str, Decimal]:
-        """Record what the usage up to `through` costs; returns, per key, what it costs beyond what
-        was charged before. A total never goes down: after a void, later usage of the period is
-        charged only once it costs more than was charged already."""
+    def raised(self, totals: dict[str, Decimal]) -> dict[str, Decimal]:
+        """What the usage costs beyond what was charged, by key. A total never goes down: after a
+        void, later usage of the period is charged only once it costs more than was charged."""
+        return {key: total - self.totals.get(key, ZERO) for key, total in totals.items()
+                if total > self.totals.get(key, ZERO)}
+
+    def charge(self, through: int, raised: dict[str, Decimal], covered: dict[str, Decimal]) -> None:
+        """Record what the usage up to `through` raised the costs by, and what of it the wallets paid."""
         assert through > self.through, (through, self.through)
-        raised = {key: total for key, total in totals.items() if total > self.totals.get(key, ZERO)}
-        before = dict(self.totals)
-        self._charged(through, raised)
-        return {key: total - before.get(key, ZERO) for key, total in raised.items()}
+        self._charged(through, {key: self.totals.get(key, ZERO) + amount for key, amount in raised.items()},
+                      {key: amount for key, amount in covered.items() if amount})
 
     @event(Charged)
-    def _charged(self, through: int, totals: dict) -> None:
+    def _charged(self, through: int, totals: dict, covered: dict) -> None:
         self.totals.update({key: Decimal(value) for key, value in totals.items()})
+        for key, amount in covered.items():
+            self.covered[key] = self.covered.get(key, ZERO) + Decimal(amount)
         self.through = through
+
+    def covered_in(self, subscription_id: UUID, period_start: datetime) -> Decimal:
+        """The fiat the wallets paid for a subscription's usage in the period starting then."""
+        prefix = charge_key(subscription_id, period_start, "")
+        return sum((amount for key, amount in self.covered.items() if key.startswith(prefix)), ZERO)
 
 
 def charge_key(subscription_id: UUID, period_start: datetime, meter_code: str) -> str:
@@ -78,12 +89,13 @@ def applies(wallet: Wallet, meter_code: str, meters_of_features: dict[str, str])
 
 
 def allocate(costs: dict[str, Decimal], wallets: Sequence[Wallet], meters_of_features: dict[str, str],
-             now: datetime) -> tuple[dict[UUID, Decimal], Decimal]:
-    """Spread positive costs (fiat, by charge key) over the wallets: credits to take from each
-    wallet, and the fiat no wallet covers. Pure: the wallets are not changed."""
+             now: datetime) -> tuple[dict[UUID, Decimal], dict[str, Decimal]]:
+    """Spread costs (fiat, by charge key) over the wallets: the credits to take from each wallet,
+    and the fiat they pay of each key (the rest stays for the invoice). Pure: the wallets are not
+    changed."""
     room = {w.id: w.room(now) for w in wallets}  # credits each can still give
     taken: dict[UUID, Decimal] = {}
-    uncovered = ZERO
+    covered: dict[str, Decimal] = {}
     for key, cost in sorted(costs.items()):
         left = cost
         for wallet in _ordered(wallets):
@@ -96,8 +108,8 @@ def allocate(costs: dict[str, Decimal], wallets: Sequence[Wallet], meters_of_fea
             room[wallet.id] -= credits
             taken[wallet.id] = taken.get(wallet.id, ZERO) + credits
             left -= credits * rate
-        uncovered += max(left, ZERO)
-    return taken, uncovered
+        covered[key] = cost - max(left, ZERO)
+    return taken, covered
 
 
 def _ordered(wallets: Iterable[Wallet]) -> list[Wallet]:

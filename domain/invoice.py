@@ -14,7 +14,8 @@ real length (`domain.periods.prorate`).
 Sums, in API.md's order: each line amount rounded half-up to the currency's minor unit; `subtotal`
 = Σ lines; `commitment_true_up` = what the plan's `minimum_commitment` (prorated over the segments)
 exceeds the subtotal by, rounded like a line; `tax` = (subtotal + true-up) × tax rate, rounded once;
-`total`; `credits_applied` (wallets: none yet); `amount_due`.
+`total`; `credits_applied` (what the wallets paid for the usage, never more than the total);
+`amount_due`.
 """
 
 from collections.abc import Callable, Sequence
@@ -213,13 +214,15 @@ class Invoice(Sums, frozen=True, kw_only=True):
 
 
 def sums(lines: Sequence[InvoiceLine], parts: Sequence[Segment], period: Period, currency: str,
-         tax_rate: Decimal) -> Sums:
+         tax_rate: Decimal, credits: Decimal = ZERO) -> Sums:
+    """`credits`: the fiat the customer's wallets paid for this invoice's usage (applied last, like a
+    payment, rounded like a line, never more than the total)."""
     subtotal = round_money(sum((line.amount for line in lines), ZERO), currency)  # exact: lines are rounded
     minimum = sum((prorate(part.spec.minimum_commitment, period, part.start, part.end)
                    for part in parts if part.spec.minimum_commitment is not None), ZERO)
     true_up = max(round_money(minimum, currency) - subtotal, round_money(ZERO, currency))
     tax = round_money((subtotal + true_up) * tax_rate, currency)
     total = subtotal + true_up + tax
-    credits = round_money(ZERO, currency)  # wallets apply their credits here (issue 5)
+    credits = max(min(round_money(credits, currency), total), round_money(ZERO, currency))
     return Sums(subtotal=Amount(subtotal), commitment_true_up=Amount(true_up), tax_rate=Amount(tax_rate),
                 tax=Amount(tax), total=Amount(total), credits_applied=Amount(credits), amount_due=Amount(total - credits))

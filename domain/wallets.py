@@ -8,7 +8,7 @@ from uuid import UUID
 
 from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
-from domain.charges import ZERO, UsageCharges, allocate
+from domain.charges import UsageCharges, allocate
 from domain.customer import Customer
 from domain.errors import Conflict, Invalid
 from domain.feature import Feature
@@ -77,7 +77,9 @@ class Wallets(TallyApplication):
         with acting(by):
             if charges is None:
                 charges = UsageCharges(tenant_id=tenant_id, customer=customer)
-            taken, _ = allocate(charges.charge(through, costs), wallets, feature_meters, now)
+            raised = charges.raised(costs)
+            taken, covered = allocate(raised, wallets, feature_meters, now)
+            charges.charge(through, raised, covered)
             debited = [wallet for wallet in wallets if taken.get(wallet.id)]
             for wallet in debited:
                 wallet.debit(taken[wallet.id], through, now)
@@ -88,8 +90,7 @@ class Wallets(TallyApplication):
         """Debit these wallets (copies, never saved) for what the usage costs beyond what was charged:
         a balance read counts usage the debits have not reached yet."""
         charges = self.find(UsageCharges.create_id(tenant_id, customer))
-        charged = charges.totals if charges is not None else {}
-        raised = {key: cost - charged.get(key, ZERO) for key, cost in costs.items() if cost > charged.get(key, ZERO)}
+        raised = charges.raised(costs) if charges is not None else {k: cost for k, cost in costs.items() if cost > 0}
         taken, _ = allocate(raised, wallets, feature_meters, now)
         with acting(PENDING):
             for wallet in wallets:

@@ -150,6 +150,12 @@ def test_usage_is_debited_in_the_spending_order_at_once_and_once_only(metered, l
     assert ledger.debit_usage() == 1
     final = metered.get(url).json()
     assert (final["balance"], [g["remaining"] for g in final["grants"]]) == ("-50", ["0", "0"])
+    # And January's invoice bills the 700 tokens, less the $6.50 the wallet paid: $0.50 is due
+    ledger.close_periods(datetime(2026, 2, 3, tzinfo=UTC))
+    closing = metered.get("/v1/invoices", params={"customer": "acme", "status": "finalized"}).json()["data"]
+    assert len(closing) == 1
+    invoice = metered.get(f"/v1/invoices/{closing[0]['id']}").json()
+    assert (invoice["total"], invoice["credits_applied"], invoice["amount_due"]) == ("7.00", "6.50", "0.50")
 
 
 def test_wallets_are_spent_by_priority_and_only_for_the_features_they_apply_to(metered, ledger):
