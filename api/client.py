@@ -196,6 +196,7 @@ class _Operations:
     list_wallets = _operation("GET", "/v1/wallets", "List a customer's wallets: customer=...")
     get_wallet = _operation("GET", "/v1/wallets/{id}", "Read a wallet (as_of=... for a past instant)")
     grant_credits = _operation("POST", "/v1/wallets/{id}/grants", "Grant credits: amount, kind, expires_at?")
+    top_up_wallet = _operation("POST", "/v1/wallets/{id}/topups", "Buy credits: an invoice; they land when paid")
     list_wallet_transactions = _operation("GET", "/v1/wallets/{id}/transactions", "A wallet's transactions")
 
 

@@ -17,14 +17,21 @@ import msgspec
 
 from domain import invoice
 from domain.aggregate import Actor, acting
-from domain.billing import Cutoff, IssuedInvoice, billing_dates, next_due, usage_cutoff
+from domain.billing import (
+    Cutoff,
+    InvoiceNumbers,
+    IssuedInvoice,
+    billing_dates,
+    next_due,
+    usage_cutoff,
+)
 from domain.catalogue import Catalogue
 from domain.charges import UsageCharges, charge_key
 from domain.customer import Customer
 from domain.customers import Customers
 from domain.errors import Conflict, Invalid, NotFound
 from domain.feature import Feature
-from domain.invoicing import ChangedMeanwhile, Invoicing
+from domain.invoicing import ChangedMeanwhile, Invoicing, topup_invoice
 from domain.meter import MeterSpec
 from domain.metering import transactions_of
 from domain.money import Amount
@@ -234,7 +241,8 @@ class Ledger:
                                    issued.status, as_of=as_of)
         else:
             found = issued.content
-        return msgspec.structs.replace(found, id=public_id("invoices", issued.id), status=issued.status,
+        wallet = public_id("wallets", issued.subscription_id) if issued.kind == "topup" else None
+        return msgspec.structs.replace(found, id=public_id("invoices", issued.id), status=issued.status, wallet=wallet,
                                        paid=Amount(issued.paid), credited=Amount(issued.credited))
 
     def finalize(self, by: Actor, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
@@ -473,6 +481,19 @@ class Ledger:
             found.expire(now)  # in this copy only: the clock records it
         return wallets.view(found)
 
+    def top_up(self, by: Actor, tenant_id: UUID, wallet_id: UUID, amount: Decimal) -> IssuedInvoice:
+        """Sell credits of a wallet: an invoice at its topup_conversion_rate; they land when it is paid."""
+        tenant = self.tenants.tenant(tenant_id)
+        for attempt in range(FINALIZE_TRIES):
+            wallet = self.wallets.wallet(tenant_id, wallet_id)
+            try:
+                return self.invoicing.top_up(by, wallet, amount, tenant.settings.invoice_prefix,
+                                             self._tax_rate(tenant_id, wallet.customer), self.now())
+            except ChangedMeanwhile:  # another invoice took the number, or the wallet moved on: again
+                if attempt == FINALIZE_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def debit_usage(self, limit: int = DEBIT_BATCH) -> int:
         """Debit wallets for the usage logged since the last call (up to `limit` log entries): for
         each customer with wallets, what the usage of the periods it falls in costs beyond what was
@@ -496,12 +517,31 @@ class Ledger:
                                                self._usage_costs(UUID(tenant), customer, when),
                                                self._feature_meters(UUID(tenant), holders), now)
         if changed:
-            self.wallets.save(*changed)
+            self.wallets.save(*changed, *self._auto_topups(changed, now))
         with self.database.transaction(write=True) as cursor:
             lock_position(cursor, DEBITS)
             save_position(cursor, DEBITS, through)
         self.runner.catch_up()
         return len(entries)
+
+    def _auto_topups(self, changed: list[Any], now: datetime) -> list[Any]:
+        """The invoices (and number counters) of the auto top-ups the debited wallets ask for: once per
+        crossing below their level (a pending one disarms it), saved with the debits."""
+        invoices: list[Any] = []
+        numbers: dict[UUID, InvoiceNumbers] = {}
+        for wallet in (found for found in changed if isinstance(found, Wallet)):
+            amount = wallet.wants_topup()
+            if amount is None:
+                continue
+            tenant_id = wallet.tenant_id
+            with acting(DEBITER):
+                if tenant_id not in numbers:
+                    numbers[tenant_id] = (self.invoicing.find(InvoiceNumbers.create_id(tenant_id))
+                                          or InvoiceNumbers(tenant_id=tenant_id))
+                invoices.append(topup_invoice(wallet, amount, numbers[tenant_id],
+                                              self.tenants.tenant(tenant_id).settings.invoice_prefix,
+                                              self._tax_rate(tenant_id, wallet.customer), now, auto=True))
+        return [*numbers.values(), *invoices]
 
     def _wallets_of(self, tenant: str, customer: str) -> list[UUID]:
         return [private_id("wallets", body["id"]) for body in self.documents.children("wallets", tenant, {customer})]

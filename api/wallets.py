@@ -9,9 +9,9 @@ from starlette.responses import Response
 from api.errors import ApiError, FieldError
 from api.http import JSON, Call, Operation, encoder, limit_of, query_moment
 from api.tenant import ADMIN, READERS
-from domain.wallet import GrantSpec, WalletSpec
-from projections.views import WalletSummary, private_id
-from projections.wallets import TransactionView, WalletView
+from domain.wallet import GrantSpec, TopUpSpec, WalletSpec
+from projections.views import WalletSummary, private_id, public_id
+from projections.wallets import TopUpView, TransactionView, WalletView
 
 OWN = READERS | {"portal"}  # a portal key reads its own customer's wallets
 
@@ -56,6 +56,13 @@ async def grant(call: Call) -> Response:
     return Response(encoder.encode(found), 201, media_type=JSON)
 
 
+async def top_up(call: Call) -> Response:
+    invoice = await call.command(call.ledger.top_up, _wallet_id(call), call.body.amount)
+    found = await run_in_threadpool(call.ledger.wallet, call.tenant_id, _wallet_id(call))
+    bought = next(t for t in found.topups if t.invoice_id == public_id("invoices", invoice.id))
+    return Response(encoder.encode(bought), 201, media_type=JSON)
+
+
 async def transactions(call: Call) -> Response:
     wallet_id = _wallet_id(call)
     _own(call, await run_in_threadpool(call.ledger.wallet, call.tenant_id, wallet_id))
@@ -82,6 +89,9 @@ OPERATIONS = [
               response=WalletView),
     Operation("POST", "/v1/wallets/{id}/grants", grant, ADMIN,
               "Grant credits (paid or promotional, expiring or not)", GrantSpec, WalletView, status=201),
+    Operation("POST", "/v1/wallets/{id}/topups", top_up, ADMIN,
+              "Buy credits: an invoice at the wallet's topup_conversion_rate; they land when it is paid", TopUpSpec,
+              TopUpView, status=201),
     Operation("GET", "/v1/wallets/{id}/transactions", transactions, OWN,
               "Every grant, debit and expiry of a wallet, oldest first, with the balance after each",
               response=TransactionView, listing=True),

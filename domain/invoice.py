@@ -203,7 +203,8 @@ class Invoice(Sums, frozen=True, kw_only=True):
     id: str | None = None
     number: str | None = None
     customer: str
-    subscription: str
+    subscription: str | None  # none: a wallet top-up's invoice
+    wallet: str | None = None  # a top-up's: the wallet it buys credits for
     status: str  # upcoming | draft | finalized | paid | void
     currency: str
     period_start: datetime

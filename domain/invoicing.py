@@ -5,6 +5,7 @@ invoice, a pure function of the contract, its prices and the usage (`domain.invo
 """
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -19,10 +20,12 @@ from domain.billing import (
     IssuedInvoice,
     Kind,
 )
-from domain.errors import Conflict
-from domain.invoice import Invoice
+from domain.errors import Conflict, Invalid
+from domain.invoice import Invoice, InvoiceLine, sums
+from domain.money import Amount, round_money
 from domain.periods import Period
 from domain.subscription import Subscription
+from domain.wallet import Wallet
 
 
 class ChangedMeanwhile(Conflict):
@@ -77,6 +80,17 @@ class Invoicing(TallyApplication):
                 invoice.finalize(number, msgspec.structs.replace(content, number=number, status="finalized"))
         self.save_or(ChangedMeanwhile(), numbers, *(invoice for invoice, _ in billed))
 
+    def top_up(self, by: Actor, wallet: Wallet, amount: Decimal, prefix: str, tax_rate: Decimal,
+               now: datetime) -> IssuedInvoice:
+        """Sell `amount` credits of the wallet: its invoice, finalized at once; the credits land when it
+        is paid. ChangedMeanwhile when the numbers or the wallet moved on (read them again)."""
+        numbers = self.find(InvoiceNumbers.create_id(wallet.tenant_id))
+        with acting(by):
+            numbers = numbers or InvoiceNumbers(tenant_id=wallet.tenant_id)
+            invoice = topup_invoice(wallet, amount, numbers, prefix, tax_rate, now)
+        self.save_or(ChangedMeanwhile(), numbers, invoice, wallet)
+        return invoice
+
     def void(self, by: Actor, tenant_id: UUID, invoice_id: UUID, reason: str | None) -> IssuedInvoice:
         return self._change(by, tenant_id, invoice_id, lambda invoice: invoice.void(reason))
 
@@ -88,8 +102,20 @@ class Invoicing(TallyApplication):
         invoice = self.invoice(tenant_id, invoice_id)
         with acting(by):
             change(invoice)
-        self.save_or(ChangedMeanwhile(), invoice)
+            bought = self._topup_wallet(invoice)
+        self.save_or(ChangedMeanwhile(), invoice, *bought)
         return invoice
+
+    def _topup_wallet(self, invoice: IssuedInvoice) -> list[Wallet]:
+        """A top-up's wallet, once its invoice is paid (the credits land) or voided (they never will)."""
+        if invoice.kind != "topup" or invoice.status not in ("paid", "void"):
+            return []
+        wallet: Wallet = self.find(invoice.subscription_id)
+        if invoice.status == "paid":
+            wallet.land_topup(invoice.id)
+        else:
+            wallet.void_topup(invoice.id)
+        return [wallet]
 
     def credit(self, by: Actor, tenant_id: UUID, invoice_id: UUID, spec: CreditNoteSpec) -> IssuedCreditNote:
         invoice = self.invoice(tenant_id, invoice_id)
@@ -105,3 +131,26 @@ class Invoicing(TallyApplication):
 
     def invoice(self, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
         return self.owned(IssuedInvoice, tenant_id, invoice_id, "invoice")
+
+
+def topup_invoice(wallet: Wallet, amount: Decimal, numbers: InvoiceNumbers, prefix: str, tax_rate: Decimal,
+                  now: datetime, auto: bool = False) -> IssuedInvoice:
+    """The finalized invoice selling `amount` credits at the wallet's topup_conversion_rate (tax at
+    `tax_rate`), numbered from `numbers`; the wallet records the top-up. Nothing is saved."""
+    spec = wallet.spec
+    price = round_money(amount * spec.price_of_credit, spec.currency)
+    if price <= 0:
+        raise Invalid("amount", f"{amount} {spec.credit_unit} cost nothing at {spec.price_of_credit} "
+                                f"{spec.currency} each: buy more")
+    invoice = IssuedInvoice(tenant_id=wallet.tenant_id, customer=wallet.customer, subscription_id=wallet.id,
+                            kind="topup", period_start=now, period_end=now)
+    wallet.request_topup(amount, invoice.id, auto)
+    line = InvoiceLine(description=f"Top-up: {amount} {spec.credit_unit} ({spec.name})", period_start=now,
+                       period_end=now, quantity=Amount(amount), unit_amount=Amount(spec.price_of_credit),
+                       amount=Amount(price))
+    number = numbers.take(prefix)
+    invoice.finalize(number, Invoice(
+        id=None, number=number, customer=wallet.customer, subscription=None, status="finalized", currency=spec.currency, period_start=now,
+        period_end=now, lines=(line,),
+        **msgspec.structs.asdict(sums([line], [], Period(now, now), spec.currency, tax_rate))))
+    return invoice

@@ -116,6 +116,13 @@ class GrantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
             raise ValueError("expires_at: give a time zone (e.g. 2026-02-01T00:00:00Z)")
 
 
+class TopUpSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    amount: Amount  # credits to buy
+
+    def __post_init__(self) -> None:
+        _positive("amount", self.amount)
+
+
 class Grant(msgspec.Struct, kw_only=True):
     id: UUID
     kind: GrantKind
@@ -123,6 +130,14 @@ class Grant(msgspec.Struct, kw_only=True):
     remaining: Decimal
     expires_at: datetime | None
     number: int  # the order grants were made in
+
+
+class TopUp(msgspec.Struct, kw_only=True):
+    id: UUID
+    amount: Decimal  # credits
+    invoice_id: UUID
+    status: Literal["pending", "landed", "void"]
+    auto: bool
 
 
 def spending_order(grant: Grant) -> tuple[datetime, int, int]:
@@ -153,12 +168,35 @@ class Wallet(Aggregate):
         grant_id: UUID
         amount: Decimal
 
+    class TopUpRequested(Aggregate.Event):
+        topup_id: UUID
+        amount: Decimal
+        invoice_id: UUID
+        auto: bool
+
+    class TopUpLanded(Aggregate.Event):  # wallet.topped_up: its invoice is paid, the credits are a paid grant
+        topup_id: UUID
+        grant_id: UUID
+        amount: Decimal
+
+    class TopUpVoided(Aggregate.Event):
+        topup_id: UUID
+
+    class BalanceLow(Aggregate.Event):  # wallet.balance_low: once per downward crossing of an alert's level
+        level: str
+        below: Decimal
+        balance: Decimal
+        feature_code: str | None
+
     @event(Created)
     def __init__(self, tenant_id: UUID, spec: WalletSpec) -> None:
         self.tenant_id, self.spec = tenant_id, spec
         self.grants: list[Grant] = []
         self.overdraft = Decimal(0)  # credits spent beyond the grants, to be paid back by the next grant
         self.through = 0
+        self.topups: list[TopUp] = []
+        self.low: set[int] = set()  # the alerts fired and not re-armed yet (the balance has not risen back)
+        self.topup_armed = True  # an auto top-up may be asked for (once per crossing of its level)
 
     @property
     def customer(self) -> str:
@@ -185,10 +223,81 @@ class Wallet(Aggregate):
 
     @event(Granted)
     def _granted(self, grant_id: UUID, spec: GrantSpec) -> None:
-        repaid = min(self.overdraft, spec.amount)
+        self._add(grant_id, spec.kind, spec.amount, spec.expires_at)
+
+    def _add(self, grant_id: UUID, kind: GrantKind, amount: Decimal, expires_at: datetime | None) -> None:
+        """A new grant: it pays back the overdraft first; a balance back above a level re-arms it."""
+        repaid = min(self.overdraft, amount)
         self.overdraft -= repaid
-        self.grants.append(Grant(id=grant_id, kind=spec.kind, amount=spec.amount, remaining=spec.amount - repaid,
-                                 expires_at=spec.expires_at, number=len(self.grants) + 1))
+        self.grants.append(Grant(id=grant_id, kind=kind, amount=amount, remaining=amount - repaid,
+                                 expires_at=expires_at, number=len(self.grants) + 1))
+        balance = self.balance
+        self.low = {n for n in self.low if balance < self.spec.alerts[n].below}
+        auto = self.spec.auto_topup
+        if auto is not None and balance >= auto.below and not self._pending_topup():
+            self.topup_armed = True
+
+    def request_topup(self, amount: Decimal, invoice_id: UUID, auto: bool = False) -> UUID:
+        """Ask for `amount` credits, sold by the invoice `invoice_id`; they land when it is paid."""
+        if amount <= 0:
+            raise Invalid("amount", "a top-up buys more than 0 credits")
+        topup_id = uuid5(self.id, f"topup:{len(self.topups) + 1}")
+        self._topup_requested(topup_id, Decimal(amount), invoice_id, auto)  # plain Decimals in events
+        return topup_id
+
+    @event(TopUpRequested)
+    def _topup_requested(self, topup_id: UUID, amount: Decimal, invoice_id: UUID, auto: bool) -> None:
+        self.topups.append(TopUp(id=topup_id, amount=amount, invoice_id=invoice_id, status="pending", auto=auto))
+        if auto:
+            self.topup_armed = False
+
+    def land_topup(self, invoice_id: UUID) -> None:
+        """The top-up sold by that invoice is paid: its credits become a paid grant (once)."""
+        topup = self._topup_of(invoice_id)
+        if topup is not None and topup.status == "pending":
+            self._topup_landed(topup.id, uuid5(self.id, f"grant:{len(self.grants) + 1}"), topup.amount)
+
+    @event(TopUpLanded)
+    def _topup_landed(self, topup_id: UUID, grant_id: UUID, amount: Decimal) -> None:
+        next(t for t in self.topups if t.id == topup_id).status = "landed"
+        self._add(grant_id, "paid", amount, None)
+
+    def void_topup(self, invoice_id: UUID) -> None:
+        """The invoice of a pending top-up is voided: the top-up never lands."""
+        topup = self._topup_of(invoice_id)
+        if topup is not None and topup.status == "pending":
+            self._topup_voided(topup.id)
+
+    @event(TopUpVoided)
+    def _topup_voided(self, topup_id: UUID) -> None:
+        next(t for t in self.topups if t.id == topup_id).status = "void"
+        self.topup_armed = True
+
+    def _topup_of(self, invoice_id: UUID) -> TopUp | None:
+        return next((t for t in self.topups if t.invoice_id == invoice_id), None)
+
+    def _pending_topup(self) -> bool:
+        return any(t.status == "pending" and t.auto for t in self.topups)
+
+    def wants_topup(self) -> Decimal | None:
+        """The credits an auto top-up should buy now: once per crossing below its level."""
+        auto = self.spec.auto_topup
+        if auto is None or not self.topup_armed or self.balance >= auto.below:
+            return None
+        return auto.amount
+
+    def check_alerts(self) -> None:
+        """Fire each alert whose level the balance is below now, once until the balance rises back."""
+        balance = self.balance
+        for n, alert in enumerate(self.spec.alerts):
+            if n not in self.low and balance < alert.below:
+                self._balance_low(alert.level, Decimal(alert.below), balance, alert.feature_code)
+
+    @event(BalanceLow)
+    def _balance_low(self, level: str, below: Decimal, balance: Decimal, feature_code: str | None) -> None:
+        index = next(n for n, a in enumerate(self.spec.alerts) if (a.level, a.below, a.feature_code) ==
+                     (level, below, feature_code) and n not in self.low)
+        self.low.add(index)
 
     def debit(self, credits: Decimal, through: int, now: datetime) -> Decimal:
         """Spend up to `credits` (what is available at `now`: expired grants are not), for the usage
@@ -207,6 +316,7 @@ class Wallet(Aggregate):
                 left -= part
         overdraft = min(left, self.spec.overdraft - self.overdraft)
         self._debited(through, credits - left + overdraft, taken)
+        self.check_alerts()
         return left - overdraft
 
     @event(Debited)
@@ -222,6 +332,8 @@ class Wallet(Aggregate):
         due = [g for g in self.grants if g.expires_at is not None and g.expires_at <= now and g.remaining > 0]
         for grant in due:
             self._expired(grant.id, grant.remaining)
+        if due:
+            self.check_alerts()
         return len(due)
 
     @event(Expired)

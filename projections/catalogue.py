@@ -113,7 +113,9 @@ def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C
         case IssuedInvoice.Drafted():
             view = InvoiceSummary(
                 **created, number=None, customer=event.customer, kind=event.kind, status="draft", currency=None,
-                subscription=public_id("subscriptions", event.subscription_id), period_start=event.period_start,
+                subscription=None if event.kind == "topup" else public_id("subscriptions", event.subscription_id),
+                wallet=public_id("wallets", event.subscription_id) if event.kind == "topup" else None,
+                period_start=event.period_start,
                 period_end=event.period_end, total=None, amount_due=None, paid=Amount(0), updated_at=event.timestamp,
             )
             return _new(event, created["id"], view, parent=event.customer)

@@ -14,7 +14,7 @@ from domain.price import Entitlement, Price
 PREFIXES = {
     "tenants": "ten", "api_keys": "key", "meters": "mtr", "features": "feat", "pricing_units": "pu",
     "plans": "plan", "plan_versions": "pv", "customers": "cus", "subscriptions": "sub",
-    "invoices": "inv", "credit_notes": "cn", "wallets": "wal", "grants": "grt",
+    "invoices": "inv", "credit_notes": "cn", "wallets": "wal", "grants": "grt", "topups": "tup",
 }
 
 
@@ -154,8 +154,9 @@ class InvoiceSummary(View, frozen=True, kw_only=True):
 
     number: str | None
     customer: str
-    subscription: str
-    kind: str  # advance (the period's advance fees) | closing (the rest)
+    subscription: str | None  # none: a wallet top-up's invoice
+    wallet: str | None = None  # a top-up's: the wallet it buys credits for
+    kind: str  # advance (the period's advance fees) | closing (the rest) | topup (credits bought)
     status: str  # draft | finalized | paid | void
     currency: str | None
     period_start: datetime

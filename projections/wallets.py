@@ -1,5 +1,5 @@
 """Wallets as the API shows them: the balance and each grant's remaining credits, and the wallet's
-transactions (every grant, debit and expiry), read from the wallet's own events.
+transactions (every grant, debit, expiry and top-up landed), read from the wallet's own events.
 
 Pure: a view of a wallet aggregate (now, or as it stood at any moment: `as_of` replays its events
 up to then), and the transactions of its events.
@@ -25,6 +25,14 @@ class GrantView(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime | None
 
 
+class TopUpView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    amount: Amount  # credits
+    status: str  # pending (its invoice unpaid) | landed | void
+    invoice_id: str
+    auto: bool  # asked for by the wallet's auto_topup
+
+
 class WalletView(View, frozen=True, kw_only=True):
     customer: str
     name: str
@@ -39,13 +47,14 @@ class WalletView(View, frozen=True, kw_only=True):
     alerts: tuple[Alert, ...]
     balance: Amount  # credits: granted - spent - expired (below zero only by the overdraft)
     grants: tuple[GrantView, ...]
+    topups: tuple[TopUpView, ...]
     usage_through: int  # the last usage-log position debited
     updated_at: datetime
 
 
 class TransactionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     id: str
-    type: str  # grant | debit | expiry
+    type: str  # grant | debit | expiry | topup
     amount: Amount  # credits: + in, - out
     balance: Amount  # after it
     grant_id: str | None = None
@@ -70,6 +79,8 @@ def view(wallet: Wallet) -> WalletView:
         alerts=spec.alerts, balance=Amount(wallet.balance),
         grants=tuple(GrantView(id=grant_id(g.id), kind=g.kind, amount=Amount(g.amount), remaining=Amount(g.remaining),
                                expires_at=g.expires_at) for g in wallet.grants),
+        topups=tuple(TopUpView(id=public_id("topups", t.id), amount=Amount(t.amount), status=t.status,
+                               invoice_id=public_id("invoices", t.invoice_id), auto=t.auto) for t in wallet.topups),
         usage_through=wallet.through, updated_at=wallet.modified_on,
     )
 
@@ -91,6 +102,10 @@ def transactions(events: Iterable[Any], balance: Decimal) -> list[TransactionVie
                 balance -= event.amount
                 found.append(TransactionView(type="debit", amount=Amount(-event.amount), balance=Amount(balance),
                                              usage_through=event.through, **common))
+            case Wallet.TopUpLanded():
+                balance += event.amount
+                found.append(TransactionView(type="topup", amount=Amount(event.amount), balance=Amount(balance),
+                                             grant_id=grant_id(event.grant_id), kind="paid", **common))
             case Wallet.Expired():
                 balance -= event.amount
                 found.append(TransactionView(type="expiry", amount=Amount(-event.amount), balance=Amount(balance),

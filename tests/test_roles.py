@@ -80,6 +80,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/wallets"): READERS | {"portal"},
     ("GET", "/v1/wallets/{id}"): READERS | {"portal"},
     ("POST", "/v1/wallets/{id}/grants"): ADMIN,
+    ("POST", "/v1/wallets/{id}/topups"): ADMIN,
     ("GET", "/v1/wallets/{id}/transactions"): READERS | {"portal"},
 }
 USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call",
@@ -164,6 +165,8 @@ def sample_requests(spare_key_id: str, subscription: str = "sub_x",
         ("GET", "/v1/wallets/{id}"): (f"/v1/wallets/{invoices.get('wallet', 'wal_x')}", None),
         ("POST", "/v1/wallets/{id}/grants"): (f"/v1/wallets/{invoices.get('wallet', 'wal_x')}/grants",
                                               {"amount": "100", "kind": "promotional"}),
+        ("POST", "/v1/wallets/{id}/topups"): (f"/v1/wallets/{invoices.get('wallet', 'wal_x')}/topups",
+                                              {"amount": "100"}),
         ("GET", "/v1/wallets/{id}/transactions"): (f"/v1/wallets/{invoices.get('wallet', 'wal_x')}/transactions",
                                                    None),
     }

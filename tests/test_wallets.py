@@ -7,6 +7,7 @@ import pytest
 from conftest import assert_problem, created
 
 from api.clock import BillingClock
+from projections.views import private_id
 
 WALLET = {"customer": "acme", "name": "AI credits", "credit_unit": "credit", "currency": "USD",
           "conversion_rate": "0.01", "topup_conversion_rate": "0.008", "priority": 1, "overdraft_limit": "50"}
@@ -174,3 +175,54 @@ def test_wallets_are_spent_by_priority_and_only_for_the_features_they_apply_to(m
     # And a wallet for a feature that does not exist, or is not metered, is refused
     assert_problem(metered.post("/v1/wallets", json={**WALLET, "applies_to": {"features": ["nope"]}}), 422,
                    "applies_to.features[0]")
+
+
+def test_a_top_up_is_an_invoice_whose_credits_land_once_it_is_paid(metered, ledger):
+    wallet = created(metered.post("/v1/wallets", json=WALLET))
+    url = f"/v1/wallets/{wallet['id']}"
+    # When 1,000 credits are bought at $0.008 each
+    bought = created(metered.post(f"{url}/topups", json={"amount": "1000"}))
+    assert (bought["amount"], bought["status"], bought["auto"]) == ("1000", "pending", False)
+    # Then a finalized $8.00 invoice sells them, and nothing lands before it is paid
+    invoice = metered.get(f"/v1/invoices/{bought['invoice_id']}").json()
+    assert (invoice["status"], invoice["total"], invoice["wallet"], invoice["subscription"]) == (
+        "finalized", "8.00", wallet["id"], None)
+    assert invoice["lines"][0]["description"] == "Top-up: 1000 credit (AI credits)"
+    assert metered.get(url).json()["balance"] == "0"
+    # When it is paid, the credits land as a paid grant, once
+    assert metered.post(f"/v1/invoices/{bought['invoice_id']}/pay", json={}).status_code == 200
+    after = metered.get(url).json()
+    assert (after["balance"], after["topups"][0]["status"], after["grants"][0]["kind"]) == ("1000", "landed", "paid")
+    moves = metered.get(f"{url}/transactions").json()["data"]
+    assert [(t["type"], t["amount"], t["balance"]) for t in moves] == [("topup", "1000", "1000")]
+    # And a top-up that costs nothing is refused, naming the amount
+    assert_problem(metered.post(f"{url}/topups", json={"amount": "0.1"}), 422, "amount")
+
+
+def test_low_balance_alerts_and_the_auto_top_up_fire_once_per_crossing(metered, ledger):
+    # Given a wallet that warns below 200, is critical below 50, and buys 500 credits below 100
+    wallet = created(metered.post("/v1/wallets", json={
+        **WALLET, "overdraft_limit": "0", "auto_topup": {"below": "100", "amount": "500"},
+        "alerts": [{"level": "warning", "below": "200"}, {"level": "critical", "below": "50"}]}))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(metered.post(f"{url}/grants", json={"amount": "300", "kind": "paid"}))
+    # When usage takes it to 150, then 60, then 20, a debit pass after each
+    for n, tokens in enumerate((150, 90, 40)):
+        use(metered, f"u-{n}", tokens)
+        ledger.debit_usage()
+    # Then each alert fired once, and one auto top-up was asked for, not one per debit below the level
+    found = metered.get(url).json()
+    assert found["balance"] == "20"
+    assert [(t["amount"], t["status"], t["auto"]) for t in found["topups"]] == [("500", "pending", True)]
+    events = list(ledger.wallets.repository.event_store.get(private_id("wallets", wallet["id"])))
+    assert [(e.level, str(e.balance)) for e in events if type(e).__name__ == "BalanceLow"] == [
+        ("warning", "150"), ("critical", "20")]
+    # When the top-up's invoice is paid, the credits land, and the levels are armed again
+    assert metered.post(f"/v1/invoices/{found['topups'][0]['invoice_id']}/pay", json={}).status_code == 200
+    assert metered.get(url).json()["balance"] == "520"
+    use(metered, "u-3", 400)
+    ledger.debit_usage()
+    again = metered.get(url).json()
+    assert again["balance"] == "120"
+    events = list(ledger.wallets.repository.event_store.get(private_id("wallets", wallet["id"])))
+    assert [e.level for e in events if type(e).__name__ == "BalanceLow"] == ["warning", "critical", "warning"]
