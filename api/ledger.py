@@ -472,11 +472,14 @@ class Ledger:
             found = self.wallets.as_of(wallet_id, as_of)
             if found is None:
                 raise NotFound("wallet as of", f"{public_id('wallets', wallet_id)} at {as_of.isoformat()}")
-        else:
-            others = [self.wallets.repository.get(other) for other in self._wallets_of(str(tenant_id), found.customer)
-                      if other != wallet_id]
-            self.wallets.pending(tenant_id, found.customer, [found, *others], self._usage_costs(
-                tenant_id, found.customer, [now]), self._feature_meters(tenant_id, [found, *others]), now)
+        else:  # usage not debited yet, of the customer and (a pooled wallet) of its children
+            loaded: dict[UUID, Wallet] = {wallet_id: found}
+            drawing = [found.customer, *([body["external_id"] for body in self.documents.children(
+                "customers", str(tenant_id), {found.customer})] if found.spec.pooled else [])]
+            for customer in drawing:
+                holders = self._holders(tenant_id, customer, loaded)
+                self.wallets.pending(tenant_id, customer, holders, self._usage_costs(tenant_id, customer, [now]),
+                                     self._feature_meters(tenant_id, holders), now)
         with acting(CLOCK):
             found.expire(now)  # in this copy only: the clock records it
         return wallets.view(found)
@@ -508,16 +511,16 @@ class Ledger:
         moments: dict[tuple[str, str], set[datetime]] = {}
         for entry in entries:
             moments.setdefault((entry.tenant_id, entry.customer), set()).add(moment_of(entry.timestamp_us))
-        changed: list[Any] = []
+        changed: dict[UUID, Any] = {}
+        loaded: dict[UUID, Wallet] = {}  # a pooled wallet is one object, whichever child draws on it
         for (tenant, customer), when in moments.items():
-            wallet_ids = self._wallets_of(tenant, customer)
-            if wallet_ids:
-                holders = [self.wallets.repository.get(wallet_id) for wallet_id in wallet_ids]
-                changed += self.wallets.charge(DEBITER, UUID(tenant), customer, wallet_ids, through,
-                                               self._usage_costs(UUID(tenant), customer, when),
-                                               self._feature_meters(UUID(tenant), holders), now)
+            holders = self._holders(UUID(tenant), customer, loaded)
+            if holders:
+                changed.update((found.id, found) for found in self.wallets.charge(
+                    DEBITER, UUID(tenant), customer, holders, through, self._usage_costs(UUID(tenant), customer, when),
+                    self._feature_meters(UUID(tenant), holders), now))
         if changed:
-            self.wallets.save(*changed, *self._auto_topups(changed, now))
+            self.wallets.save(*changed.values(), *self._auto_topups(list(changed.values()), now))
         with self.database.transaction(write=True) as cursor:
             lock_position(cursor, DEBITS)
             save_position(cursor, DEBITS, through)
@@ -543,8 +546,21 @@ class Ledger:
                                               self._tax_rate(tenant_id, wallet.customer), now, auto=True))
         return [*numbers.values(), *invoices]
 
-    def _wallets_of(self, tenant: str, customer: str) -> list[UUID]:
-        return [private_id("wallets", body["id"]) for body in self.documents.children("wallets", tenant, {customer})]
+    def _holders(self, tenant_id: UUID, customer: str, loaded: dict[UUID, Wallet]) -> list[Wallet]:
+        """The wallets the customer's usage is paid from, in spending order: its own by priority (then
+        the oldest first), then its parent's pooled ones the same way. `loaded`: wallets read already."""
+        def wallets_of(holder: str) -> list[Wallet]:
+            for body in self.documents.children("wallets", str(tenant_id), {holder}):
+                wallet_id = private_id("wallets", body["id"])
+                if wallet_id not in loaded:
+                    loaded[wallet_id] = self.wallets.repository.get(wallet_id)
+            mine = [found for found in loaded.values() if found.customer == holder and found.tenant_id == tenant_id]
+            return sorted(mine, key=lambda w: (w.spec.priority, w.created_on, w.id.hex))
+
+        own = wallets_of(customer)
+        parent = self.customers.find(Customer.id_for(tenant_id, customer))
+        above = parent.details.parent_external_id if parent is not None else None
+        return own + ([found for found in wallets_of(above) if found.spec.pooled] if above else [])
 
     def _usage_costs(self, tenant_id: UUID, customer: str, moments: Iterable[datetime]) -> dict[str, Decimal]:
         """What the customer's usage has cost so far (fiat, the invoice's metered line amounts), by

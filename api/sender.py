@@ -82,8 +82,9 @@ class EventSender:
 
     def send_nowait(self, event: Mapping[str, Any]) -> str:
         """Buffer a copy of `event` and return its event_id, without touching the network. A missing
-        event_id is a UUIDv7 (time-ordered: the store takes such ids fastest) and a missing timestamp is now (UTC), both given here, once, so that every
-        retry resends the very same event. Raises SenderFull when `max_buffered` events wait."""
+        event_id is a UUIDv7 (time-ordered: the store takes such ids fastest) and a missing timestamp
+        is now (UTC), both given here, once, so that every retry resends the very same event. Raises
+        SenderFull when `max_buffered` events wait."""
         self._ensure_running()
         if len(self._buffer) >= self._max_buffered:
             raise SenderFull(f"{len(self._buffer)} events wait to be sent; await send() to wait for room")

@@ -6,13 +6,14 @@ invoice as computed then. A new batch of usage costs the difference. It is saved
 save as the wallet debits it leads to, so a batch is charged once: a replay (a position at or
 below `through`) changes nothing.
 
-`allocate` is the pure rule that spreads a cost over the customer's wallets: by wallet priority
-(lower first, then the oldest wallet), each wallet only for the meters it applies to, each as far
+`allocate` is the pure rule that spreads a cost over the customer's wallets, in the order given
+(the caller's: its own by priority, lower first, then the oldest; then its parent's pooled ones),
+each wallet only for the meters it applies to, each as far
 as its live grants and its overdraft go, in credits at its `conversion_rate`. What no wallet covers
 stays for the invoice.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID, uuid5
@@ -98,7 +99,7 @@ def allocate(costs: dict[str, Decimal], wallets: Sequence[Wallet], meters_of_fea
     covered: dict[str, Decimal] = {}
     for key, cost in sorted(costs.items()):
         left = cost
-        for wallet in _ordered(wallets):
+        for wallet in wallets:
             if left <= 0:
                 break
             if not applies(wallet, meter_of(key), meters_of_features) or room[wallet.id] <= 0:
@@ -110,7 +111,3 @@ def allocate(costs: dict[str, Decimal], wallets: Sequence[Wallet], meters_of_fea
             left -= credits * rate
         covered[key] = cost - max(left, ZERO)
     return taken, covered
-
-
-def _ordered(wallets: Iterable[Wallet]) -> list[Wallet]:
-    return sorted(wallets, key=lambda w: (w.spec.priority, w.created_on, w.id.hex))

@@ -150,7 +150,7 @@ def topup_invoice(wallet: Wallet, amount: Decimal, numbers: InvoiceNumbers, pref
                        amount=Amount(price))
     number = numbers.take(prefix)
     invoice.finalize(number, Invoice(
-        id=None, number=number, customer=wallet.customer, subscription=None, status="finalized", currency=spec.currency, period_start=now,
-        period_end=now, lines=(line,),
+        id=None, number=number, customer=wallet.customer, subscription=None, status="finalized",
+        currency=spec.currency, period_start=now, period_end=now, lines=(line,),
         **msgspec.structs.asdict(sums([line], [], Period(now, now), spec.currency, tax_rate))))
     return invoice

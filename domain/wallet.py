@@ -70,6 +70,7 @@ class WalletSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     priority: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0  # lower is spent first
     overdraft_limit: Amount | None = None  # credits it may go below zero (none: 0)
     applies_to: AppliesTo | None = None  # none: every feature
+    pooled: bool = False  # the customer's children may draw on it once their own wallets run out
     auto_topup: AutoTopup | None = None
     alerts: Annotated[tuple[Alert, ...], msgspec.Meta(max_length=20)] = ()
 
@@ -304,7 +305,7 @@ class Wallet(Aggregate):
         up to position `through`. Returns what could not be covered."""
         if credits < 0:
             raise Invalid("amount", "a debit is not negative")
-        if through <= self.through:
+        if through < self.through:  # equal: another child drawing on a pooled wallet in the same batch
             raise AlreadyCovered(through, self.through)
         taken, left = [], credits
         for grant in sorted(self._live(now), key=spending_order):

@@ -65,15 +65,15 @@ class Wallets(TallyApplication):
                 return 0
         return expired
 
-    def charge(self, by: Actor, tenant_id: UUID, customer: str, wallet_ids: Sequence[UUID], through: int,
+    def charge(self, by: Actor, tenant_id: UUID, customer: str, wallets: Sequence[Wallet], through: int,
                costs: dict[str, Decimal], feature_meters: dict[str, str], now: datetime) -> list[Any]:
         """One customer's part of a batch: record what its usage up to `through` costs (`costs`: fiat so
-        far, by charge key) and debit its wallets for what that adds. Answers the aggregates changed,
-        unsaved (the caller saves a batch's together); none when that usage was charged already."""
+        far, by charge key) and debit its wallets (in spending order) for what that adds. Answers the
+        aggregates changed, unsaved (the caller saves a batch's together); none when that usage was
+        charged already."""
         charges = self.find(UsageCharges.create_id(tenant_id, customer))
         if charges is not None and through <= charges.through:
             return []
-        wallets = [self.repository.get(wallet_id) for wallet_id in wallet_ids]
         with acting(by):
             if charges is None:
                 charges = UsageCharges(tenant_id=tenant_id, customer=customer)

@@ -43,6 +43,7 @@ class WalletView(View, frozen=True, kw_only=True):
     priority: int
     overdraft_limit: Amount
     applies_to: AppliesTo | None
+    pooled: bool
     auto_topup: AutoTopup | None
     alerts: tuple[Alert, ...]
     balance: Amount  # credits: granted - spent - expired (below zero only by the overdraft)
@@ -75,7 +76,8 @@ def view(wallet: Wallet) -> WalletView:
         id=public_id("wallets", wallet.id), created_at=wallet.created_on, customer=spec.customer, name=spec.name,
         credit_unit=spec.credit_unit, currency=spec.currency, conversion_rate=spec.conversion_rate,
         topup_conversion_rate=Amount(spec.price_of_credit), priority=spec.priority,
-        overdraft_limit=Amount(spec.overdraft), applies_to=spec.applies_to, auto_topup=spec.auto_topup,
+        overdraft_limit=Amount(spec.overdraft), applies_to=spec.applies_to, pooled=spec.pooled,
+        auto_topup=spec.auto_topup,
         alerts=spec.alerts, balance=Amount(wallet.balance),
         grants=tuple(GrantView(id=grant_id(g.id), kind=g.kind, amount=Amount(g.amount), remaining=Amount(g.remaining),
                                expires_at=g.expires_at) for g in wallet.grants),

@@ -90,11 +90,11 @@ def test_replaying_a_wallet_s_events_gives_the_same_wallet(script):
         wallet.balance, wallet.overdraft, wallet.through, wallet.grants)
 
 
-def test_a_debit_at_or_below_the_position_already_covered_is_refused_and_changes_nothing():
+def test_a_debit_below_the_position_already_covered_is_refused_and_changes_nothing():
     wallet = opened(Decimal(0))
     with acting(Actor("key_test")):
         wallet.grant(GrantSpec(amount=Decimal(100), kind="paid"))
         assert wallet.debit(Decimal(30), 5, T0) == 0
         with pytest.raises(AlreadyCovered):
-            wallet.debit(Decimal(30), 5, T0)
+            wallet.debit(Decimal(30), 4, T0)
     assert wallet.balance == 70

@@ -226,3 +226,30 @@ def test_low_balance_alerts_and_the_auto_top_up_fire_once_per_crossing(metered, 
     assert again["balance"] == "120"
     events = list(ledger.wallets.repository.event_store.get(private_id("wallets", wallet["id"])))
     assert [e.level for e in events if type(e).__name__ == "BalanceLow"] == ["warning", "critical", "warning"]
+
+
+def test_a_child_draws_on_its_parent_s_pooled_wallet_once_its_own_runs_out(metered, ledger):
+    # Given acme's pooled wallet (500) and a private one (500), and its child acme-jr with a wallet of 100
+    created(metered.post("/v1/customers", json={"external_id": "acme-jr", "name": "Acme Jr", "currency": "USD",
+                                                "parent_external_id": "acme"}))
+    created(metered.post("/v1/subscriptions", json={"customer": "acme-jr", "plan_code": "pro",
+                                                    "start_at": "2026-01-01T00:00:00Z",
+                                                    "billing_anchor": "calendar"}))
+    pooled = created(metered.post("/v1/wallets", json={**WALLET, "name": "Pool", "pooled": True,
+                                                       "overdraft_limit": "0"}))
+    private = created(metered.post("/v1/wallets", json={**WALLET, "name": "Private", "priority": 0,
+                                                        "overdraft_limit": "0"}))
+    own = created(metered.post("/v1/wallets", json={**WALLET, "customer": "acme-jr", "name": "Own",
+                                                    "overdraft_limit": "0"}))
+    for found, amount in ((pooled, "500"), (private, "500"), (own, "100")):
+        created(metered.post(f"/v1/wallets/{found['id']}/grants", json={"amount": amount, "kind": "paid"}))
+    # When acme-jr uses 250 tokens (250 credits)
+    answer = metered.post("/v1/events", json={"event_id": "jr-1", "customer": "acme-jr", "event_name": "llm",
+                                              "timestamp": "2026-01-05T00:00:00Z", "properties": {"tokens": 250}})
+    assert answer.json()["accepted"] == 1
+    # Then its own wallet pays 100 and the parent's pooled one the rest (read before and after the debit pass),
+    # and the parent's private wallet nothing
+    for _ in range(2):
+        balances = [metered.get(f"/v1/wallets/{found['id']}").json()["balance"] for found in (own, pooled, private)]
+        assert balances == ["0", "350", "500"]
+        ledger.debit_usage()
