@@ -322,14 +322,15 @@ class Ledger:
 
     def expire_grants(self, now: datetime) -> int:
         """The billing clock, for wallets: record the expiry of what is left of each grant whose time
-        has come by `now`; how many expired. A wallet is read only when one of its grants' expiry
-        falls after the last look at it, or it changed since."""
+        has come by `now`, and grant the next of each recurring series that is due; how many changed.
+        A wallet is read only when one of its due times falls after the last look at it, or it
+        changed since."""
         expired = 0
         try:
             for tenant, body in self.documents.each("wallets"):
                 last = self._wallets_seen.get(body["id"])  # (its updated_at then, when looked at)
                 since = last[1] if last is not None and last[0] == body["updated_at"] else None
-                if any(since is None or moment > since for moment in map(_moment, body["expiries"]) if moment <= now):
+                if any(since is None or moment > since for moment in map(_moment, body["due"]) if moment <= now):
                     expired += self.wallets.expire(CLOCK, UUID(tenant), private_id("wallets", body["id"]), now)
                 self._wallets_seen[body["id"]] = (body["updated_at"], now)
         finally:

@@ -55,6 +55,13 @@ def add_months(anchor: datetime, months: int) -> datetime:
     return anchor.replace(year=year, month=month, day=min(anchor.day, calendar.monthrange(year, month)[1]))
 
 
+def advance(anchor: datetime, interval: Interval, count: int) -> datetime:
+    """`anchor` moved by `count` intervals (months from the anchor itself: the 31st comes back)."""
+    if interval in ("day", "week"):
+        return anchor + timedelta(days=count * (1 if interval == "day" else 7))
+    return add_months(anchor, count * {"month": 1, "quarter": 3, "year": 12}[interval])
+
+
 def _calendar_start(moment: datetime, interval: Interval) -> datetime:
     """The start of the calendar period holding `moment`."""
     midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)

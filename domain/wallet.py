@@ -27,7 +27,7 @@ from domain.aggregate import Aggregate
 from domain.codes import Code, ExternalId, Name
 from domain.errors import Conflict, Invalid
 from domain.money import Amount, minor_unit
-from domain.periods import Interval
+from domain.periods import Interval, advance
 
 GrantKind = Literal["paid", "promotional"]
 Level = Literal["info", "warning", "critical"]
@@ -115,6 +115,9 @@ class GrantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         _positive("amount", self.amount)
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise ValueError("expires_at: give a time zone (e.g. 2026-02-01T00:00:00Z)")
+        if self.expires_at is not None and self.recurrence is not None:
+            raise ValueError("expires_at: a recurring grant does not expire; its recurrence.rollover_cap limits "
+                             "what is left of it when the next one comes")
 
 
 class TopUpSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -131,6 +134,16 @@ class Grant(msgspec.Struct, kw_only=True):
     remaining: Decimal
     expires_at: datetime | None
     number: int  # the order grants were made in
+    recurrence: Recurrence | None = None
+    series_start: datetime | None = None  # a recurring grant's: when the first of its series was made
+    series_index: int = 0  # which of its series it is (0: the first)
+    renewed: bool = False  # the next of its series was granted
+
+    @property
+    def next_at(self) -> datetime | None:
+        if self.recurrence is None or self.series_start is None or self.renewed:
+            return None
+        return advance(self.series_start, self.recurrence.interval, self.series_index + 1)
 
 
 class TopUp(msgspec.Struct, kw_only=True):
@@ -159,6 +172,13 @@ class Wallet(Aggregate):
     class Granted(Aggregate.Event):
         grant_id: UUID
         spec: GrantSpec
+        at: datetime  # when it was made (a recurring one comes again an interval later)
+
+    class Renewed(Aggregate.Event):  # the next grant of a recurring series
+        grant_id: UUID  # the one it follows
+        new_grant_id: UUID
+        amount: Decimal
+        next_at: datetime  # when the one after it comes
 
     class Debited(Aggregate.Event):
         through: int  # the last usage position this debit covers
@@ -217,21 +237,49 @@ class Wallet(Aggregate):
         live = sum((g.remaining for g in self._live(now)), Decimal(0))
         return max(live + self.spec.overdraft - self.overdraft, Decimal(0))
 
-    def grant(self, spec: GrantSpec) -> UUID:
+    def grant(self, spec: GrantSpec, now: datetime) -> UUID:
         grant_id = uuid5(self.id, f"grant:{len(self.grants) + 1}")
-        self._granted(grant_id, spec)
+        self._granted(grant_id, spec, now)
         return grant_id
 
     @event(Granted)
-    def _granted(self, grant_id: UUID, spec: GrantSpec) -> None:
-        self._add(grant_id, spec.kind, spec.amount, spec.expires_at)
+    def _granted(self, grant_id: UUID, spec: GrantSpec, at: datetime) -> None:
+        self._add(Grant(id=grant_id, kind=spec.kind, amount=Decimal(spec.amount), remaining=Decimal(spec.amount),
+                        expires_at=spec.expires_at, number=len(self.grants) + 1, recurrence=spec.recurrence,
+                        series_start=at if spec.recurrence else None))
 
-    def _add(self, grant_id: UUID, kind: GrantKind, amount: Decimal, expires_at: datetime | None) -> None:
+    def renew(self, now: datetime) -> int:
+        """Grant the next of each recurring series whose time has come (all of them, if several were
+        missed): what is left of the one before rolls over up to its rollover_cap, the rest expires.
+        Returns how many were granted."""
+        made = 0
+        while due := [g for g in self.grants if g.next_at is not None and g.next_at <= now]:
+            for grant in due:
+                cap = grant.recurrence.rollover_cap if grant.recurrence else None
+                if cap is not None and grant.remaining > cap:
+                    self._expired(grant.id, grant.remaining - cap)
+                assert grant.recurrence is not None and grant.series_start is not None
+                self._renewed(grant.id, uuid5(self.id, f"grant:{len(self.grants) + 1}"), grant.amount,
+                              advance(grant.series_start, grant.recurrence.interval, grant.series_index + 2))
+                made += 1
+        if made:
+            self.check_alerts()
+        return made
+
+    @event(Renewed)
+    def _renewed(self, grant_id: UUID, new_grant_id: UUID, amount: Decimal, next_at: datetime) -> None:
+        old = next(g for g in self.grants if g.id == grant_id)
+        old.renewed = True
+        self._add(Grant(id=new_grant_id, kind=old.kind, amount=amount, remaining=amount, expires_at=None,
+                        number=len(self.grants) + 1, recurrence=old.recurrence, series_start=old.series_start,
+                        series_index=old.series_index + 1))
+
+    def _add(self, grant: Grant) -> None:
         """A new grant: it pays back the overdraft first; a balance back above a level re-arms it."""
-        repaid = min(self.overdraft, amount)
+        repaid = min(self.overdraft, grant.amount)
         self.overdraft -= repaid
-        self.grants.append(Grant(id=grant_id, kind=kind, amount=amount, remaining=amount - repaid,
-                                 expires_at=expires_at, number=len(self.grants) + 1))
+        grant.remaining -= repaid
+        self.grants.append(grant)
         balance = self.balance
         self.low = {n for n in self.low if balance < self.spec.alerts[n].below}
         auto = self.spec.auto_topup
@@ -261,7 +309,8 @@ class Wallet(Aggregate):
     @event(TopUpLanded)
     def _topup_landed(self, topup_id: UUID, grant_id: UUID, amount: Decimal) -> None:
         next(t for t in self.topups if t.id == topup_id).status = "landed"
-        self._add(grant_id, "paid", amount, None)
+        self._add(Grant(id=grant_id, kind="paid", amount=amount, remaining=amount, expires_at=None,
+                        number=len(self.grants) + 1))
 
     def void_topup(self, invoice_id: UUID) -> None:
         """The invoice of a pending top-up is voided: the top-up never lands."""

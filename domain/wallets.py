@@ -48,16 +48,17 @@ class Wallets(TallyApplication):
             raise Invalid("expires_at", f"{spec.expires_at.isoformat()} has passed: a grant must expire later")
         wallet = self.wallet(tenant_id, wallet_id)
         with acting(by):
-            wallet.grant(spec)
+            wallet.grant(spec, now)
         self.save_or(ChangedMeanwhile(), wallet)
         return wallet
 
     def expire(self, by: Actor, tenant_id: UUID, wallet_id: UUID, now: datetime) -> int:
-        """Record the expiry of what is left of each grant whose time has come; how many expired
-        (0 when the wallet changed meanwhile: the next try sees it)."""
+        """Record the expiry of what is left of each grant whose time has come, and grant the next of
+        each recurring series that is due; how many changed (0 when the wallet changed meanwhile: the
+        next try sees it)."""
         wallet = self.wallet(tenant_id, wallet_id)
         with acting(by):
-            expired = wallet.expire(now)
+            expired = wallet.expire(now) + wallet.renew(now)
         if expired:
             try:
                 self.save_or(ChangedMeanwhile(), wallet)

@@ -15,6 +15,7 @@ from domain.customer import Customer
 from domain.feature import Feature
 from domain.meter import Meter
 from domain.money import Amount
+from domain.periods import advance
 from domain.plan import Plan
 from domain.plan_version import PlanVersion
 from domain.pricing_unit import PricingUnit
@@ -50,7 +51,8 @@ COLLECTIONS: dict[type, str] = {
     Subscription.CancelRequested: "subscriptions",
     IssuedInvoice.Drafted: "invoices", IssuedInvoice.Finalized: "invoices", IssuedInvoice.Voided: "invoices",
     IssuedInvoice.Paid: "invoices", IssuedCreditNote.Issued: "credit_notes", Wallet.Created: "wallets",
-    Wallet.Granted: "wallets", Wallet.Debited: "wallets", Wallet.Expired: "wallets",
+    Wallet.Granted: "wallets", Wallet.Debited: "wallets", Wallet.Expired: "wallets", Wallet.Renewed: "wallets",
+    Wallet.TopUpLanded: "wallets",
 }
 
 
@@ -60,6 +62,11 @@ def collection_of(event: Any) -> str | None:
 
 def _new(event: Any, code: str, view: Any, parent: str | None = None) -> Document:
     return Document(tenant_id=str(event.tenant_id), code=code, parent=parent, view=view)
+
+
+def _later(document: Document, moments: list) -> tuple:
+    known: tuple = document.view.due  # type: ignore[attr-defined]
+    return tuple(sorted({*known, *moments}))
 
 
 def _changed(document: Document, **changes: Any) -> Document:
@@ -140,14 +147,17 @@ def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C
             return _new(event, event.number, view, parent=invoice)
         case Wallet.Created(spec=spec):
             view = WalletSummary(**created, customer=spec.customer, name=spec.name, credit_unit=spec.credit_unit,
-                                 currency=spec.currency, priority=spec.priority, expiries=(),
+                                 currency=spec.currency, priority=spec.priority, due=(),
                                  updated_at=event.timestamp)
             return _new(event, created["id"], view, parent=spec.customer)
         case Wallet.Granted(spec=spec) if document:
-            known: tuple = document.view.expiries  # type: ignore[attr-defined]
-            expiries = tuple(sorted((*known, spec.expires_at))) if spec.expires_at is not None else known
-            return _changed(document, expiries=expiries, updated_at=event.timestamp)
-        case Wallet.Debited() | Wallet.Expired() if document:
+            due = [spec.expires_at] if spec.expires_at is not None else []
+            if spec.recurrence is not None:
+                due.append(advance(event.at, spec.recurrence.interval, 1))
+            return _changed(document, due=_later(document, due), updated_at=event.timestamp)
+        case Wallet.Renewed() if document:
+            return _changed(document, due=_later(document, [event.next_at]), updated_at=event.timestamp)
+        case Wallet.Debited() | Wallet.Expired() | Wallet.TopUpLanded() if document:
             return _changed(document, updated_at=event.timestamp)
         case _:
             return document

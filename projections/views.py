@@ -193,7 +193,7 @@ class WalletSummary(View, frozen=True, kw_only=True):
     credit_unit: str
     currency: str
     priority: int
-    expiries: tuple[datetime, ...]  # when its grants expire (the billing clock records what is left then)
+    due: tuple[datetime, ...]  # when the billing clock has to look: a grant expires, a recurring one comes again
     updated_at: datetime
 
 

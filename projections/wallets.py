@@ -100,6 +100,10 @@ def transactions(events: Iterable[Any], balance: Decimal) -> list[TransactionVie
                 found.append(TransactionView(type="grant", amount=Amount(spec.amount), balance=Amount(balance),
                                              grant_id=grant_id(event.grant_id), kind=spec.kind,
                                              expires_at=spec.expires_at, **common))
+            case Wallet.Renewed():
+                balance += event.amount
+                found.append(TransactionView(type="grant", amount=Amount(event.amount), balance=Amount(balance),
+                                             grant_id=grant_id(event.new_grant_id), **common))
             case Wallet.Debited():
                 balance -= event.amount
                 found.append(TransactionView(type="debit", amount=Amount(-event.amount), balance=Amount(balance),

@@ -41,7 +41,7 @@ def test_the_balance_is_granted_less_spent_and_expired_and_never_beyond_the_over
             match step:
                 case ("grant", amount, kind, days):
                     wallet.grant(GrantSpec(amount=amount, kind=kind,
-                                           expires_at=None if days is None else now + timedelta(days=days)))
+                                           expires_at=None if days is None else now + timedelta(days=days)), now)
                     granted += amount
                 case ("debit", amount):
                     position += 10
@@ -74,7 +74,7 @@ def test_replaying_a_wallet_s_events_gives_the_same_wallet(script):
             match step:
                 case ("grant", amount, kind, days):
                     wallet.grant(GrantSpec(amount=amount, kind=kind,
-                                           expires_at=None if days is None else now + timedelta(days=days)))
+                                           expires_at=None if days is None else now + timedelta(days=days)), now)
                 case ("debit", amount):
                     position += 1
                     wallet.debit(amount, position, now)
@@ -93,7 +93,7 @@ def test_replaying_a_wallet_s_events_gives_the_same_wallet(script):
 def test_a_debit_below_the_position_already_covered_is_refused_and_changes_nothing():
     wallet = opened(Decimal(0))
     with acting(Actor("key_test")):
-        wallet.grant(GrantSpec(amount=Decimal(100), kind="paid"))
+        wallet.grant(GrantSpec(amount=Decimal(100), kind="paid"), T0)
         assert wallet.debit(Decimal(30), 5, T0) == 0
         with pytest.raises(AlreadyCovered):
             wallet.debit(Decimal(30), 4, T0)

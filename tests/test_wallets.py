@@ -253,3 +253,25 @@ def test_a_child_draws_on_its_parent_s_pooled_wallet_once_its_own_runs_out(meter
         balances = [metered.get(f"/v1/wallets/{found['id']}").json()["balance"] for found in (own, pooled, private)]
         assert balances == ["0", "350", "500"]
         ledger.debit_usage()
+
+
+def test_a_recurring_grant_comes_again_each_interval_and_rolls_over_up_to_its_cap(acme, ledger):
+    # Given 100 credits granted on Jan 10, again every month, at most 30 left over rolling over
+    wallet = created(acme.post("/v1/wallets", json=WALLET))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(acme.post(f"{url}/grants", json={"amount": "100", "kind": "promotional",
+                                             "recurrence": {"interval": "month", "rollover_cap": "30"}}))
+    clock = BillingClock(ledger, 0, now=lambda: datetime(2026, 2, 9, tzinfo=UTC))
+    assert clock.tick() == 0  # not due before Feb 10
+    # When the clock runs on Mar 15 (Feb 10 and Mar 10 both came), twice
+    clock.now = lambda: datetime(2026, 3, 15, tzinfo=UTC)
+    assert clock.tick() > 0
+    assert clock.tick() == 0
+    # Then each month's leftover beyond 30 expired, and a new 100 came each time
+    moves = acme.get(f"{url}/transactions").json()["data"]
+    assert [(t["type"], t["amount"], t["balance"]) for t in moves] == [
+        ("grant", "100", "100"), ("expiry", "-70", "30"), ("grant", "100", "130"), ("expiry", "-70", "60"),
+        ("grant", "100", "160")]
+    # And a recurring grant that also expires is refused, naming expires_at
+    both = {"amount": "5", "kind": "paid", "expires_at": "2026-06-01T00:00:00Z", "recurrence": {"interval": "month"}}
+    assert_problem(acme.post(f"{url}/grants", json=both), 422, "expires_at")
