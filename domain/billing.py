@@ -71,6 +71,7 @@ class IssuedInvoice(Aggregate):
         kind: str
         period_start: datetime
         period_end: datetime
+        key: str  # tells apart invoices of the same kind and start (a wallet's top-ups: their number)
 
     class Finalized(Aggregate.Event):
         number: str
@@ -91,12 +92,12 @@ class IssuedInvoice(Aggregate):
         reason: str
 
     @staticmethod
-    def create_id(subscription_id: UUID, kind: str, period_start: datetime) -> UUID:
-        return uuid5(subscription_id, f"invoice:{kind}:{period_start.isoformat()}")
+    def create_id(subscription_id: UUID, kind: str, period_start: datetime, key: str = "") -> UUID:
+        return uuid5(subscription_id, f"invoice:{kind}:{period_start.isoformat()}" + (f":{key}" if key else ""))
 
     @event(Drafted)
     def __init__(self, tenant_id: UUID, customer: str, subscription_id: UUID, kind: str, period_start: datetime,
-                 period_end: datetime) -> None:
+                 period_end: datetime, key: str = "") -> None:
         self.tenant_id, self.customer, self.subscription_id, self.kind = tenant_id, customer, subscription_id, kind
         self.period_start, self.period_end = period_start, period_end
         self.status: Status = "draft"

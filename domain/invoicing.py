@@ -143,7 +143,7 @@ def topup_invoice(wallet: Wallet, amount: Decimal, numbers: InvoiceNumbers, pref
         raise Invalid("amount", f"{amount} {spec.credit_unit} cost nothing at {spec.price_of_credit} "
                                 f"{spec.currency} each: buy more")
     invoice = IssuedInvoice(tenant_id=wallet.tenant_id, customer=wallet.customer, subscription_id=wallet.id,
-                            kind="topup", period_start=now, period_end=now)
+                            kind="topup", period_start=now, period_end=now, key=str(len(wallet.topups) + 1))
     wallet.request_topup(amount, invoice.id, auto)
     line = InvoiceLine(description=f"Top-up: {amount} {spec.credit_unit} ({spec.name})", period_start=now,
                        period_end=now, quantity=Amount(amount), unit_amount=Amount(spec.price_of_credit),

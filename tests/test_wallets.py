@@ -1,10 +1,13 @@
 """Wallets through the HTTP API, on both stores: open one, grant credits, read the balance now and
 as it stood at any past instant, the transactions with the balance after each, and refusals."""
 
+import threading
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from conftest import assert_problem, created
+from eventsourcing.persistence import IntegrityError
 
 from api.clock import BillingClock
 from projections.views import private_id
@@ -275,3 +278,65 @@ def test_a_recurring_grant_comes_again_each_interval_and_rolls_over_up_to_its_ca
     # And a recurring grant that also expires is refused, naming expires_at
     both = {"amount": "5", "kind": "paid", "expires_at": "2026-06-01T00:00:00Z", "recurrence": {"interval": "month"}}
     assert_problem(acme.post(f"{url}/grants", json=both), 422, "expires_at")
+
+
+def test_concurrent_debits_and_top_ups_on_one_wallet_never_overspend_and_lose_no_update(metered, ledger):
+    # Given a wallet holding 1,000 credits, no overdraft
+    wallet = created(metered.post("/v1/wallets", json={**WALLET, "overdraft_limit": "0"}))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(metered.post(f"{url}/grants", json={"amount": "1000", "kind": "paid"}))
+    failures: list[BaseException] = []
+
+    def again(action) -> None:  # a lost race (409, or a save that found the wallet moved on) is retried
+        for _ in range(200):
+            try:
+                if action() is not False:
+                    return
+            except IntegrityError:
+                pass
+        failures.append(AssertionError("never got through"))
+
+    def spend(n: int) -> None:
+        use(metered, f"c-{n}", 40)
+        again(lambda: ledger.debit_usage() >= 0)
+
+    def buy(n: int) -> None:
+        for _ in range(50):  # 409: the wallet or the invoice numbers moved on meanwhile; the API says retry
+            bought = metered.post(f"{url}/topups", json={"amount": "100"})
+            if bought.status_code != 409:
+                break
+        if bought.status_code != 201:
+            failures.append(AssertionError(bought.text))
+            return
+        again(lambda: metered.post(f"/v1/invoices/{bought.json()['invoice_id']}/pay",
+                                   json={}).status_code in (200, 409) and _paid(metered, bought.json()["invoice_id"]))
+
+    # When 25 threads each use 40 credits and run a debit pass, while 25 buy 100 credits and pay for them
+    threads = [threading.Thread(target=spend, args=(n,)) for n in range(25)]
+    threads += [threading.Thread(target=buy, args=(n,)) for n in range(25)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures
+    while ledger.debit_usage():
+        pass
+    # Then every top-up landed once and every credit used was debited once: 1,000 + 2,500 - 1,000
+    found = metered.get(url).json()
+    assert found["balance"] == "2500"
+    assert [t["status"] for t in found["topups"]] == ["landed"] * 25
+    moves = []
+    after = None
+    while True:
+        page = metered.get(f"{url}/transactions", params={"limit": 100, **({"starting_after": after} if after else {})})
+        moves += page.json()["data"]
+        if not page.json()["has_more"]:
+            break
+        after = moves[-1]["id"]
+    debited = sum(Decimal(t["amount"]) for t in moves if t["type"] == "debit")
+    assert (debited, sum(t["type"] == "topup" for t in moves)) == (Decimal(-1000), 25)
+    assert all(Decimal(t["balance"]) >= 0 for t in moves)
+
+
+def _paid(admin, invoice_id: str) -> bool:
+    return admin.get(f"/v1/invoices/{invoice_id}").json()["status"] == "paid"
