@@ -171,20 +171,7 @@ class Ledger:
         (with `late`, a closing invoice also carries the previous period's late usage); `as_of`: from
         the usage and the settings as they stood then; `loaded`: the tenant and customer, if read already."""
         tenant_id, customer = subscription.tenant_id, subscription.customer
-        specs = {number: self._version_spec(tenant_id, subscription.plan_code, number)
-                 for _, number in subscription.versions}
-        conversion = {price.pricing_unit: self.catalogue.pricing_unit(tenant_id, price.pricing_unit).spec.conversion_rate
-                      for spec in specs.values() for price in spec.prices if price.pricing_unit is not None}
-        parts = invoice.segments(subscription.versions, specs, period, subscription.billing_start, subscription.ends_at)
-        start = max(period.start, subscription.billing_start)
-        first = subscription.version_at(start)
-        billed = invoice.Segment(start, period.end, first, specs[first])
-        if kind == "advance":
-            lines = invoice.advance_lines(subscription.plan_code, billed, period, conversion, subscription.currency)
-        else:
-            lines = invoice.closing_lines(subscription.plan_code, parts, period,
-                                          self._usage(tenant_id, customer, _meters(specs.values()), period, as_of),
-                                          conversion, subscription.currency, billed)
+        lines, parts = self._lines(subscription, period, kind, as_of)
         credits = Decimal(0)
         if kind == "closing":
             credits = self._covered(subscription, period, as_of, loaded)
@@ -198,6 +185,26 @@ class Ledger:
             currency=subscription.currency, period_start=period.start, period_end=period.end, lines=tuple(lines),
             **msgspec.structs.asdict(sums),
         )
+
+    def _lines(self, subscription: Subscription, period: Period, kind: str,
+               as_of: datetime | None = None) -> tuple[list[invoice.InvoiceLine], list[invoice.Segment]]:
+        """A period's invoice lines of that kind (no late usage), and the period's contract segments."""
+        tenant_id = subscription.tenant_id
+        specs = {number: self._version_spec(tenant_id, subscription.plan_code, number)
+                 for _, number in subscription.versions}
+        conversion = {
+            price.pricing_unit: self.catalogue.pricing_unit(tenant_id, price.pricing_unit).spec.conversion_rate
+            for spec in specs.values() for price in spec.prices if price.pricing_unit is not None}
+        parts = invoice.segments(subscription.versions, specs, period, subscription.billing_start, subscription.ends_at)
+        start = max(period.start, subscription.billing_start)
+        first = subscription.version_at(start)
+        billed = invoice.Segment(start, period.end, first, specs[first])
+        if kind == "advance":
+            return invoice.advance_lines(subscription.plan_code, billed, period, conversion,
+                                         subscription.currency), parts
+        usage = self._usage(tenant_id, subscription.customer, _meters(specs.values()), period, as_of)
+        return invoice.closing_lines(subscription.plan_code, parts, period, usage, conversion, subscription.currency,
+                                     billed), parts
 
     def _late_usage(self, subscription: Subscription, period: Period,
                     as_of: datetime | None) -> tuple[list[invoice.InvoiceLine], Decimal]:
@@ -410,11 +417,17 @@ class Ledger:
         return running[0]
 
     def _subscriptions(self, tenant_id: UUID, customer: str) -> list[Subscription]:
-        """The customer's subscriptions (the first 100), in one read of the store."""
-        bodies, _ = self.documents.page("subscriptions", str(tenant_id), 100, parent=customer) or ([], False)
-        found = self.subscriptions.find_many([private_id("subscriptions", body["id"])
-                                              for body in map(msgspec.json.decode, bodies)])
-        return list(found.values())
+        """The customer's subscriptions, in one read of the store."""
+        return self._subscriptions_of_many(tenant_id, {customer}).get(customer, [])
+
+    def _subscriptions_of_many(self, tenant_id: UUID, customers: set[str]) -> dict[str, list[Subscription]]:
+        """Each of these customers' subscriptions, in one read of the documents and one of the store."""
+        bodies = self.documents.children("subscriptions", str(tenant_id), customers)
+        found: dict[str, list[Subscription]] = {}
+        ids = [private_id("subscriptions", body["id"]) for body in bodies]
+        for subscription in self.subscriptions.find_many(ids).values():
+            found.setdefault(subscription.customer, []).append(subscription)
+        return found
 
     def _usage(self, tenant_id: UUID, customer: str, meter_codes: set[str], span: Period,
                as_of: datetime | None = None) -> invoice.Usage:
@@ -474,13 +487,12 @@ class Ledger:
             if found is None:
                 raise NotFound("wallet as of", f"{public_id('wallets', wallet_id)} at {as_of.isoformat()}")
         else:  # usage not debited yet, of the customer and (a pooled wallet) of its children
-            loaded: dict[UUID, Wallet] = {wallet_id: found}
-            drawing = [found.customer, *([body["external_id"] for body in self.documents.children(
-                "customers", str(tenant_id), {found.customer})] if found.spec.pooled else [])]
-            for customer in drawing:
-                holders = self._holders(tenant_id, customer, loaded)
-                self.wallets.pending(tenant_id, customer, holders, self._usage_costs(tenant_id, customer, [now]),
-                                     self._feature_meters(tenant_id, holders), now)
+            drawing = {found.customer, *([body["external_id"] for body in self.documents.children(
+                "customers", str(tenant_id), {found.customer})] if found.spec.pooled else [])}
+            for customer, wallets_of in self._holders(tenant_id, drawing).items():
+                wallets_of = [found if wallet.id == wallet_id else wallet for wallet in wallets_of]
+                self.wallets.pending(tenant_id, customer, wallets_of, self._usage_costs(tenant_id, customer, [now]),
+                                     self._feature_meters(tenant_id, wallets_of), now)
         with acting(CLOCK):
             found.expire(now)  # in this copy only: the clock records it
         return wallets.view(found)
@@ -513,13 +525,17 @@ class Ledger:
         for entry in entries:
             moments.setdefault((entry.tenant_id, entry.customer), set()).add(moment_of(entry.timestamp_us))
         changed: dict[UUID, Any] = {}
-        loaded: dict[UUID, Wallet] = {}  # a pooled wallet is one object, whichever child draws on it
-        for (tenant, customer), when in moments.items():
-            holders = self._holders(UUID(tenant), customer, loaded)
-            if holders:
+        for tenant in {tenant for tenant, _ in moments}:
+            tenant_id, customers = UUID(tenant), {customer for t, customer in moments if t == tenant}
+            holders = self._holders(tenant_id, customers)
+            subscriptions = self._subscriptions_of_many(tenant_id, set(holders))
+            charges = self.wallets.find_many([UsageCharges.create_id(tenant_id, customer) for customer in holders])
+            for customer, wallets_of in holders.items():
+                costs = self._usage_costs(tenant_id, customer, moments[tenant, customer],
+                                          subscriptions.get(customer, []))
                 changed.update((found.id, found) for found in self.wallets.charge(
-                    DEBITER, UUID(tenant), customer, holders, through, self._usage_costs(UUID(tenant), customer, when),
-                    self._feature_meters(UUID(tenant), holders), now))
+                    DEBITER, tenant_id, customer, charges.get(UsageCharges.create_id(tenant_id, customer)), wallets_of,
+                    through, costs, self._feature_meters(tenant_id, wallets_of), now))
         if changed:
             self.wallets.save(*changed.values(), *self._auto_topups(list(changed.values()), now))
         with self.database.transaction(write=True) as cursor:
@@ -547,32 +563,36 @@ class Ledger:
                                               self._tax_rate(tenant_id, wallet.customer), now, auto=True))
         return [*numbers.values(), *invoices]
 
-    def _holders(self, tenant_id: UUID, customer: str, loaded: dict[UUID, Wallet]) -> list[Wallet]:
-        """The wallets the customer's usage is paid from, in spending order: its own by priority (then
-        the oldest first), then its parent's pooled ones the same way. `loaded`: wallets read already."""
-        def wallets_of(holder: str) -> list[Wallet]:
-            for body in self.documents.children("wallets", str(tenant_id), {holder}):
-                wallet_id = private_id("wallets", body["id"])
-                if wallet_id not in loaded:
-                    loaded[wallet_id] = self.wallets.repository.get(wallet_id)
-            mine = [found for found in loaded.values() if found.customer == holder and found.tenant_id == tenant_id]
-            return sorted(mine, key=lambda w: (w.spec.priority, w.created_on, w.id.hex))
+    def _holders(self, tenant_id: UUID, customers: set[str]) -> dict[str, list[Wallet]]:
+        """For each of these customers that has any, the wallets its usage is paid from, in spending
+        order: its own by priority (then the oldest first), then its parent's pooled ones the same
+        way. A wallet is one object however many of them draw on it. A few reads for them all."""
+        found = self.customers.find_many([Customer.id_for(tenant_id, customer) for customer in customers])
+        parents = {customer.external_id: customer.details.parent_external_id for customer in found.values()}
+        owners = set(customers) | {parent for parent in parents.values() if parent is not None}
+        by_owner: dict[str, list[Wallet]] = {}
+        bodies = self.documents.children("wallets", str(tenant_id), owners)
+        for wallet in self.wallets.find_many([private_id("wallets", body["id"]) for body in bodies]).values():
+            by_owner.setdefault(wallet.customer, []).append(wallet)
+        for mine in by_owner.values():
+            mine.sort(key=lambda w: (w.spec.priority, w.created_on, w.id.hex))
+        holders = {customer: by_owner.get(customer, []) + [
+            wallet for wallet in by_owner.get(parents.get(customer) or "", []) if wallet.spec.pooled]
+            for customer in customers}
+        return {customer: wallets_of for customer, wallets_of in holders.items() if wallets_of}
 
-        own = wallets_of(customer)
-        parent = self.customers.find(Customer.id_for(tenant_id, customer))
-        above = parent.details.parent_external_id if parent is not None else None
-        return own + ([found for found in wallets_of(above) if found.spec.pooled] if above else [])
-
-    def _usage_costs(self, tenant_id: UUID, customer: str, moments: Iterable[datetime]) -> dict[str, Decimal]:
+    def _usage_costs(self, tenant_id: UUID, customer: str, moments: Iterable[datetime],
+                     subscriptions: list[Subscription] | None = None) -> dict[str, Decimal]:
         """What the customer's usage has cost so far (fiat, the invoice's metered line amounts), by
-        charge key (subscription, period, meter), in each period that holds one of `moments`."""
+        charge key (subscription, period, meter), in each period that holds one of `moments`.
+        `subscriptions`: the customer's, if read already."""
         costs: dict[str, Decimal] = {}
-        for subscription in self._subscriptions(tenant_id, customer):
+        for subscription in subscriptions if subscriptions is not None else self._subscriptions(tenant_id, customer):
             ends_at = subscription.ends_at
             periods = {subscription.period_at(moment) for moment in moments
                        if subscription.billing_start <= moment and (ends_at is None or moment < ends_at)}
             for period in periods:
-                for line in self._computed(subscription, period, "closing", "upcoming", late=False).lines:
+                for line in self._lines(subscription, period, "closing")[0]:
                     if line.meter_code is not None:
                         key = charge_key(subscription.id, period.start, line.meter_code)
                         costs[key] = costs.get(key, Decimal(0)) + line.amount

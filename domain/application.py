@@ -5,7 +5,7 @@ to `stored_events`: one notification log, one order of events, read by every pro
 them can therefore load any aggregate (a key issuer checks that a customer exists).
 """
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -54,6 +54,9 @@ VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
 )
 
 
+MANY = 1_000  # aggregates `find_many` reads at a time
+
+
 class TallyApplication(Application):
     name = "Tally"
 
@@ -74,35 +77,52 @@ class TallyApplication(Application):
             return None
 
     def find_many(self, aggregate_ids: Collection[UUID]) -> dict[UUID, Any]:
-        """Many aggregates in one read of the store, each replayed from its first event (for
-        aggregates of short streams: a snapshot is not looked for); one never created is absent."""
-        if not aggregate_ids:
-            return {}
-        recorder: Any = self.recorder
-        table = recorder.events_table_name
-        columns = "originator_id, originator_version, topic, state"
+        """Many aggregates in two reads of the store per thousand: the latest snapshot of each (when
+        the application keeps snapshots), then the events after it. One never created is absent."""
+        ids = list(dict.fromkeys(aggregate_ids))
+        found: dict[UUID, Any] = {}
+        for start in range(0, len(ids), MANY):
+            after = dict.fromkeys(ids[start:start + MANY], 0)
+            if self.snapshots is not None:
+                for snapshot in self._stored(self.snapshots.recorder, self.snapshots.mapper, after, latest=True):
+                    found[snapshot.originator_id] = snapshot.mutate(None)
+                    after[snapshot.originator_id] = snapshot.originator_version
+            for event in self._stored(self.recorder, self.mapper, after, latest=False):
+                found[event.originator_id] = event.mutate(found.get(event.originator_id))
+        return found
+
+    @staticmethod
+    def _stored(recorder: Any, mapper: Any, after: dict[UUID, int], latest: bool) -> Iterator[Any]:
+        """The domain events (or snapshots) of these originators: above each one's version in `after`,
+        in order; with `latest`, each one's last only."""
+        table, columns = recorder.events_table_name, "t.originator_id, t.originator_version, t.topic, t.state"
         if isinstance(recorder, PostgresAggregateRecorder):
-            statement = SQL(f"SELECT {columns} FROM {{}}.{{}} WHERE originator_id = ANY(%s) "  # noqa: S608 (fixed names)
-                            "ORDER BY originator_id, originator_version").format(
-                Identifier(recorder.datastore.schema), Identifier(table))
+            where = SQL("t.originator_id = ANY(%s)" if latest else
+                        "t.originator_id = w.id AND t.originator_version > w.v")
+            statement = SQL(f"SELECT {'DISTINCT ON (t.originator_id) ' if latest else ''}{columns} FROM {{}}.{{}} AS t"
+                            f"{'' if latest else ', unnest(%s::uuid[], %s::bigint[]) AS w(id, v)'} WHERE {{}} "
+                            f"ORDER BY t.originator_id, t.originator_version{' DESC' if latest else ''}").format(
+                Identifier(recorder.datastore.schema), Identifier(table), where)
+            params = [list(after)] if latest else [list(after), list(after.values())]
             with recorder.datastore.get_connection() as connection, connection.cursor() as cursor:
-                cursor.execute(statement, [list(aggregate_ids)])
+                cursor.execute(statement, params)
                 rows = cursor.fetchall()
         else:
-            marks = ",".join("?" * len(aggregate_ids))
+            marks = ",".join("(?, ?)" for _ in after)
+            latest_only = (f"AND t.originator_version = (SELECT MAX(originator_version) FROM {table} "
+                           "WHERE originator_id = t.originator_id)" if latest else "")
             with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(f"SELECT {columns} FROM {table} WHERE originator_id IN ({marks}) "  # noqa: S608
-                               "ORDER BY originator_id, originator_version", [i.hex for i in aggregate_ids])
+                cursor.execute(
+                    f"WITH w(id, v) AS (VALUES {marks}) SELECT {columns} FROM {table} AS t JOIN w "  # noqa: S608
+                    f"ON t.originator_id = w.id AND t.originator_version > w.v {latest_only} "
+                    "ORDER BY t.originator_id, t.originator_version",
+                    [value for key, version in after.items() for value in (key.hex, version)])
                 rows = cursor.fetchall()
-        found: dict[UUID, Any] = {}
         for row in rows:
             originator = row["originator_id"]
-            event = self.mapper.to_domain_event(StoredEvent(
+            yield mapper.to_domain_event(StoredEvent(
                 originator_id=UUID(originator) if isinstance(originator, str) else originator,
-                originator_version=row["originator_version"],
-                topic=row["topic"], state=bytes(row["state"])))
-            found[event.originator_id] = event.mutate(found.get(event.originator_id))
-        return found
+                originator_version=row["originator_version"], topic=row["topic"], state=bytes(row["state"])))
 
     def owned(self, kind: type, tenant_id: Any, aggregate_id: Any, noun: str) -> Any:
         """The tenant's aggregate of that kind; NotFound for another kind, or another tenant's."""

@@ -66,13 +66,13 @@ class Wallets(TallyApplication):
                 return 0
         return expired
 
-    def charge(self, by: Actor, tenant_id: UUID, customer: str, wallets: Sequence[Wallet], through: int,
-               costs: dict[str, Decimal], feature_meters: dict[str, str], now: datetime) -> list[Any]:
-        """One customer's part of a batch: record what its usage up to `through` costs (`costs`: fiat so
-        far, by charge key) and debit its wallets (in spending order) for what that adds. Answers the
-        aggregates changed, unsaved (the caller saves a batch's together); none when that usage was
-        charged already."""
-        charges = self.find(UsageCharges.create_id(tenant_id, customer))
+    def charge(self, by: Actor, tenant_id: UUID, customer: str, charges: UsageCharges | None,
+               wallets: Sequence[Wallet], through: int, costs: dict[str, Decimal], feature_meters: dict[str, str],
+               now: datetime) -> list[Any]:
+        """One customer's part of a batch: record on its `charges` (none yet: made here) what its usage up
+        to `through` costs (`costs`: fiat so far, by charge key) and debit its wallets (in spending
+        order) for what that adds. Answers the aggregates changed, unsaved (the caller saves a batch's
+        together); none when that usage was charged already."""
         if charges is not None and through <= charges.through:
             return []
         with acting(by):
