@@ -59,8 +59,18 @@ FINALIZE_TRIES = 20
 CLOCK_CHUNK = 200  # subscriptions the clock reads, drafts and finalizes together
 DEBITER = Actor("system:wallet-debits")
 DEBITS = "wallet-debits"  # the usage-log position the debits have read up to
-DEBIT_BATCH = 20_000  # usage-log entries a debit pass reads
+DEBIT_BATCH = 100_000  # usage-log entries a debit pass reads (its cost is mostly per customer touched)
 _NONE: Mapping[UUID, Any] = MappingProxyType({})
+
+
+Prefetched = tuple[int, int, dict[str, tuple[list, list]]]  # [low, high) in microseconds, readings by event name
+
+
+def _periods(subscription: Subscription, moments: Iterable[datetime]) -> set[Period]:
+    """The subscription's billing periods that hold these moments (within its billing range)."""
+    ends_at = subscription.ends_at
+    return {subscription.period_at(moment) for moment in moments
+            if subscription.billing_start <= moment and (ends_at is None or moment < ends_at)}
 
 
 def _meters(specs: Iterable[PlanVersionSpec]) -> set[str]:
@@ -120,7 +130,7 @@ class Ledger:
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
         self._immutable: dict[tuple, Any] = {}  # plan versions and meters never change once made
         self._next_due: dict[str, tuple[Any, datetime]] = {}  # the clock's: subscription -> (what it saw, when due)
-        self._wallets_seen: dict[str, tuple[Any, datetime]] = {}  # the clock's: wallet -> (what it saw, when)
+        self._wallets_seen: dict[str, datetime] = {}  # the clock's: wallet -> when it last looked at it
         self._follower: Any = None
 
     def now(self) -> datetime:
@@ -186,8 +196,8 @@ class Ledger:
             **msgspec.structs.asdict(sums),
         )
 
-    def _lines(self, subscription: Subscription, period: Period, kind: str,
-               as_of: datetime | None = None) -> tuple[list[invoice.InvoiceLine], list[invoice.Segment]]:
+    def _lines(self, subscription: Subscription, period: Period, kind: str, as_of: datetime | None = None,
+               prefetched: Prefetched | None = None) -> tuple[list[invoice.InvoiceLine], list[invoice.Segment]]:
         """A period's invoice lines of that kind (no late usage), and the period's contract segments."""
         tenant_id = subscription.tenant_id
         specs = {number: self._version_spec(tenant_id, subscription.plan_code, number)
@@ -202,7 +212,7 @@ class Ledger:
         if kind == "advance":
             return invoice.advance_lines(subscription.plan_code, billed, period, conversion,
                                          subscription.currency), parts
-        usage = self._usage(tenant_id, subscription.customer, _meters(specs.values()), period, as_of)
+        usage = self._usage(tenant_id, subscription.customer, _meters(specs.values()), period, as_of, prefetched)
         return invoice.closing_lines(subscription.plan_code, parts, period, usage, conversion, subscription.currency,
                                      billed), parts
 
@@ -330,19 +340,21 @@ class Ledger:
     def expire_grants(self, now: datetime) -> int:
         """The billing clock, for wallets: record the expiry of what is left of each grant whose time
         has come by `now`, and grant the next of each recurring series that is due; how many changed.
-        A wallet is read only when one of its due times falls after the last look at it, or it
-        changed since."""
-        expired = 0
+        A wallet is read only when one of its due times falls after the last look at it (a grant's
+        due times are in the future when it is made, so nothing else can make one due)."""
+        changed = 0
         try:
             for tenant, body in self.documents.each("wallets"):
-                last = self._wallets_seen.get(body["id"])  # (its updated_at then, when looked at)
-                since = last[1] if last is not None and last[0] == body["updated_at"] else None
+                since = self._wallets_seen.get(body["id"])
                 if any(since is None or moment > since for moment in map(_moment, body["due"]) if moment <= now):
-                    expired += self.wallets.expire(CLOCK, UUID(tenant), private_id("wallets", body["id"]), now)
-                self._wallets_seen[body["id"]] = (body["updated_at"], now)
+                    try:
+                        changed += self.wallets.expire(CLOCK, UUID(tenant), private_id("wallets", body["id"]), now)
+                    except Conflict:  # the wallet moved on meanwhile: look again next tick
+                        continue
+                self._wallets_seen[body["id"]] = now
         finally:
             self.runner.catch_up()
-        return expired
+        return changed
 
     def _close(self, chunk: list[tuple[str, Any]], now: datetime) -> int:
         """Bill what is due of these subscriptions (public id, what the clock saw of it), then note
@@ -430,17 +442,19 @@ class Ledger:
         return found
 
     def _usage(self, tenant_id: UUID, customer: str, meter_codes: set[str], span: Period,
-               as_of: datetime | None = None) -> invoice.Usage:
+               as_of: datetime | None = None, prefetched: Prefetched | None = None) -> invoice.Usage:
         """A customer's usage as the invoice lines read it: the read model plus the log's tail (or the
         log as it stood `as_of`). The meters' events in `span` are read at once (but a weighted_sum's,
-        which needs the level held before a range)."""
+        which needs the level held before a range), unless `prefetched` holds them already."""
         tenant = str(tenant_id)
-        low, high = microseconds(span.start), microseconds(span.end)
-        names = [meter.event_name for meter in map(functools.partial(self._meter_spec, tenant_id), sorted(meter_codes))
-                 if meter.aggregation != "weighted_sum"]
-        partition = usage_readings.partition_of(tenant, customer) if self.distributed else None
-        read = usage_readings.fresh(self.database, self.usage, tenant, customer, names, low, high, partition,
-                                    before=False) if names and as_of is None else {}
+        if prefetched is not None:
+            low, high, read = prefetched
+        else:
+            low, high = microseconds(span.start), microseconds(span.end)
+            names = self._event_names(tenant_id, meter_codes)
+            read = {} if not names or as_of is not None else usage_readings.fresh(
+                self.database, self.usage, tenant, customer, names, low, high, self._partition(tenant, customer),
+                before=False)
 
         def reader(meter: MeterSpec) -> Read:
             inside = read.get(meter.event_name)
@@ -530,9 +544,11 @@ class Ledger:
             holders = self._holders(tenant_id, customers)
             subscriptions = self._subscriptions_of_many(tenant_id, set(holders))
             charges = self.wallets.find_many([UsageCharges.create_id(tenant_id, customer) for customer in holders])
+            prefetched = self._prefetch(tenant_id, {customer: subscriptions.get(customer, []) for customer in holders},
+                                        {customer: moments[tenant, customer] for customer in holders})
             for customer, wallets_of in holders.items():
                 costs = self._usage_costs(tenant_id, customer, moments[tenant, customer],
-                                          subscriptions.get(customer, []))
+                                          subscriptions.get(customer, []), prefetched.get(customer))
                 changed.update((found.id, found) for found in self.wallets.charge(
                     DEBITER, tenant_id, customer, charges.get(UsageCharges.create_id(tenant_id, customer)), wallets_of,
                     through, costs, self._feature_meters(tenant_id, wallets_of), now))
@@ -581,18 +597,43 @@ class Ledger:
             for customer in customers}
         return {customer: wallets_of for customer, wallets_of in holders.items() if wallets_of}
 
+    def _event_names(self, tenant_id: UUID, meter_codes: Iterable[str]) -> list[str]:
+        """The event names of these meters, but a weighted_sum's (it reads before a range too)."""
+        meters = map(functools.partial(self._meter_spec, tenant_id), sorted(meter_codes))
+        return [meter.event_name for meter in meters if meter.aggregation != "weighted_sum"]
+
+    def _partition(self, tenant: str, customer: str) -> int | None:
+        return usage_readings.partition_of(tenant, customer) if self.distributed else None
+
+    def _prefetch(self, tenant_id: UUID, subscriptions: dict[str, list[Subscription]],
+                  moments: dict[str, set[datetime]]) -> dict[str, Prefetched]:
+        """For a debit pass: these customers' usage in all the periods their `moments` fall in, read
+        at once (a few queries for them all)."""
+        periods = [period for customer, mine in subscriptions.items() for subscription in mine
+                   for period in _periods(subscription, moments[customer])]
+        codes = {code for mine in subscriptions.values() for subscription in mine
+                 for code in _meters(self._version_spec(tenant_id, subscription.plan_code, number)
+                                     for _, number in subscription.versions)}
+        names = self._event_names(tenant_id, codes)
+        if not periods or not names:
+            return {}
+        low, high = microseconds(min(p.start for p in periods)), microseconds(max(p.end for p in periods))
+        tenant = str(tenant_id)
+        read = usage_readings.fresh_many(self.database, self.usage, tenant,
+                                         {customer: self._partition(tenant, customer) for customer in subscriptions},
+                                         names, low, high)
+        return {customer: (low, high, mine) for customer, mine in read.items()}
+
     def _usage_costs(self, tenant_id: UUID, customer: str, moments: Iterable[datetime],
-                     subscriptions: list[Subscription] | None = None) -> dict[str, Decimal]:
+                     subscriptions: list[Subscription] | None = None,
+                     prefetched: Prefetched | None = None) -> dict[str, Decimal]:
         """What the customer's usage has cost so far (fiat, the invoice's metered line amounts), by
         charge key (subscription, period, meter), in each period that holds one of `moments`.
-        `subscriptions`: the customer's, if read already."""
+        `subscriptions`, `prefetched`: the customer's, and its usage, if read already."""
         costs: dict[str, Decimal] = {}
         for subscription in subscriptions if subscriptions is not None else self._subscriptions(tenant_id, customer):
-            ends_at = subscription.ends_at
-            periods = {subscription.period_at(moment) for moment in moments
-                       if subscription.billing_start <= moment and (ends_at is None or moment < ends_at)}
-            for period in periods:
-                for line in self._lines(subscription, period, "closing")[0]:
+            for period in _periods(subscription, moments):
+                for line in self._lines(subscription, period, "closing", prefetched=prefetched)[0]:
                     if line.meter_code is not None:
                         key = charge_key(subscription.id, period.start, line.meter_code)
                         costs[key] = costs.get(key, Decimal(0)) + line.amount

@@ -54,17 +54,14 @@ class Wallets(TallyApplication):
 
     def expire(self, by: Actor, tenant_id: UUID, wallet_id: UUID, now: datetime) -> int:
         """Record the expiry of what is left of each grant whose time has come, and grant the next of
-        each recurring series that is due; how many changed (0 when the wallet changed meanwhile: the
-        next try sees it)."""
+        each recurring series that is due; how many changed. ChangedMeanwhile when the wallet moved
+        on meanwhile (nothing saved: try again)."""
         wallet = self.wallet(tenant_id, wallet_id)
         with acting(by):
-            expired = wallet.expire(now) + wallet.renew(now)
-        if expired:
-            try:
-                self.save_or(ChangedMeanwhile(), wallet)
-            except ChangedMeanwhile:
-                return 0
-        return expired
+            changed = wallet.expire(now) + wallet.renew(now)
+        if changed:
+            self.save_or(ChangedMeanwhile(), wallet)
+        return changed
 
     def charge(self, by: Actor, tenant_id: UUID, customer: str, charges: UsageCharges | None,
                wallets: Sequence[Wallet], through: int, costs: dict[str, Decimal], feature_meters: dict[str, str],

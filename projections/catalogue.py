@@ -51,8 +51,7 @@ COLLECTIONS: dict[type, str] = {
     Subscription.CancelRequested: "subscriptions",
     IssuedInvoice.Drafted: "invoices", IssuedInvoice.Finalized: "invoices", IssuedInvoice.Voided: "invoices",
     IssuedInvoice.Paid: "invoices", IssuedCreditNote.Issued: "credit_notes", Wallet.Created: "wallets",
-    Wallet.Granted: "wallets", Wallet.Debited: "wallets", Wallet.Expired: "wallets", Wallet.Renewed: "wallets",
-    Wallet.TopUpLanded: "wallets",
+    Wallet.Granted: "wallets", Wallet.Renewed: "wallets",  # a debit changes nothing listed: no write per debit
 }
 
 
@@ -147,18 +146,15 @@ def reduce(document: Document | None, event: Any) -> Document | None:  # noqa: C
             return _new(event, event.number, view, parent=invoice)
         case Wallet.Created(spec=spec):
             view = WalletSummary(**created, customer=spec.customer, name=spec.name, credit_unit=spec.credit_unit,
-                                 currency=spec.currency, priority=spec.priority, due=(),
-                                 updated_at=event.timestamp)
+                                 currency=spec.currency, priority=spec.priority, due=())
             return _new(event, created["id"], view, parent=spec.customer)
         case Wallet.Granted(spec=spec) if document:
             due = [spec.expires_at] if spec.expires_at is not None else []
             if spec.recurrence is not None:
                 due.append(advance(event.at, spec.recurrence.interval, 1))
-            return _changed(document, due=_later(document, due), updated_at=event.timestamp)
+            return _changed(document, due=_later(document, due))
         case Wallet.Renewed() if document:
-            return _changed(document, due=_later(document, [event.next_at]), updated_at=event.timestamp)
-        case Wallet.Debited() | Wallet.Expired() | Wallet.TopUpLanded() if document:
-            return _changed(document, updated_at=event.timestamp)
+            return _changed(document, due=_later(document, [event.next_at]))
         case _:
             return document
 

@@ -176,14 +176,15 @@ class UsageLog:
                                   (after, limit)).all()
         return [Entry(*row) for row in rows]
 
-    def tail(self, after: int, tenant_id: str, customer: str, event_names: Sequence[str]) -> list[Entry]:
-        """One customer's entries of these event names after position `after`: what a read model
+    def tail(self, after: int, tenant_id: str, customers: Sequence[str], event_names: Sequence[str]) -> list[Entry]:
+        """These customers' entries of these event names after position `after`: what a read model
         that has applied up to `after` does not hold yet."""
         with self.database.transaction() as cursor:
             rows = cursor.execute(
-                f"SELECT {ENTRY} FROM tally_usage WHERE position > ? AND tenant_id = ? AND customer = ? "
+                f"SELECT {ENTRY} FROM tally_usage WHERE position > ? AND tenant_id = ? "
+                f"AND customer IN ({','.join('?' * len(customers))}) "
                 f"AND event_name IN ({','.join('?' * len(event_names))}) ORDER BY position",
-                (after, tenant_id, customer, *event_names)).all()
+                (after, tenant_id, *customers, *event_names)).all()
         return [Entry(*row) for row in rows]
 
     def last_position(self) -> int:

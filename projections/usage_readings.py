@@ -14,7 +14,7 @@ The hot path reads the read model plus the log's tail after the position the mod
 """
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -107,30 +107,44 @@ def fresh(database: Database, log: UsageLog, tenant_id: str, customer: str, even
     """For each event name, the customer's readings in [start_us, end_us), and (newest first, when
     `before`: only a weighted_sum needs them) up to BEFORE_LIMIT before start_us: the read model's
     rows, plus the log's tail it has not applied. One read for all the names."""
-    names = tuple(dict.fromkeys(event_names))
-    marks = ",".join("?" * len(names))
+    return fresh_many(database, log, tenant_id, {customer: partition}, event_names, start_us, end_us,
+                      before)[customer]
+
+
+def fresh_many(database: Database, log: UsageLog, tenant_id: str, customers: Mapping[str, int | None],
+               event_names: Sequence[str], start_us: int, end_us: int,
+               before: bool = False) -> dict[str, dict[str, tuple[list[Reading], list[Reading]]]]:
+    """`fresh` for several customers at once (each with its partition, or None in process): a few
+    reads for them all."""
+    names, who = tuple(dict.fromkeys(event_names)), tuple(customers)
+    marks, people = ",".join("?" * len(names)), ",".join("?" * len(who))
+    wanted = {position_name(partition) for partition in customers.values()}
     with database.transaction() as cursor:
-        row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (position_name(partition),)).one()
-        applied = int(row[0]) if row else 0
+        positions = dict(cursor.execute(
+            f"SELECT name, position FROM tally_positions WHERE name IN ({','.join('?' * len(wanted))})",
+            tuple(wanted)).all())
         found = cursor.execute(
-            "SELECT event_name, event_id, timestamp_us, position, properties FROM tally_usage_readings "
-            f"WHERE tenant_id = ? AND customer = ? AND event_name IN ({marks}) AND timestamp_us >= ? "
-            "AND timestamp_us < ?", (tenant_id, customer, *names, start_us, end_us)).all()
-        for name in names if before else ():
-            found += [(name, *row) for row in cursor.execute(
+            "SELECT customer, event_name, event_id, timestamp_us, position, properties FROM tally_usage_readings "
+            f"WHERE tenant_id = ? AND customer IN ({people}) AND event_name IN ({marks}) AND timestamp_us >= ? "
+            "AND timestamp_us < ?", (tenant_id, *who, *names, start_us, end_us)).all()
+        for customer, name in ((c, n) for c in who for n in names) if before else ():
+            found += [(customer, name, *row) for row in cursor.execute(
                 "SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
                 "AND customer = ? AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC "
                 "LIMIT ?", (tenant_id, customer, name, start_us, BEFORE_LIMIT)).all()]
-    rows = {(name, event_id): (t, p, props) for name, event_id, t, p, props in found}  # by id: the tail overlaps
-    puts, deletes = reduce(log.tail(applied, tenant_id, customer, names))
-    for _, _, name, _, event_id in deletes:
-        rows.pop((name, event_id), None)
-    for _, _, name, t, event_id, p, props in puts.values():
-        rows.setdefault((name, event_id), (t, p, props))
-    readings: dict[str, list[Reading]] = {name: [] for name in names}
-    for (name, event_id), (t, p, props) in rows.items():
-        readings[name].append(Reading(t, p, _properties.decode(props), event_id))
-    return {name: _split(sorted(each, key=lambda r: r.position), start_us, end_us) for name, each in readings.items()}
+    applied = {customer: int(positions.get(position_name(partition), 0)) for customer, partition in customers.items()}
+    rows = {(c, name, event_id): (t, p, props) for c, name, event_id, t, p, props in found}  # the tail overlaps
+    tail = log.tail(min(applied.values(), default=0), tenant_id, who, names)
+    puts, deletes = reduce(entry for entry in tail if entry.position > applied[entry.customer])
+    for _, c, name, _, event_id in deletes:
+        rows.pop((c, name, event_id), None)
+    for _, c, name, t, event_id, p, props in puts.values():
+        rows.setdefault((c, name, event_id), (t, p, props))
+    readings: dict[str, dict[str, list[Reading]]] = {c: {name: [] for name in names} for c in who}
+    for (c, name, event_id), (t, p, props) in rows.items():
+        readings[c][name].append(Reading(t, p, _properties.decode(props), event_id))
+    return {c: {name: _split(sorted(each, key=lambda r: r.position), start_us, end_us)
+                for name, each in mine.items()} for c, mine in readings.items()}
 
 
 def as_of(log: UsageLog, tenant_id: str, customer: str, event_name: str, start_us: int, end_us: int,

@@ -194,7 +194,6 @@ class WalletSummary(View, frozen=True, kw_only=True):
     currency: str
     priority: int
     due: tuple[datetime, ...]  # when the billing clock has to look: a grant expires, a recurring one comes again
-    updated_at: datetime
 
 
 class Document(msgspec.Struct, frozen=True):

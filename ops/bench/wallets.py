@@ -8,8 +8,8 @@ from `ops.services.postgres(durable=True)`), with the ledger's clock stopped at 
    monthly USD plan at $0.00001 a token; `--wallets` + 1 customers, each subscribed from
    2026-01-01 with one wallet (a credit is worth $0.0001) holding 1,000,000,000 paid credits.
 2. **Hot wallet (timed).** `--hot-events` events of one customer appended to the usage log (in
-   batches of 1,000, not timed), then debit passes (`ledger.debit_usage()`, 20,000 log entries a
-   pass) until none is left: usage events debited per second, and debit events recorded.
+   batches of 1,000, not timed), then debit passes (`ledger.debit_usage()`, 100,000 log entries a
+   pass) until none is left: usage events debited per second.
 3. **Many wallets (timed).** `--events-per-wallet` events for each of the `--wallets` other
    customers, appended interleaved, then the same drain: events/s and wallets debited/s.
 4. **Freshness.** `--reads` times: one event for a customer (appended, durable, as a 202 is), then
