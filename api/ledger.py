@@ -60,6 +60,7 @@ CLOCK_CHUNK = 200  # subscriptions the clock reads, drafts and finalizes togethe
 DEBITER = Actor("system:wallet-debits")
 DEBITS = "wallet-debits"  # the usage-log position the debits have read up to
 DEBIT_BATCH = 100_000  # usage-log entries a debit pass reads (its cost is mostly per customer touched)
+DEBIT_SAVE = 500  # customers whose debits go in one save (a save of thousands of aggregates stalls on PostgreSQL)
 _NONE: Mapping[UUID, Any] = MappingProxyType({})
 
 
@@ -527,8 +528,9 @@ class Ledger:
     def debit_usage(self, limit: int = DEBIT_BATCH) -> int:
         """Debit wallets for the usage logged since the last call (up to `limit` log entries): for
         each customer with wallets, what the usage of the periods it falls in costs beyond what was
-        charged, from its wallets by priority, all in one save. Returns the entries read. A batch
-        cut short (a crash, a race) is read again and charges nothing twice."""
+        charged, from its wallets by priority; DEBIT_SAVE customers' debits and charges in one save.
+        Returns the entries read. A pass cut short (a crash, a race) is read again and charges
+        nothing twice: each customer's charges know the position they reached."""
         with self.database.transaction() as cursor:
             row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (DEBITS,)).one()
         entries = self.usage.entries(int(row[0]) if row else 0, limit)
@@ -538,27 +540,34 @@ class Ledger:
         moments: dict[tuple[str, str], set[datetime]] = {}
         for entry in entries:
             moments.setdefault((entry.tenant_id, entry.customer), set()).add(moment_of(entry.timestamp_us))
-        changed: dict[UUID, Any] = {}
-        for tenant in {tenant for tenant, _ in moments}:
-            tenant_id, customers = UUID(tenant), {customer for t, customer in moments if t == tenant}
-            holders = self._holders(tenant_id, customers)
-            subscriptions = self._subscriptions_of_many(tenant_id, set(holders))
-            charges = self.wallets.find_many([UsageCharges.create_id(tenant_id, customer) for customer in holders])
-            prefetched = self._prefetch(tenant_id, {customer: subscriptions.get(customer, []) for customer in holders},
-                                        {customer: moments[tenant, customer] for customer in holders})
-            for customer, wallets_of in holders.items():
-                costs = self._usage_costs(tenant_id, customer, moments[tenant, customer],
-                                          subscriptions.get(customer, []), prefetched.get(customer))
-                changed.update((found.id, found) for found in self.wallets.charge(
-                    DEBITER, tenant_id, customer, charges.get(UsageCharges.create_id(tenant_id, customer)), wallets_of,
-                    through, costs, self._feature_meters(tenant_id, wallets_of), now))
-        if changed:
-            self.wallets.save(*changed.values(), *self._auto_topups(list(changed.values()), now))
+        for tenant in sorted({tenant for tenant, _ in moments}):
+            customers = sorted(customer for t, customer in moments if t == tenant)
+            for start in range(0, len(customers), DEBIT_SAVE):
+                chunk = {customer: moments[tenant, customer] for customer in customers[start:start + DEBIT_SAVE]}
+                changed = self._charge(UUID(tenant), chunk, through, now)
+                if changed:  # a pooled wallet is read again by the next chunk, after this one saved it
+                    self.wallets.save(*changed, *self._auto_topups(changed, now))
         with self.database.transaction(write=True) as cursor:
             lock_position(cursor, DEBITS)
             save_position(cursor, DEBITS, through)
         self.runner.catch_up()
         return len(entries)
+
+    def _charge(self, tenant_id: UUID, moments: dict[str, set[datetime]], through: int, now: datetime) -> list[Any]:
+        """These customers' charges and the wallets they debit for their usage up to `through` (unsaved)."""
+        holders = self._holders(tenant_id, set(moments))
+        subscriptions = self._subscriptions_of_many(tenant_id, set(holders))
+        charges = self.wallets.find_many([UsageCharges.create_id(tenant_id, customer) for customer in holders])
+        prefetched = self._prefetch(tenant_id, {customer: subscriptions.get(customer, []) for customer in holders},
+                                    {customer: moments[customer] for customer in holders})
+        changed: dict[UUID, Any] = {}
+        for customer, wallets_of in holders.items():
+            costs = self._usage_costs(tenant_id, customer, moments[customer], subscriptions.get(customer, []),
+                                      prefetched.get(customer))
+            changed.update((found.id, found) for found in self.wallets.charge(
+                DEBITER, tenant_id, customer, charges.get(UsageCharges.create_id(tenant_id, customer)), wallets_of,
+                through, costs, self._feature_meters(tenant_id, wallets_of), now))
+        return list(changed.values())
 
     def _auto_topups(self, changed: list[Any], now: datetime) -> list[Any]:
         """The invoices (and number counters) of the auto top-ups the debited wallets ask for: once per
