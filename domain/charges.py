@@ -36,8 +36,8 @@ class UsageCharges(Aggregate):
 
     class Charged(Aggregate.Event):
         through: int  # the last usage-log position this covers
-        totals: dict  # charge key -> fiat cost so far (the totals it raises only)
-        covered: dict  # charge key -> fiat the wallets paid of what it raises
+        totals: dict  # charge key -> fiat cost so far (the totals it changes only)
+        paid: dict  # charge key -> {wallet id (hex) -> fiat it paid of the change (negative: given back)}
 
     @staticmethod
     def create_id(tenant_id: UUID, customer: str) -> UUID:
@@ -48,31 +48,49 @@ class UsageCharges(Aggregate):
         self.tenant_id, self.customer = tenant_id, customer
         self.through = 0
         self.totals: dict[str, Decimal] = {}
-        self.covered: dict[str, Decimal] = {}
+        self.paid: dict[str, dict[str, Decimal]] = {}  # charge key -> wallet (hex) -> fiat it paid
 
-    def raised(self, totals: dict[str, Decimal]) -> dict[str, Decimal]:
-        """What the usage costs beyond what was charged, by key. A total never goes down: after a
-        void, later usage of the period is charged only once it costs more than was charged."""
+    def changes(self, totals: dict[str, Decimal]) -> dict[str, Decimal]:
+        """How far the usage's cost moved from what was charged, by key (negative: a void lowered it)."""
         return {key: total - self.totals.get(key, ZERO) for key, total in totals.items()
-                if total > self.totals.get(key, ZERO)}
+                if total != self.totals.get(key, ZERO)}
 
-    def charge(self, through: int, raised: dict[str, Decimal], covered: dict[str, Decimal]) -> None:
-        """Record what the usage up to `through` raised the costs by, and what of it the wallets paid."""
+    def refunds(self, lowered: dict[str, Decimal]) -> dict[str, dict[str, Decimal]]:
+        """What to give back to each wallet when the cost of keys fell (fiat, by key, by wallet): the
+        part no wallet paid (it was left for the invoice) falls first, then what the wallets paid,
+        the last wallet in spending order first."""
+        found: dict[str, dict[str, Decimal]] = {}
+        for key, fall in lowered.items():
+            paid = self.paid.get(key, {})
+            left = fall - (self.totals.get(key, ZERO) - sum(paid.values(), ZERO))  # the invoice's part first
+            for wallet, amount in reversed(list(paid.items())):
+                if left <= 0:
+                    break
+                back = min(amount, left)
+                found.setdefault(key, {})[wallet] = back
+                left -= back
+        return found
+
+    def charge(self, through: int, changes: dict[str, Decimal], paid: dict[str, dict[str, Decimal]]) -> None:
+        """Record how the usage up to `through` changed the costs, and what the wallets paid of it
+        (negative: given back)."""
         assert through > self.through, (through, self.through)
-        self._charged(through, {key: self.totals.get(key, ZERO) + amount for key, amount in raised.items()},
-                      {key: amount for key, amount in covered.items() if amount})
+        self._charged(through, {key: self.totals.get(key, ZERO) + change for key, change in changes.items()},
+                      {key: {wallet: amount for wallet, amount in by.items() if amount} for key, by in paid.items()})
 
     @event(Charged)
-    def _charged(self, through: int, totals: dict, covered: dict) -> None:
+    def _charged(self, through: int, totals: dict, paid: dict) -> None:
         self.totals.update({key: Decimal(value) for key, value in totals.items()})
-        for key, amount in covered.items():
-            self.covered[key] = self.covered.get(key, ZERO) + Decimal(amount)
+        for key, by in paid.items():
+            mine = self.paid.setdefault(key, {})
+            for wallet, amount in by.items():
+                mine[wallet] = mine.get(wallet, ZERO) + Decimal(amount)
         self.through = through
 
     def covered_in(self, subscription_id: UUID, period_start: datetime) -> Decimal:
         """The fiat the wallets paid for a subscription's usage in the period starting then."""
         prefix = charge_key(subscription_id, period_start, "")
-        return sum((amount for key, amount in self.covered.items() if key.startswith(prefix)), ZERO)
+        return sum((sum(by.values(), ZERO) for key, by in self.paid.items() if key.startswith(prefix)), ZERO)
 
 
 def charge_key(subscription_id: UUID, period_start: datetime, meter_code: str) -> str:
@@ -90,13 +108,13 @@ def applies(wallet: Wallet, meter_code: str, meters_of_features: dict[str, str])
 
 
 def allocate(costs: dict[str, Decimal], wallets: Sequence[Wallet], meters_of_features: dict[str, str],
-             now: datetime) -> tuple[dict[UUID, Decimal], dict[str, Decimal]]:
+             now: datetime) -> tuple[dict[UUID, Decimal], dict[str, dict[str, Decimal]]]:
     """Spread costs (fiat, by charge key) over the wallets: the credits to take from each wallet,
-    and the fiat they pay of each key (the rest stays for the invoice). Pure: the wallets are not
+    and the fiat each pays of each key (the rest stays for the invoice). Pure: the wallets are not
     changed."""
     room = {w.id: w.room(now) for w in wallets}  # credits each can still give
     taken: dict[UUID, Decimal] = {}
-    covered: dict[str, Decimal] = {}
+    paid: dict[str, dict[str, Decimal]] = {}
     for key, cost in sorted(costs.items()):
         left = cost
         for wallet in wallets:
@@ -108,6 +126,6 @@ def allocate(costs: dict[str, Decimal], wallets: Sequence[Wallet], meters_of_fea
             credits = min(room[wallet.id], left / rate)
             room[wallet.id] -= credits
             taken[wallet.id] = taken.get(wallet.id, ZERO) + credits
+            paid.setdefault(key, {})[wallet.id.hex] = credits * rate
             left -= credits * rate
-        covered[key] = cost - max(left, ZERO)
-    return taken, covered
+    return taken, paid

@@ -189,6 +189,12 @@ class Wallet(Aggregate):
         grant_id: UUID
         amount: Decimal
 
+    class Reversed(Aggregate.Event):  # credits given back: the usage they paid for was voided
+        through: int
+        amount: Decimal
+        restored: list  # [[grant id (hex), credits], ...] given back to live grants (after the overdraft)
+        grant_id: UUID | None  # a new paid grant for what neither the overdraft nor a grant could take back
+
     class TopUpRequested(Aggregate.Event):
         topup_id: UUID
         amount: Decimal
@@ -280,11 +286,44 @@ class Wallet(Aggregate):
         self.overdraft -= repaid
         grant.remaining -= repaid
         self.grants.append(grant)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """The balance rose: the alerts and the auto top-up whose level it is back at are armed again."""
         balance = self.balance
         self.low = {n for n in self.low if balance < self.spec.alerts[n].below}
         auto = self.spec.auto_topup
         if auto is not None and balance >= auto.below and not self._pending_topup():
             self.topup_armed = True
+
+    def reverse(self, credits: Decimal, through: int, now: datetime) -> None:
+        """Give back credits taken for usage a void took out: the overdraft first, then the live
+        grants, the last in spending order first, up to what each held; the rest as a new paid grant."""
+        if through < self.through:
+            raise AlreadyCovered(through, self.through)
+        left = credits - min(self.overdraft, credits)
+        restored = []
+        for grant in sorted(self._live(now), key=spending_order, reverse=True):
+            part = min(grant.amount - grant.remaining, left)
+            if part > 0:
+                restored.append([grant.id.hex, part])
+                left -= part
+        self._reversed(through, Decimal(credits), restored,
+                       uuid5(self.id, f"grant:{len(self.grants) + 1}") if left > 0 else None)
+
+    @event(Reversed)
+    def _reversed(self, through: int, amount: Decimal, restored: list, grant_id: UUID | None) -> None:
+        back = min(self.overdraft, amount)
+        self.overdraft -= back
+        by_id = {grant.id.hex: grant for grant in self.grants}
+        for grant_hex, part in restored:
+            by_id[grant_hex].remaining += Decimal(part)
+        rest = amount - back - sum((Decimal(part) for _, part in restored), Decimal(0))
+        if grant_id is not None:
+            self.grants.append(Grant(id=grant_id, kind="paid", amount=rest, remaining=rest, expires_at=None,
+                                     number=len(self.grants) + 1))
+        self.through = max(self.through, through)
+        self._rearm()
 
     def request_topup(self, amount: Decimal, invoice_id: UUID, auto: bool = False) -> UUID:
         """Ask for `amount` credits, sold by the invoice `invoice_id`; they land when it is paid."""

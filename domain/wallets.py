@@ -8,7 +8,7 @@ from uuid import UUID
 
 from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
-from domain.charges import UsageCharges, allocate
+from domain.charges import ZERO, UsageCharges, allocate
 from domain.customer import Customer
 from domain.errors import Conflict, Invalid
 from domain.feature import Feature
@@ -75,21 +75,34 @@ class Wallets(TallyApplication):
         with acting(by):
             if charges is None:
                 charges = UsageCharges(tenant_id=tenant_id, customer=customer)
-            raised = charges.raised(costs)
-            taken, covered = allocate(raised, wallets, feature_meters, now)
-            charges.charge(through, raised, covered)
-            debited = [wallet for wallet in wallets if taken.get(wallet.id)]
-            for wallet in debited:
-                wallet.debit(taken[wallet.id], through, now)
-        return [charges, *debited]
+            changes = charges.changes(costs)
+            taken, paid = allocate({key: change for key, change in changes.items() if change > 0}, wallets,
+                                   feature_meters, now)
+            refunds = charges.refunds({key: -change for key, change in changes.items() if change < 0})
+            charges.charge(through, changes, {**paid, **{key: {wallet: -amount for wallet, amount in by.items()}
+                                                         for key, by in refunds.items()}})
+            given: dict[str, Decimal] = {}
+            for by in refunds.values():
+                for wallet_hex, amount in by.items():
+                    given[wallet_hex] = given.get(wallet_hex, ZERO) + amount
+            touched = []
+            for wallet in wallets:
+                if taken.get(wallet.id):
+                    wallet.debit(taken[wallet.id], through, now)
+                if given.get(wallet.id.hex):
+                    wallet.reverse(given[wallet.id.hex] / wallet.spec.conversion_rate, through, now)
+                if taken.get(wallet.id) or given.get(wallet.id.hex):
+                    touched.append(wallet)
+        return [charges, *touched]
 
     def pending(self, tenant_id: UUID, customer: str, wallets: Sequence[Wallet], costs: dict[str, Decimal],
                 feature_meters: dict[str, str], now: datetime) -> None:
         """Debit these wallets (copies, never saved) for what the usage costs beyond what was charged:
         a balance read counts usage the debits have not reached yet."""
         charges = self.find(UsageCharges.create_id(tenant_id, customer))
-        raised = charges.raised(costs) if charges is not None else {k: cost for k, cost in costs.items() if cost > 0}
-        taken, _ = allocate(raised, wallets, feature_meters, now)
+        changes = charges.changes(costs) if charges is not None else costs
+        taken, _ = allocate({key: change for key, change in changes.items() if change > 0}, wallets,
+                            feature_meters, now)
         with acting(PENDING):
             for wallet in wallets:
                 if taken.get(wallet.id):

@@ -1,5 +1,5 @@
 """Wallets as the API shows them: the balance and each grant's remaining credits, and the wallet's
-transactions (every grant, debit, expiry and top-up landed), read from the wallet's own events.
+transactions (every grant, debit, expiry, top-up landed and reversal), read from the wallet's own events.
 
 Pure: a view of a wallet aggregate (now, or as it stood at any moment: `as_of` replays its events
 up to then), and the transactions of its events.
@@ -55,7 +55,7 @@ class WalletView(View, frozen=True, kw_only=True):
 
 class TransactionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     id: str
-    type: str  # grant | debit | expiry | topup
+    type: str  # grant | debit | expiry | topup | reversal
     amount: Amount  # credits: + in, - out
     balance: Amount  # after it
     grant_id: str | None = None
@@ -112,6 +112,10 @@ def transactions(events: Iterable[Any], balance: Decimal) -> list[TransactionVie
                 balance += event.amount
                 found.append(TransactionView(type="topup", amount=Amount(event.amount), balance=Amount(balance),
                                              grant_id=grant_id(event.grant_id), kind="paid", **common))
+            case Wallet.Reversed():
+                balance += event.amount
+                found.append(TransactionView(type="reversal", amount=Amount(event.amount), balance=Amount(balance),
+                                             usage_through=event.through, **common))
             case Wallet.Expired():
                 balance -= event.amount
                 found.append(TransactionView(type="expiry", amount=Amount(-event.amount), balance=Amount(balance),

@@ -1,4 +1,4 @@
-"""Property: for any sequence of grants, debits and expiries, a wallet's balance is granted - spent -
+"""Property: for any sequence of grants, debits, expiries and reversals, a wallet's balance is granted - spent -
 expired, never below -overdraft_limit, each grant's remaining stays within [0, its amount], spending
 follows the documented order, and replaying the wallet's events gives the same wallet
 (domain/wallet.py, in memory)."""
@@ -20,6 +20,7 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("grant"), credits, st.sampled_from(["paid", "promotional"]), st.none() | st.integers(1, 30)),
     st.tuples(st.just("debit"), credits),
     st.tuples(st.just("expire"), st.integers(0, 30)),
+    st.tuples(st.just("reverse"), st.integers(0, 100)),  # give back that percentage of what is spent
 ), max_size=40)
 
 
@@ -58,7 +59,12 @@ def test_the_balance_is_granted_less_spent_and_expired_and_never_beyond_the_over
                     now += timedelta(days=days)
                     left = {g.id: g.remaining for g in wallet.grants}
                     wallet.expire(now)
-                    expired += sum(left[g.id] - g.remaining for g in wallet.grants)
+                    expired += sum(left[g.id] - g.remaining for g in wallet.grants if g.id in left)
+                case ("reverse", percent):
+                    back = (spent * percent / 100).quantize(Decimal("0.1"))
+                    if back > 0:
+                        wallet.reverse(back, position, now)
+                        spent -= back
             assert wallet.balance == granted - spent - expired, step
             assert wallet.balance >= -overdraft
             assert all(0 <= g.remaining <= g.amount for g in wallet.grants)
@@ -81,6 +87,9 @@ def test_replaying_a_wallet_s_events_gives_the_same_wallet(script):
                 case ("expire", days):
                     now += timedelta(days=days)
                     wallet.expire(now)
+                case ("reverse", percent):
+                    if percent and wallet.through:
+                        wallet.reverse(Decimal(percent), position, now)
             recorded += wallet.collect_events()
     replayed = None
     for event in recorded:

@@ -340,3 +340,27 @@ def test_concurrent_debits_and_top_ups_on_one_wallet_never_overspend_and_lose_no
 
 def _paid(admin, invoice_id: str) -> bool:
     return admin.get(f"/v1/invoices/{invoice_id}").json()["status"] == "paid"
+
+
+def test_a_void_after_a_debit_gives_the_credits_back_and_the_invoice_bills_what_is_left(metered, ledger):
+    wallet = created(metered.post("/v1/wallets", json={**WALLET, "overdraft_limit": "0"}))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(metered.post(f"{url}/grants", json={"amount": "1000", "kind": "paid"}))
+    use(metered, "e-1", 300)
+    use(metered, "e-2", 200)
+    ledger.debit_usage()
+    assert metered.get(url).json()["balance"] == "500"
+    # When e-2 is voided and the next debit pass runs
+    assert metered.post("/v1/events/void", json={"customer": "acme", "event_ids": ["e-2"]}).status_code == 200
+    ledger.debit_usage()
+    # Then its 200 credits come back, as a reversal, to the grant they came from
+    found = metered.get(url).json()
+    assert (found["balance"], found["grants"][0]["remaining"]) == ("700", "700")
+    moves = metered.get(f"{url}/transactions").json()["data"]
+    assert [(t["type"], t["amount"], t["balance"]) for t in moves] == [
+        ("grant", "1000", "1000"), ("debit", "-500", "500"), ("reversal", "200", "700")]
+    # And January's invoice bills the 300 tokens, all paid by the wallet
+    ledger.close_periods(datetime(2026, 2, 3, tzinfo=UTC))
+    closing = metered.get("/v1/invoices", params={"customer": "acme", "status": "finalized"}).json()["data"]
+    invoice = metered.get(f"/v1/invoices/{closing[0]['id']}").json()
+    assert (invoice["total"], invoice["credits_applied"], invoice["amount_due"]) == ("3.00", "3.00", "0.00")
