@@ -8,7 +8,8 @@ from `ops.services.postgres(durable=True)`), with the ledger's clock stopped at 
    monthly USD plan at $0.00001 a token; `--wallets` + 1 customers, each subscribed from
    2026-01-01 with one wallet (a credit is worth $0.0001) holding 1,000,000,000 paid credits.
 2. **Hot wallet (timed).** `--hot-events` events of one customer appended to the usage log (in
-   batches of 1,000, not timed), then debit passes (`ledger.debit_usage()`, 100,000 log entries a
+   batches of 1,000, and the usage read model caught up, as `tally serve`'s follower keeps it; not
+   timed), then debit passes (`ledger.debit_usage()`, 100,000 log entries a
    pass) until none is left: usage events debited per second.
 3. **Many wallets (timed).** `--events-per-wallet` events for each of the `--wallets` other
    customers, appended interleaved, then the same drain: events/s and wallets debited/s.
@@ -114,8 +115,10 @@ def balance(tokens: int) -> Decimal:
 
 
 def append(ledger: Ledger, tenant_id: UUID, events: list[UsageEvent]) -> None:
+    """Into the usage log, then the usage read model caught up (as `tally serve`'s follower keeps it)."""
     for start in range(0, len(events), APPEND_BATCH):
         ledger.usage.append(str(tenant_id), events[start:start + APPEND_BATCH], NOW)
+    ledger.usage_runner.catch_up()
 
 
 def drain(ledger: Ledger) -> tuple[float, int, int]:
@@ -189,7 +192,7 @@ def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> N
               f"{found['shown']:>10} of {len(latencies):<11}  hot balance right: {found['hot_ok']}; "
               f"wallets with a wrong balance: {found['wrong']}")
     print("\nevents/s: usage events debited per second by the debit passes (each pass: one debit event per wallet "
-          "it touches, all in one save). A read's time is from the event's durable append to the balance that counts "
+          "it touches, 500 customers' in a save). A read's time is from the event's durable append to the balance that counts "
           "it (reads add the usage not debited yet).")
 
 
