@@ -96,6 +96,18 @@ class Call:
         return Response(body, media_type=JSON)
 
 
+async def customer_page(call: Call, collection: str) -> Response:
+    """A page of one customer's items of `collection` (?customer=, required; a portal key lists its own
+    customer's, and another customer's list is empty for it)."""
+    customer = call.request.query_params.get("customer")
+    if call.role == "portal":
+        customer = call.customer if customer in (None, call.customer) else ""
+    if customer is None:
+        raise ApiError(422, f"customer: list the {collection} of one customer (?customer=external_id)",
+                       [FieldError("customer", "required")])
+    return await call.page(collection, parent=customer, key="id")
+
+
 def query_moment(call: Call, name: str) -> datetime | None:
     """The query parameter `name` as an RFC 3339 time with an offset, if given; else a 422 naming it."""
     text = call.request.query_params.get(name)

@@ -5,8 +5,8 @@ from uuid import UUID
 import msgspec
 from starlette.responses import Response
 
-from api.errors import ApiError, FieldError
-from api.http import JSON, Call, Operation
+from api.errors import ApiError
+from api.http import JSON, Call, Operation, customer_page
 from api.tenant import ADMIN, READERS
 from domain.subscription import AmendmentSpec, Cancellation, SubscriptionSpec
 from projections.views import ContractVersion, SubscriptionView, private_id
@@ -40,13 +40,7 @@ async def read(call: Call) -> Response:
 
 
 async def listing(call: Call) -> Response:
-    customer = call.request.query_params.get("customer")
-    if call.role == "portal":
-        customer = call.customer if customer in (None, call.customer) else ""  # another's: an empty list
-    if customer is None:
-        raise ApiError(422, "customer: list the subscriptions of one customer (?customer=external_id)",
-                       [FieldError("customer", "required")])
-    return await call.page("subscriptions", parent=customer, key="id")
+    return await customer_page(call, "subscriptions")
 
 
 async def amend(call: Call) -> Response:

@@ -7,7 +7,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from api.errors import ApiError, FieldError
-from api.http import JSON, Call, Operation, encoder, limit_of, query_moment
+from api.http import (
+    JSON,
+    Call,
+    Operation,
+    customer_page,
+    encoder,
+    limit_of,
+    query_moment,
+)
 from api.tenant import ADMIN, READERS
 from domain.wallet import GrantSpec, TopUpSpec, WalletSpec
 from projections.views import WalletSummary, private_id, public_id
@@ -41,13 +49,7 @@ async def read(call: Call) -> Response:
 
 
 async def listing(call: Call) -> Response:
-    customer = call.request.query_params.get("customer")
-    if call.role == "portal":
-        customer = call.customer if customer in (None, call.customer) else ""  # another's: an empty list
-    if customer is None:
-        raise ApiError(422, "customer: list the wallets of one customer (?customer=external_id)",
-                       [FieldError("customer", "required")])
-    return await call.page("wallets", parent=customer, key="id")
+    return await customer_page(call, "wallets")
 
 
 async def grant(call: Call) -> Response:
