@@ -34,14 +34,21 @@ class Wallets(TallyApplication):
             raise Invalid("currency", f"customer {spec.customer!r} is invoiced in {customer.currency}: its wallets "
                                       f"are worth {customer.currency} too, not {spec.currency}")
         for n, code in enumerate(spec.applies_to.features if spec.applies_to else ()):
-            feature = self.find(Feature.id_for(tenant_id, code))
-            if feature is None or feature.spec.meter_code is None:
-                raise Invalid(f"applies_to.features[{n}]", f"no metered feature {code!r}: a wallet pays for "
-                                                           "the usage of metered features")
+            self._metered(tenant_id, code, f"applies_to.features[{n}]")
+        for n, alert in enumerate(spec.alerts):
+            if alert.feature_code is not None:
+                self._metered(tenant_id, alert.feature_code, f"alerts[{n}].feature_code")
+                if spec.applies_to is not None and alert.feature_code not in spec.applies_to.features:
+                    raise Invalid(f"alerts[{n}].feature_code", f"the wallet does not pay for {alert.feature_code!r}")
         with acting(by):
             wallet = Wallet(tenant_id=tenant_id, spec=spec)
         self.save(wallet)
         return wallet
+
+    def _metered(self, tenant_id: UUID, code: str, field: str) -> None:
+        feature = self.find(Feature.id_for(tenant_id, code))
+        if feature is None or feature.spec.meter_code is None:
+            raise Invalid(field, f"no metered feature {code!r}: a wallet pays for the usage of metered features")
 
     def grant(self, by: Actor, tenant_id: UUID, wallet_id: UUID, spec: GrantSpec, now: datetime) -> Wallet:
         if spec.expires_at is not None and spec.expires_at <= now:

@@ -1,7 +1,7 @@
-"""Property: for any sequence of grants, debits, expiries and reversals, a wallet's balance is granted - spent -
-expired, never below -overdraft_limit, each grant's remaining stays within [0, its amount], spending
-follows the documented order, and replaying the wallet's events gives the same wallet
-(domain/wallet.py, in memory)."""
+"""Property: for any sequence of grants, debits, expiries, reversals and top-ups, a wallet's balance is
+granted - spent - expired, never below -overdraft_limit, each grant's remaining stays within [0, its
+amount], spending follows the documented order, a top-up lands once and only when paid, and replaying
+the wallet's events gives the same wallet (domain/wallet.py, in memory)."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,6 +21,7 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("debit"), credits),
     st.tuples(st.just("expire"), st.integers(0, 30)),
     st.tuples(st.just("reverse"), st.integers(0, 100)),  # give back that percentage of what is spent
+    st.tuples(st.just("topup"), credits, st.booleans()),  # bought; landed (its invoice paid) or voided
 ), max_size=40)
 
 
@@ -65,6 +66,15 @@ def test_the_balance_is_granted_less_spent_and_expired_and_never_beyond_the_over
                     if back > 0:
                         wallet.reverse(back, position, now)
                         spent -= back
+                case ("topup", amount, paid):
+                    invoice_id = uuid4()
+                    wallet.request_topup(amount, invoice_id)
+                    if paid:
+                        wallet.land_topup(invoice_id)
+                        wallet.land_topup(invoice_id)  # a second payment event lands nothing more
+                        granted += amount
+                    else:
+                        wallet.void_topup(invoice_id)
             assert wallet.balance == granted - spent - expired, step
             assert wallet.balance >= -overdraft
             assert all(0 <= g.remaining <= g.amount for g in wallet.grants)
@@ -90,6 +100,10 @@ def test_replaying_a_wallet_s_events_gives_the_same_wallet(script):
                 case ("reverse", percent):
                     if percent and wallet.through:
                         wallet.reverse(Decimal(percent), position, now)
+                case ("topup", amount, paid):
+                    invoice_id = uuid4()
+                    wallet.request_topup(amount, invoice_id)
+                    (wallet.land_topup if paid else wallet.void_topup)(invoice_id)
             recorded += wallet.collect_events()
     replayed = None
     for event in recorded:

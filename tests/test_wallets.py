@@ -73,6 +73,9 @@ def test_bad_wallets_and_grants_are_refused_naming_the_field_and_change_nothing(
     assert_problem(acme.post("/v1/wallets", json={**WALLET, "conversion_rate": "0"}), 422, "conversion_rate")
     assert_problem(acme.post("/v1/wallets", json={**WALLET, "overdraft_limit": "-1"}), 422, "overdraft_limit")
     assert_problem(acme.post("/v1/wallets", json={**WALLET, "conversion_rate": 0.01}), 422, "conversion_rate")
+    assert_problem(acme.post("/v1/wallets", json={**WALLET, "alerts": [{"level": "info", "below": "5",
+                                                                        "feature_code": "nope"}]}),
+                   422, "alerts[0].feature_code")
     assert ledger.events_recorded() == recorded
     url = f"/v1/wallets/{created(acme.post('/v1/wallets', json=WALLET))['id']}"
     recorded = ledger.events_recorded()
