@@ -194,9 +194,9 @@ def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> N
               f"{found['shown']:>10} of {len(latencies):<11}  hot balance right: {found['hot_ok']}; "
               f"wallets with a wrong balance: {found['wrong']}")
     print("\nevents/s: usage events debited per second by the debit passes (each pass: one debit event per wallet "
-          "it touches, 500 customers' in a save). A read's time is from the event's durable append to the balance that counts "
-          "it, read while none of the many wallets' usage is debited yet (reads add the usage not debited yet): the "
-          "usage -> balance latency the target '10,000 wallets within 1 s of their usage' is about.")
+          "it touches, 500 customers' in a save). A read's time is from the event's durable append to the balance "
+          "that counts it, read while none of the many wallets' usage is debited yet (reads add the usage not "
+          "debited yet): the usage -> balance latency the target '10,000 wallets within 1 s of their usage' is about.")
 
 
 def main() -> None:
