@@ -22,6 +22,7 @@ from projections.views import WalletSummary, private_id, public_id
 from projections.wallets import TopUpView, TransactionView, WalletView
 
 OWN = READERS | {"portal"}  # a portal key reads its own customer's wallets
+FINANCE = ADMIN | {"finance"}  # grants and top-ups (API.md's roles)
 
 
 def _wallet_id(call: Call) -> UUID:
@@ -59,6 +60,8 @@ async def grant(call: Call) -> Response:
 
 
 async def top_up(call: Call) -> Response:
+    if call.role == "portal":  # a portal key tops up its own customer's wallets only
+        _own(call, await run_in_threadpool(call.ledger.wallet, call.tenant_id, _wallet_id(call)))
     invoice = await call.command(call.ledger.top_up, _wallet_id(call), call.body.amount)
     found = await run_in_threadpool(call.ledger.wallet, call.tenant_id, _wallet_id(call))
     bought = next(t for t in found.topups if t.invoice_id == public_id("invoices", invoice.id))
@@ -89,9 +92,9 @@ OPERATIONS = [
     Operation("GET", "/v1/wallets/{id}", read, OWN,
               "A wallet: balance and each grant's remaining credits, now or as it stood at ?as_of=",
               response=WalletView),
-    Operation("POST", "/v1/wallets/{id}/grants", grant, ADMIN,
+    Operation("POST", "/v1/wallets/{id}/grants", grant, FINANCE,
               "Grant credits (paid or promotional, expiring or not)", GrantSpec, WalletView, status=201),
-    Operation("POST", "/v1/wallets/{id}/topups", top_up, ADMIN,
+    Operation("POST", "/v1/wallets/{id}/topups", top_up, FINANCE | {"portal"},
               "Buy credits: an invoice at the wallet's topup_conversion_rate; they land when it is paid", TopUpSpec,
               TopUpView, status=201),
     Operation("GET", "/v1/wallets/{id}/transactions", transactions, OWN,

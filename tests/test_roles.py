@@ -79,8 +79,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/wallets"): ADMIN,
     ("GET", "/v1/wallets"): READERS | {"portal"},
     ("GET", "/v1/wallets/{id}"): READERS | {"portal"},
-    ("POST", "/v1/wallets/{id}/grants"): ADMIN,
-    ("POST", "/v1/wallets/{id}/topups"): ADMIN,
+    ("POST", "/v1/wallets/{id}/grants"): ADMIN | {"finance"},
+    ("POST", "/v1/wallets/{id}/topups"): ADMIN | {"finance", "portal"},
     ("GET", "/v1/wallets/{id}/transactions"): READERS | {"portal"},
 }
 USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call",

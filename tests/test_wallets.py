@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from conftest import assert_problem, created
+from conftest import assert_problem, client, created
 from eventsourcing.persistence import IntegrityError
 
 from api.clock import BillingClock
@@ -367,3 +367,16 @@ def test_a_void_after_a_debit_gives_the_credits_back_and_the_invoice_bills_what_
     closing = metered.get("/v1/invoices", params={"customer": "acme", "status": "finalized"}).json()["data"]
     invoice = metered.get(f"/v1/invoices/{closing[0]['id']}").json()
     assert (invoice["total"], invoice["credits_applied"], invoice["amount_due"]) == ("3.00", "3.00", "0.00")
+
+
+def test_a_portal_key_tops_up_its_own_customer_s_wallets_only(acme, ledger, base_url):
+    created(acme.post("/v1/customers", json={"external_id": "globex", "name": "Globex", "currency": "USD"}))
+    mine = created(acme.post("/v1/wallets", json=WALLET))
+    theirs = created(acme.post("/v1/wallets", json={**WALLET, "customer": "globex"}))
+    key = created(acme.post("/v1/api-keys", json={"role": "portal", "customer": "acme"}))["key"]
+    with client(base_url, key) as portal:
+        assert portal.post(f"/v1/wallets/{mine['id']}/topups", json={"amount": "1000"}).status_code == 201
+        recorded = ledger.events_recorded()
+        assert_problem(portal.post(f"/v1/wallets/{theirs['id']}/topups", json={"amount": "1000"}), 404)
+        assert_problem(portal.get(f"/v1/wallets/{theirs['id']}"), 404)
+        assert ledger.events_recorded() == recorded
