@@ -10,6 +10,7 @@ from starlette.routing import Route
 from api import (
     catalogue,
     customers,
+    entitlements,
     invoices,
     openapi,
     subscriptions,
@@ -43,6 +44,7 @@ OPERATIONS: list[Operation] = [
     *subscriptions.OPERATIONS,
     *invoices.OPERATIONS,
     *wallets.OPERATIONS,
+    *entitlements.OPERATIONS,
 ]
 
 

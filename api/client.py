@@ -192,6 +192,8 @@ class _Operations:
     create_credit_note = _operation("POST", "/v1/credit-notes", "Credit a finalized invoice: lines=[...] or amount")
     list_credit_notes = _operation("GET", "/v1/credit-notes", "List an invoice's credit notes: invoice_id=...")
     get_credit_note = _operation("GET", "/v1/credit-notes/{id}", "Read a credit note")
+    check_entitlement = _operation("POST", "/v1/entitlements/check", "May the customer use a feature now?")
+    list_entitlements = _operation("GET", "/v1/customers/{external_id}/entitlements", "A customer's entitlements")
     create_wallet = _operation("POST", "/v1/wallets", "Open a wallet of credits for a customer")
     list_wallets = _operation("GET", "/v1/wallets", "List a customer's wallets: customer=...")
     get_wallet = _operation("GET", "/v1/wallets/{id}", "Read a wallet (as_of=... for a past instant)")

@@ -29,8 +29,9 @@ from domain.catalogue import Catalogue
 from domain.charges import UsageCharges, charge_key
 from domain.customer import Customer
 from domain.customers import Customers
+from domain.entitlements import Decision, decide, refused, window
 from domain.errors import Conflict, Invalid, NotFound
-from domain.feature import Feature
+from domain.feature import Feature, FeatureSpec
 from domain.invoicing import ChangedMeanwhile, Invoicing, topup_invoice
 from domain.meter import MeterSpec
 from domain.metering import transactions_of
@@ -649,14 +650,47 @@ class Ledger:
         return costs
 
     def _feature_meters(self, tenant_id: UUID, holders: Iterable[Wallet]) -> dict[str, str]:
-        """The meter of each feature the wallets apply to (a feature never changes once defined)."""
-        found = {}
-        for code in {code for wallet in holders if wallet.spec.applies_to for code in wallet.spec.applies_to.features}:
-            key = (tenant_id, "feature", code)
-            if key not in self._immutable:
-                self._immutable[key] = self.catalogue.find(Feature.id_for(tenant_id, code)).spec.meter_code
-            found[code] = self._immutable[key]
-        return found
+        """The meter of each feature the wallets apply to."""
+        codes = {code for wallet in holders if wallet.spec.applies_to for code in wallet.spec.applies_to.features}
+        return {code: self._feature_spec(tenant_id, code).meter_code for code in codes}
+
+    def _feature_spec(self, tenant_id: UUID, code: str) -> FeatureSpec:
+        """A feature's definition: immutable once defined, so read once per process."""
+        key = (tenant_id, "feature", code)
+        if key not in self._immutable:
+            found = self.catalogue.find(Feature.id_for(tenant_id, code))
+            if found is None:
+                raise NotFound("feature", code)
+            self._immutable[key] = found.spec
+        return self._immutable[key]
+
+    def entitlements(self, tenant_id: UUID, customer: str, now: datetime, feature_code: str | None = None,
+                     quantity: Decimal = Decimal(1)) -> list[Decision]:
+        """What the customer may use now, by its running subscription's plan version: one feature
+        (asking for `quantity` more of a metered one), or every feature the plan grants. Metered use
+        counts every usage event acknowledged so far (the read model plus the log's tail)."""
+        self.customers.customer(tenant_id, customer)  # NotFound for a customer that does not exist
+        running = [found for found in self._subscriptions(tenant_id, customer)
+                   if found.start_at <= now and (found.ends_at is None or now < found.ends_at)]
+        if not running:
+            return [] if feature_code is None else [refused(feature_code, "no_subscription")]
+        subscription = min(running, key=lambda found: (found.start_at, found.id.hex))
+        spec = self._version_spec(tenant_id, subscription.plan_code, subscription.version_at(now))
+        granted = [e for e in spec.entitlements if feature_code is None or e.feature_code == feature_code]
+        if feature_code is not None and not granted:
+            return [refused(feature_code, "not_in_plan")]
+        decisions = []
+        for entitlement in granted:
+            used, resets_at = None, None
+            if entitlement.limit is not None:
+                meter = self._meter_spec(tenant_id, self._feature_spec(tenant_id, entitlement.feature_code).meter_code)
+                period = subscription.period_at(max(now, subscription.billing_start))
+                start, resets_at = window(entitlement.reset, now, period, subscription.billing_start)
+                end = resets_at or now + timedelta(days=1)  # usage is never more than minutes ahead
+                used = report(self._usage_reader(str(tenant_id), customer, meter), customer, meter, start, end, None,
+                              ()).total
+            decisions.append(decide(entitlement, used, quantity, resets_at))
+        return decisions
 
     def wallet_transactions(self, tenant_id: UUID, wallet_id: UUID, after: int,
                             limit: int) -> tuple[list[wallets.TransactionView], bool]:

@@ -55,13 +55,6 @@ def add_months(anchor: datetime, months: int) -> datetime:
     return anchor.replace(year=year, month=month, day=min(anchor.day, calendar.monthrange(year, month)[1]))
 
 
-def advance(anchor: datetime, interval: Interval, count: int) -> datetime:
-    """`anchor` moved by `count` intervals (months from the anchor itself: the 31st comes back)."""
-    if interval in ("day", "week"):
-        return anchor + timedelta(days=count * (1 if interval == "day" else 7))
-    return add_months(anchor, count * {"month": 1, "quarter": 3, "year": 12}[interval])
-
-
 def _calendar_start(moment: datetime, interval: Interval) -> datetime:
     """The start of the calendar period holding `moment`."""
     midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -77,7 +70,8 @@ def _calendar_start(moment: datetime, interval: Interval) -> datetime:
     return first.replace(month=1)
 
 
-def _step(moment: datetime, interval: Interval, count: int) -> datetime:
+def advance(moment: datetime, interval: Interval, count: int) -> datetime:
+    """`moment` moved by `count` intervals (months from `moment` itself: the 31st comes back)."""
     if interval in DAYS:
         return moment + timedelta(days=DAYS[interval] * count)
     return add_months(moment, MONTHS[interval] * count)
@@ -89,10 +83,10 @@ def period_at(billing_start: datetime, interval: Interval, anchor: Anchor, momen
     assert moment >= billing_start, (moment, billing_start)
     if anchor == "calendar":
         whole = _calendar_start(moment, interval)
-        end = _step(whole, interval, 1)
+        end = advance(whole, interval, 1)
         return Period(billing_start, end, whole) if billing_start > whole else Period(whole, end)
     count = _periods_before(billing_start, interval, moment)
-    return Period(_step(billing_start, interval, count), _step(billing_start, interval, count + 1))
+    return Period(advance(billing_start, interval, count), advance(billing_start, interval, count + 1))
 
 
 def _periods_before(billing_start: datetime, interval: Interval, moment: datetime) -> int:
@@ -101,9 +95,9 @@ def _periods_before(billing_start: datetime, interval: Interval, moment: datetim
         return (moment - billing_start) // timedelta(days=DAYS[interval])
     months = MONTHS[interval]
     count = ((moment.year - billing_start.year) * 12 + moment.month - billing_start.month) // months
-    while count > 0 and _step(billing_start, interval, count) > moment:
+    while count > 0 and advance(billing_start, interval, count) > moment:
         count -= 1
-    while _step(billing_start, interval, count + 1) <= moment:
+    while advance(billing_start, interval, count + 1) <= moment:
         count += 1
     return count
 

@@ -1,0 +1,36 @@
+"""Entitlement operations: the check (the hot path) and a customer's entitlements."""
+
+from decimal import Decimal
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from api.http import JSON, Call, Operation, encoder
+from api.tenant import ADMIN, READERS
+from domain.entitlements import CheckSpec, Decision
+
+CHECKERS = ADMIN | {"ingest"}
+
+
+async def check(call: Call) -> Response:
+    body: CheckSpec = call.body
+    ledger = call.ledger
+    found = await run_in_threadpool(ledger.entitlements, call.tenant_id, body.customer, ledger.now(),
+                                    body.feature_code, Decimal(1) if body.quantity is None else body.quantity)
+    return Response(encoder.encode(found[0]), media_type=JSON)
+
+
+async def listing(call: Call) -> Response:
+    ledger = call.ledger
+    found = await run_in_threadpool(ledger.entitlements, call.tenant_id, call.params["external_id"], ledger.now())
+    return Response(encoder.encode({"data": found, "has_more": False}), media_type=JSON)
+
+
+OPERATIONS = [
+    Operation("POST", "/v1/entitlements/check", check, CHECKERS,
+              "May the customer use (quantity more of) a feature now? Counts every usage event acknowledged",
+              CheckSpec, Decision),
+    Operation("GET", "/v1/customers/{external_id}/entitlements", listing, READERS | {"portal"},
+              "Every feature the customer's plan grants, with what is left of each now", response=Decision,
+              listing=True),
+]
