@@ -193,6 +193,8 @@ class _Operations:
     list_credit_notes = _operation("GET", "/v1/credit-notes", "List an invoice's credit notes: invoice_id=...")
     get_credit_note = _operation("GET", "/v1/credit-notes/{id}", "Read a credit note")
     check_entitlement = _operation("POST", "/v1/entitlements/check", "May the customer use a feature now?")
+    override_entitlement = _operation("POST", "/v1/customers/{external_id}/entitlement-overrides",
+                                      "Set a feature's limit, switch or value for one customer (until=...)")
     list_entitlements = _operation("GET", "/v1/customers/{external_id}/entitlements", "A customer's entitlements")
     create_wallet = _operation("POST", "/v1/wallets", "Open a wallet of credits for a customer")
     list_wallets = _operation("GET", "/v1/wallets", "List a customer's wallets: customer=...")

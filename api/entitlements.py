@@ -8,6 +8,7 @@ from starlette.responses import Response
 from api.http import JSON, Call, Operation, encoder
 from api.tenant import ADMIN, READERS
 from domain.entitlements import CheckSpec, Decision
+from domain.overrides import OverrideSpec
 
 CHECKERS = ADMIN | {"ingest"}
 
@@ -26,6 +27,14 @@ async def listing(call: Call) -> Response:
     return Response(encoder.encode({"data": found, "has_more": False}), media_type=JSON)
 
 
+async def override(call: Call) -> Response:
+    ledger, customer, body = call.ledger, call.params["external_id"], call.body
+    await call.command(ledger.override, customer, body)
+    found = await run_in_threadpool(ledger.entitlements, call.tenant_id, customer, ledger.now(), body.feature_code,
+                                    Decimal(0))
+    return Response(encoder.encode(found[0]), 201, media_type=JSON)
+
+
 OPERATIONS = [
     Operation("POST", "/v1/entitlements/check", check, CHECKERS,
               "May the customer use (quantity more of) a feature now? Counts every usage event acknowledged",
@@ -33,4 +42,7 @@ OPERATIONS = [
     Operation("GET", "/v1/customers/{external_id}/entitlements", listing, READERS | {"portal"},
               "Every feature the customer's plan grants, with what is left of each now", response=Decision,
               listing=True),
+    Operation("POST", "/v1/customers/{external_id}/entitlement-overrides", override, ADMIN,
+              "Set a feature's limit, switch or value for one customer apart from its plan (until ?until)",
+              OverrideSpec, Decision, status=201),
 ]

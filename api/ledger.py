@@ -36,6 +36,7 @@ from domain.invoicing import ChangedMeanwhile, Invoicing, topup_invoice
 from domain.meter import MeterSpec
 from domain.metering import transactions_of
 from domain.money import Amount
+from domain.overrides import OverrideSpec, applied
 from domain.periods import Period
 from domain.plan_version import PlanVersionSpec
 from domain.price import FlatPrice
@@ -489,6 +490,9 @@ class Ledger:
         found = holder.details.tax_rate if holder is not None else None
         return found if found is not None else tenant.settings.default_tax_rate
 
+    def override(self, by: Actor, tenant_id: UUID, customer: str, spec: OverrideSpec) -> Any:
+        return self.customers.override(by, tenant_id, customer, spec, self.now())
+
     def grant(self, by: Actor, tenant_id: UUID, wallet_id: UUID, spec: GrantSpec) -> Wallet:
         return self.wallets.grant(by, tenant_id, wallet_id, spec, self.now())
 
@@ -666,9 +670,9 @@ class Ledger:
 
     def entitlements(self, tenant_id: UUID, customer: str, now: datetime, feature_code: str | None = None,
                      quantity: Decimal = Decimal(1)) -> list[Decision]:
-        """What the customer may use now, by its running subscription's plan version: one feature
-        (asking for `quantity` more of a metered one), or every feature the plan grants. Metered use
-        counts every usage event acknowledged so far (the read model plus the log's tail)."""
+        """What the customer may use now, by its running subscription's plan version and its overrides
+        in force: one feature (asking for `quantity` more of a metered one), or every feature granted.
+        Metered use counts every usage event acknowledged so far (the read model plus the log's tail)."""
         self.customers.customer(tenant_id, customer)  # NotFound for a customer that does not exist
         running = [found for found in self._subscriptions(tenant_id, customer)
                    if found.start_at <= now and (found.ends_at is None or now < found.ends_at)]
@@ -676,7 +680,13 @@ class Ledger:
             return [] if feature_code is None else [refused(feature_code, "no_subscription")]
         subscription = min(running, key=lambda found: (found.start_at, found.id.hex))
         spec = self._version_spec(tenant_id, subscription.plan_code, subscription.version_at(now))
-        granted = [e for e in spec.entitlements if feature_code is None or e.feature_code == feature_code]
+        plan = {e.feature_code: e for e in spec.entitlements}
+        overrides = self.customers.overrides(tenant_id, customer)
+        codes = [*plan, *(o.feature_code for o in overrides.overrides if o.feature_code not in plan)] if overrides \
+            else list(plan)
+        in_force = {code: applied(plan.get(code), overrides.in_force(code, now) if overrides else None)
+                    for code in dict.fromkeys(codes) if feature_code is None or code == feature_code}
+        granted = [found for found in in_force.values() if found is not None]
         if feature_code is not None and not granted:
             return [refused(feature_code, "not_in_plan")]
         decisions = []

@@ -26,6 +26,7 @@ from domain.feature import FeatureSpec
 from domain.invoice import Invoice
 from domain.meter import MeterSpec
 from domain.money import decode_hook, encode_hook
+from domain.overrides import OverrideSpec
 from domain.plan import PlanSpec
 from domain.plan_version import PlanVersionSpec
 from domain.pricing_unit import PricingUnitSpec
@@ -50,7 +51,7 @@ class StructAsDict(Transcoding):
 # Every value stored inside an event. All applications know all of them: they share one store.
 VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     TenantSettings, MeterSpec, FeatureSpec, PricingUnitSpec, PlanSpec, PlanVersionSpec, CustomerDetails, Invoice,
-    WalletSpec, GrantSpec,
+    WalletSpec, GrantSpec, OverrideSpec,
 )
 
 

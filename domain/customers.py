@@ -1,5 +1,6 @@
 """The customers' use cases: register, change, and the parent hierarchy (no cycles)."""
 
+from datetime import datetime
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -8,7 +9,9 @@ from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
 from domain.customer import Customer, CustomerChanges, CustomerDetails, CustomerSpec
 from domain.errors import Conflict, Invalid, NotFound
+from domain.feature import Feature
 from domain.hierarchy import Hierarchy
+from domain.overrides import EntitlementOverrides, OverrideSpec
 
 MAX_DEPTH = 32  # a hierarchy deeper than this is refused rather than walked
 
@@ -73,6 +76,28 @@ class Customers(TallyApplication):
             hierarchy = Hierarchy(tenant_id=tenant_id)
         hierarchy.change_parent(child, parent)
         return [hierarchy]
+
+    def override(self, by: Actor, tenant_id: UUID, external_id: str, spec: OverrideSpec,
+                 now: datetime) -> EntitlementOverrides:
+        """Set a feature's limit, switch or value for this customer apart from its plan (an event)."""
+        self.customer(tenant_id, external_id)
+        feature = self.find(Feature.id_for(tenant_id, spec.feature_code))
+        if feature is None:
+            raise Invalid("feature_code", f"no feature {spec.feature_code!r}")
+        wanted = {"metered": "limit", "boolean": "enabled", "config": "value"}[feature.spec.type]
+        if getattr(spec, wanted) is None:
+            raise Invalid(wanted, f"{spec.feature_code!r} is a {feature.spec.type} feature: override its {wanted}")
+        if spec.until is not None and spec.until <= now:
+            raise Invalid("until", f"{spec.until.isoformat()} has passed")
+        overrides = self.find(EntitlementOverrides.create_id(tenant_id, external_id))
+        with acting(by):
+            overrides = overrides or EntitlementOverrides(tenant_id=tenant_id, customer=external_id)
+            overrides.override(spec)
+        self.save_or(ChangedMeanwhile(external_id), overrides)
+        return overrides
+
+    def overrides(self, tenant_id: UUID, external_id: str) -> EntitlementOverrides | None:
+        return self.find(EntitlementOverrides.create_id(tenant_id, external_id))
 
     def customer(self, tenant_id: UUID, external_id: str) -> Customer:
         try:

@@ -3,6 +3,7 @@ windows, soft vs hard limits, boolean and config features, and usage counted the
 acknowledged."""
 
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 from conftest import assert_problem, created
@@ -96,3 +97,40 @@ def test_boolean_and_config_features_and_what_is_not_granted(acme, ledger, admin
     assert_problem(acme.post("/v1/entitlements/check", json={"customer": "nobody", "feature_code": "ai"}), 404)
     assert_problem(acme.post("/v1/entitlements/check", json={"customer": "acme", "feature_code": "ai",
                                                              "quantity": "-1"}), 422, "quantity")
+
+
+def test_an_override_wins_until_its_time_then_the_plan_returns_and_each_is_an_event(acme, ledger):
+    ledger.subscriptions.clock = lambda: at("2026-01-10T00:00:00")
+    use(acme, "jan", "llm", "2026-01-05T00:00:00Z", tokens=1500)
+    assert check(acme, "ai")["allowed"] is False
+    # When admin raises acme's AI limit to 5,000 until Jan 20, and switches SSO off for good
+    raised = acme.post("/v1/customers/acme/entitlement-overrides",
+                       json={"feature_code": "ai", "limit": "5000", "until": "2026-01-20T00:00:00Z"})
+    assert raised.status_code == 201, raised.text
+    assert (raised.json()["limit"], raised.json()["remaining"]) == ("5000", "3500")
+    created(acme.post("/v1/customers/acme/entitlement-overrides", json={"feature_code": "sso", "enabled": False}))
+    # Then the override wins (same monthly window), and SSO is off
+    assert (check(acme, "ai")["allowed"], check(acme, "ai")["limit"]) == (True, "5000")
+    assert (check(acme, "sso")["allowed"], check(acme, "sso")["reason"]) == (False, "disabled")
+    # And from Jan 20 the plan's limit is back
+    ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
+    assert (check(acme, "ai")["allowed"], check(acme, "ai")["limit"]) == (False, "1000")
+    # And each override is an event, with who set it
+    overrides = ledger.customers.overrides(_tenant(ledger), "acme")
+    events = list(ledger.customers.repository.event_store.get(overrides.id))
+    assert [e.spec.feature_code for e in events[1:]] == ["ai", "sso"]
+    assert all(e.actor.startswith("key_") for e in events)
+    # And an override must fit its feature: a limit for a metered one, known features only, a future until
+    assert_problem(acme.post("/v1/customers/acme/entitlement-overrides",
+                             json={"feature_code": "sso", "limit": "3"}), 422, "enabled")
+    assert_problem(acme.post("/v1/customers/acme/entitlement-overrides",
+                             json={"feature_code": "nope", "enabled": True}), 422, "feature_code")
+    assert_problem(acme.post("/v1/customers/acme/entitlement-overrides",
+                             json={"feature_code": "ai", "limit": "1", "until": "2026-01-01T00:00:00Z"}), 422, "until")
+
+
+def _tenant(ledger) -> UUID:
+    with ledger.database.transaction() as cursor:
+        row = cursor.execute("SELECT tenant_id FROM tally_documents WHERE collection = 'customers' "
+                             "AND code = 'acme'").one()
+    return UUID(row[0])
