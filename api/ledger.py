@@ -398,12 +398,11 @@ class Ledger:
         for tenant_id in dict.fromkeys(issued.tenant_id for issued, _ in finalizing):
             mine = [(issued, subscription) for issued, subscription in finalizing if issued.tenant_id == tenant_id]
             customers = {subscription.customer for _, subscription in mine}
-            holders = {body["customer"] for body in self.documents.children("wallets", str(tenant_id), customers)}
+            charge_ids = [UsageCharges.create_id(tenant_id, customer) for customer in customers]
+            charges = self.wallets.find_many(charge_ids)
             loaded = {tenant_id: self.tenants.tenant(tenant_id),
                       **self.customers.find_many({Customer.id_for(tenant_id, customer) for customer in customers}),
-                      **{UsageCharges.create_id(tenant_id, customer):  # none: no wallet, so nothing paid
-                         self.wallets.find(UsageCharges.create_id(tenant_id, customer)) if customer in holders else None
-                         for customer in customers}}
+                      **{charge_id: charges.get(charge_id) for charge_id in charge_ids}}  # none: nothing paid
             try:
                 self.invoicing.finalize_many(CLOCK, loaded[tenant_id].settings.invoice_prefix,
                                              [(issued, self._billed(issued, s, loaded)) for issued, s in mine])
@@ -500,13 +499,13 @@ class Ledger:
         """The wallet now, or as it stood at `as_of` (from its events recorded by then). Grants whose
         time has come show as expired, whether or not the clock has recorded it yet; now, usage
         acknowledged and not yet debited is taken off too (in this copy only: DESIGN.md "Freshness")."""
-        found = self.wallets.wallet(tenant_id, wallet_id)
         now = as_of or self.now()
         if as_of is not None:
             found = self.wallets.as_of(wallet_id, as_of)
-            if found is None:
+            if not isinstance(found, Wallet) or found.tenant_id != tenant_id:  # not yet, or not this tenant's
                 raise NotFound("wallet as of", f"{public_id('wallets', wallet_id)} at {as_of.isoformat()}")
         else:  # usage not debited yet, of the customer and (a pooled wallet) of its children
+            found = self.wallets.wallet(tenant_id, wallet_id)
             drawing = {found.customer, *([body["external_id"] for body in self.documents.children(
                 "customers", str(tenant_id), {found.customer})] if found.spec.pooled else [])}
             for customer, wallets_of in self._holders(tenant_id, drawing).items():

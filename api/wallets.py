@@ -38,6 +38,15 @@ def _own(call: Call, wallet: WalletView) -> WalletView:
     return wallet
 
 
+async def _portal_owns(call: Call, wallet_id: UUID) -> None:
+    """A portal key acts on its own customer's wallets only (404 for another's): the wallet's owner,
+    read from the wallet itself, not from its priced view."""
+    if call.role == "portal":
+        wallet = await run_in_threadpool(call.ledger.wallets.wallet, call.tenant_id, wallet_id)
+        if wallet.customer != call.customer:
+            raise ApiError(404, f"no wallet {call.params['id']}")
+
+
 async def create(call: Call) -> Response:
     wallet = await call.command(call.ledger.wallets.create, call.body)
     found = await run_in_threadpool(call.ledger.wallet, call.tenant_id, wallet.id)
@@ -60,8 +69,7 @@ async def grant(call: Call) -> Response:
 
 
 async def top_up(call: Call) -> Response:
-    if call.role == "portal":  # a portal key tops up its own customer's wallets only
-        _own(call, await run_in_threadpool(call.ledger.wallet, call.tenant_id, _wallet_id(call)))
+    await _portal_owns(call, _wallet_id(call))
     invoice = await call.command(call.ledger.top_up, _wallet_id(call), call.body.amount)
     found = await run_in_threadpool(call.ledger.wallet, call.tenant_id, _wallet_id(call))
     bought = next(t for t in found.topups if t.invoice_id == public_id("invoices", invoice.id))
@@ -70,7 +78,7 @@ async def top_up(call: Call) -> Response:
 
 async def transactions(call: Call) -> Response:
     wallet_id = _wallet_id(call)
-    _own(call, await run_in_threadpool(call.ledger.wallet, call.tenant_id, wallet_id))
+    await _portal_owns(call, wallet_id)
     after = call.request.query_params.get("starting_after")
     version = 0
     if after is not None:

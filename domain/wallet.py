@@ -233,11 +233,6 @@ class Wallet(Aggregate):
     def balance(self) -> Decimal:
         return sum((g.remaining for g in self.grants), Decimal(0)) - self.overdraft
 
-    @property
-    def available(self) -> Decimal:
-        """What can still be spent: the balance plus the overdraft left."""
-        return self.balance + self.spec.overdraft
-
     def room(self, now: datetime) -> Decimal:
         """Credits it can still give at `now`: what its live grants hold, and the overdraft left."""
         live = sum((g.remaining for g in self._live(now)), Decimal(0))

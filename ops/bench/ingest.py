@@ -472,10 +472,7 @@ def ceiling_postgres(cluster_url: str, shape: Shape, batches: int) -> Ceiling:
 def durability(store: str, database_url: str) -> str:
     if store == "sqlite":
         return "WAL, synchronous=FULL"
-    with psycopg.connect(database_url) as connection:
-        fsync = connection.execute("SHOW fsync").fetchone()[0]
-        commit = connection.execute("SHOW synchronous_commit").fetchone()[0]
-    return f"fsync={fsync}, synchronous_commit={commit}"
+    return services.postgres_durability(database_url)
 
 
 # --- one store, end to end -------------------------------------------------------------------------------------

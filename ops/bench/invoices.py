@@ -52,8 +52,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import psycopg
-
 from api.ledger import Ledger
 from domain.aggregate import Actor
 from domain.customer import CustomerSpec
@@ -380,10 +378,7 @@ class Result:
 def durability(store: str, url: str) -> str:
     if store == "sqlite":
         return "WAL; event store synchronous=FULL (SQLite's default), views FULL, usage log FULL"
-    with psycopg.connect(url) as connection:
-        fsync = connection.execute("SHOW fsync").fetchone()[0]
-        commit = connection.execute("SHOW synchronous_commit").fetchone()[0]
-    return f"fsync={fsync}, synchronous_commit={commit}"
+    return services.postgres_durability(url)
 
 
 def bench(store: str, args: argparse.Namespace) -> Result:
