@@ -8,7 +8,7 @@ from starlette.responses import Response
 from api.http import JSON, Call, Operation, encoder
 from api.tenant import ADMIN, READERS
 from domain.entitlements import CheckSpec, Decision
-from domain.overrides import OverrideSpec
+from domain.customer_entitlements import OverrideSpec
 
 CHECKERS = ADMIN | {"ingest"}
 
@@ -16,9 +16,9 @@ CHECKERS = ADMIN | {"ingest"}
 async def check(call: Call) -> Response:
     body: CheckSpec = call.body
     ledger = call.ledger
-    found = await run_in_threadpool(ledger.entitlements, call.tenant_id, body.customer, ledger.now(),
-                                    body.feature_code, Decimal(1) if body.quantity is None else body.quantity)
-    return Response(encoder.encode(found[0]), media_type=JSON)
+    found = await run_in_threadpool(ledger.check, call.actor, call.tenant_id, body.customer, body.feature_code,
+                                    Decimal(1) if body.quantity is None else body.quantity, ledger.now())
+    return Response(encoder.encode(found), media_type=JSON)
 
 
 async def listing(call: Call) -> Response:

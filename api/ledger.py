@@ -5,7 +5,7 @@ reads its own writes."""
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
@@ -28,15 +28,15 @@ from domain.billing import (
 from domain.catalogue import Catalogue
 from domain.charges import UsageCharges, charge_key
 from domain.customer import Customer
+from domain.customer_entitlements import CustomerEntitlements, OverrideSpec, applied
 from domain.customers import Customers
-from domain.entitlements import Decision, decide, refused, window
+from domain.entitlements import Decision, decide, refused, unpaid, window
 from domain.errors import Conflict, Invalid, NotFound
 from domain.feature import Feature, FeatureSpec
 from domain.invoicing import ChangedMeanwhile, Invoicing, topup_invoice
 from domain.meter import MeterSpec
-from domain.metering import transactions_of
+from domain.metering import Reading, transactions_of
 from domain.money import Amount
-from domain.overrides import OverrideSpec, applied
 from domain.periods import Period
 from domain.plan_version import PlanVersionSpec
 from domain.price import FlatPrice
@@ -48,10 +48,12 @@ from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
 from projections import usage_readings, wallets
 from projections.documents import Documents
+from projections.memo import Memo
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
 from projections.store import SCHEMA, Database, lock_position, save_position
 from projections.usage import Read, UsageReport, Window, report
+from projections.usage_counters import UsageCounters
 from projections.usage_log import UsageLog, microseconds, moment_of
 from projections.views import private_id, public_id
 
@@ -64,6 +66,7 @@ DEBITS = "wallet-debits"  # the usage-log position the debits have read up to
 DEBIT_BATCH = 100_000  # usage-log entries a debit pass reads (its cost is mostly per customer touched)
 DEBIT_SAVE = 500  # customers whose debits go in one save (a save of thousands of aggregates stalls on PostgreSQL)
 _NONE: Mapping[UUID, Any] = MappingProxyType({})
+FOREVER = datetime(9999, 1, 1, tzinfo=UTC)  # the end of a window that never resets
 
 
 Prefetched = tuple[int, int, dict[str, tuple[list, list]]]  # [low, high) in microseconds, readings by event name
@@ -132,6 +135,9 @@ class Ledger:
         self.distributed = distributed
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
         self._immutable: dict[tuple, Any] = {}  # plan versions and meters never change once made
+        self.memo = Memo(self.tenants.recorder, (Customer, CustomerEntitlements, Subscription, Wallet),
+                         new_kinds=(Subscription, Wallet))
+        self.counters = UsageCounters(self.usage, self._window_readings)
         self._next_due: dict[str, tuple[Any, datetime]] = {}  # the clock's: subscription -> (what it saw, when due)
         self._wallets_seen: dict[str, datetime] = {}  # the clock's: wallet -> when it last looked at it
         self._follower: Any = None
@@ -667,39 +673,106 @@ class Ledger:
             self._immutable[key] = found.spec
         return self._immutable[key]
 
+    def check(self, by: Actor, tenant_id: UUID, customer: str, feature_code: str, quantity: Decimal,
+              now: datetime) -> Decision:
+        """May the customer use `quantity` more of the feature now? The hot path: the customer's plan
+        and overrides are kept until they change, and its metered use in counters that follow the
+        usage log, so a check costs a few small queries. The first check in a reset window that asks
+        beyond a limit records the crossing (entitlement.exceeded), once per limit and window."""
+        (decision, start), = self._decisions(tenant_id, customer, now, feature_code, quantity)
+        if decision.reason in ("soft_limit", "limit_exceeded") and start is not None and decision.limit is not None:
+            record = self._entitlement_context(tenant_id, customer)[1]
+            if record is None or not record.crossed(feature_code, start, decision.limit):
+                assert decision.used is not None
+                self.customers.exceed(by, tenant_id, customer, feature_code, start, decision.resets_at,
+                                      decision.limit, decision.used, quantity, decision.allowed)
+        return decision
+
     def entitlements(self, tenant_id: UUID, customer: str, now: datetime, feature_code: str | None = None,
                      quantity: Decimal = Decimal(1)) -> list[Decision]:
-        """What the customer may use now, by its running subscription's plan version and its overrides
-        in force: one feature (asking for `quantity` more of a metered one), or every feature granted.
-        Metered use counts every usage event acknowledged so far (the read model plus the log's tail)."""
-        self.customers.customer(tenant_id, customer)  # NotFound for a customer that does not exist
-        running = [found for found in self._subscriptions(tenant_id, customer)
+        """What the customer may use now by its running plan version and its overrides in force: one
+        feature (asking for `quantity` more of a metered one), or every feature granted."""
+        return [decision for decision, _ in self._decisions(tenant_id, customer, now, feature_code, quantity)]
+
+    def _decisions(self, tenant_id: UUID, customer: str, now: datetime, feature_code: str | None,
+                   quantity: Decimal) -> list[tuple[Decision, datetime | None]]:
+        """Each decision (one feature's, or every feature's), with the start of its reset window."""
+        subscriptions, record = self._entitlement_context(tenant_id, customer)
+        running = [found for found in subscriptions
                    if found.start_at <= now and (found.ends_at is None or now < found.ends_at)]
         if not running:
-            return [] if feature_code is None else [refused(feature_code, "no_subscription")]
+            return [] if feature_code is None else [(refused(feature_code, "no_subscription"), None)]
         subscription = min(running, key=lambda found: (found.start_at, found.id.hex))
         spec = self._version_spec(tenant_id, subscription.plan_code, subscription.version_at(now))
         plan = {e.feature_code: e for e in spec.entitlements}
-        overrides = self.customers.overrides(tenant_id, customer)
-        codes = [*plan, *(o.feature_code for o in overrides.overrides if o.feature_code not in plan)] if overrides \
-            else list(plan)
-        in_force = {code: applied(plan.get(code), overrides.in_force(code, now) if overrides else None)
-                    for code in dict.fromkeys(codes) if feature_code is None or code == feature_code}
-        granted = [found for found in in_force.values() if found is not None]
+        overrides = record.overrides if record else []
+        codes = dict.fromkeys([*plan, *(o.feature_code for o in overrides)])
+        in_force = [applied(plan.get(code), record.in_force(code, now) if record else None)
+                    for code in codes if feature_code is None or code == feature_code]
+        granted = [found for found in in_force if found is not None]
         if feature_code is not None and not granted:
-            return [refused(feature_code, "not_in_plan")]
+            return [(refused(feature_code, "not_in_plan"), None)]
         decisions = []
         for entitlement in granted:
-            used, resets_at = None, None
+            used, start, resets_at = None, None, None
             if entitlement.limit is not None:
                 meter = self._meter_spec(tenant_id, self._feature_spec(tenant_id, entitlement.feature_code).meter_code)
                 period = subscription.period_at(max(now, subscription.billing_start))
                 start, resets_at = window(entitlement.reset, now, period, subscription.billing_start)
-                end = resets_at or now + timedelta(days=1)  # usage is never more than minutes ahead
-                used = report(self._usage_reader(str(tenant_id), customer, meter), customer, meter, start, end, None,
-                              ()).total
-            decisions.append(decide(entitlement, used, quantity, resets_at))
+                used = self._used(str(tenant_id), customer, meter, start, resets_at, now)
+            decision = decide(entitlement, used, quantity, resets_at)
+            if decision.allowed and entitlement.wallet_gated and not self._paid_for(tenant_id, customer,
+                                                                                    entitlement.feature_code, now):
+                decision = unpaid(decision)
+            decisions.append((decision, start))
         return decisions
+
+    def _entitlement_context(self, tenant_id: UUID, customer: str) -> tuple[list[Subscription],
+                                                                           CustomerEntitlements | None]:
+        """The customer's subscriptions and its entitlement record, kept until one of them changes
+        (NotFound for a customer that does not exist)."""
+        def read() -> tuple[tuple[list[Subscription], CustomerEntitlements | None], list[UUID]]:
+            found = self.customers.customer(tenant_id, customer)
+            subscriptions = self._subscriptions(tenant_id, customer)
+            sources = [found.id, CustomerEntitlements.create_id(tenant_id, customer), *(s.id for s in subscriptions)]
+            return (subscriptions, self.customers.entitlements(tenant_id, customer)), sources
+        return self.memo.get(("entitlements", tenant_id, customer), read)
+
+    def _used(self, tenant: str, customer: str, meter: MeterSpec, start: datetime, resets_at: datetime | None,
+              now: datetime) -> Decimal:
+        """The customer's use of the meter in its window [start, resets_at): from the counters, but a
+        weighted_sum's (averaged over the window, or a day from now when it never resets)."""
+        if meter.aggregation != "weighted_sum":
+            return self.counters.used(tenant, customer, meter, microseconds(start), microseconds(resets_at or FOREVER))
+        return report(self._usage_reader(tenant, customer, meter), customer, meter, start,
+                      resets_at or now + timedelta(days=1), None, ()).total
+
+    def _window_readings(self, tenant: str, customer: str, meter: MeterSpec, start_us: int,
+                         end_us: int) -> list[Reading]:
+        """The counters' source: every acknowledged reading of the meter's event name in the window."""
+        return usage_readings.fresh(self.database, self.usage, tenant, customer, (meter.event_name,), start_us,
+                                    end_us, self._partition(tenant, customer), False)[meter.event_name][0]
+
+    def _paid_for(self, tenant_id: UUID, customer: str, feature_code: str, now: datetime) -> bool:
+        """Whether a wallet that pays for the feature has credits left beyond its overdraft, its usage
+        not debited yet taken off (as a balance read shows it). Kept until a wallet or the customer's
+        usage changes, or a grant's expiry comes; a sibling's usage of a parent's pooled wallet counts
+        once debited."""
+        stamp = self.counters.stamp(str(tenant_id), customer)
+
+        def read() -> tuple[tuple[int, datetime | None, bool], list[UUID]]:
+            holders = self._holders(tenant_id, {customer}).get(customer, [])
+            paying = [self.wallet(tenant_id, found.id) for found in holders
+                      if not found.spec.applies_to or feature_code in found.spec.applies_to]
+            expiries = [grant.expires_at for view in paying for grant in view.grants
+                        if grant.expires_at is not None and grant.remaining > 0]
+            room = any(view.balance + view.overdraft_limit > 0 for view in paying)
+            return (stamp, min(expiries, default=None), room), [Customer.id_for(tenant_id, customer),
+                                                                *(found.id for found in holders)]
+
+        def valid(kept: tuple[int, datetime | None, bool]) -> bool:
+            return kept[0] == stamp and (kept[1] is None or now < kept[1])
+        return self.memo.get(("gate", tenant_id, customer, feature_code), read, valid)[2]
 
     def wallet_transactions(self, tenant_id: UUID, wallet_id: UUID, after: int,
                             limit: int) -> tuple[list[wallets.TransactionView], bool]:

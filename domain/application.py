@@ -26,7 +26,7 @@ from domain.feature import FeatureSpec
 from domain.invoice import Invoice
 from domain.meter import MeterSpec
 from domain.money import decode_hook, encode_hook
-from domain.overrides import OverrideSpec
+from domain.customer_entitlements import OverrideSpec
 from domain.plan import PlanSpec
 from domain.plan_version import PlanVersionSpec
 from domain.pricing_unit import PricingUnitSpec

@@ -1,6 +1,7 @@
 """The customers' use cases: register, change, and the parent hierarchy (no cycles)."""
 
 from datetime import datetime
+from decimal import Decimal
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -11,7 +12,7 @@ from domain.customer import Customer, CustomerChanges, CustomerDetails, Customer
 from domain.errors import Conflict, Invalid, NotFound
 from domain.feature import Feature
 from domain.hierarchy import Hierarchy
-from domain.overrides import EntitlementOverrides, OverrideSpec
+from domain.customer_entitlements import CustomerEntitlements, OverrideSpec
 
 MAX_DEPTH = 32  # a hierarchy deeper than this is refused rather than walked
 
@@ -78,7 +79,7 @@ class Customers(TallyApplication):
         return [hierarchy]
 
     def override(self, by: Actor, tenant_id: UUID, external_id: str, spec: OverrideSpec,
-                 now: datetime) -> EntitlementOverrides:
+                 now: datetime) -> CustomerEntitlements:
         """Set a feature's limit, switch or value for this customer apart from its plan (an event)."""
         self.customer(tenant_id, external_id)
         feature = self.find(Feature.id_for(tenant_id, spec.feature_code))
@@ -89,15 +90,36 @@ class Customers(TallyApplication):
             raise Invalid(wanted, f"{spec.feature_code!r} is a {feature.spec.type} feature: override its {wanted}")
         if spec.until is not None and spec.until <= now:
             raise Invalid("until", f"{spec.until.isoformat()} has passed")
-        overrides = self.find(EntitlementOverrides.create_id(tenant_id, external_id))
         with acting(by):
-            overrides = overrides or EntitlementOverrides(tenant_id=tenant_id, customer=external_id)
-            overrides.override(spec)
-        self.save_or(ChangedMeanwhile(external_id), overrides)
-        return overrides
+            record = self._entitlement_record(tenant_id, external_id)
+            record.override(spec)
+        self.save_or(ChangedMeanwhile(external_id), record)
+        return record
 
-    def overrides(self, tenant_id: UUID, external_id: str) -> EntitlementOverrides | None:
-        return self.find(EntitlementOverrides.create_id(tenant_id, external_id))
+    def exceed(self, by: Actor, tenant_id: UUID, external_id: str, feature_code: str, window_start: datetime,
+               resets_at: datetime | None, limit: Decimal, used: Decimal, quantity: Decimal, allowed: bool) -> None:
+        """Record that a check crossed the feature's limit in this window, once: a check that loses
+        the race to record it finds it recorded."""
+        for _ in range(2):
+            with acting(by):
+                record = self._entitlement_record(tenant_id, external_id)
+                if record.crossed(feature_code, window_start, limit):
+                    return
+                record.exceed(feature_code, window_start, resets_at, limit, used, quantity, allowed)
+            try:
+                self.save_or(ChangedMeanwhile(external_id), record)
+                return
+            except ChangedMeanwhile:
+                continue  # another check (or an override) was saved first: look again
+        raise ChangedMeanwhile(external_id)
+
+    def entitlements(self, tenant_id: UUID, external_id: str) -> CustomerEntitlements | None:
+        """The customer's overrides and crossings (none before the first)."""
+        return self.find(CustomerEntitlements.create_id(tenant_id, external_id))
+
+    def _entitlement_record(self, tenant_id: UUID, external_id: str) -> CustomerEntitlements:
+        return self.entitlements(tenant_id, external_id) or CustomerEntitlements(tenant_id=tenant_id,
+                                                                                 customer=external_id)
 
     def customer(self, tenant_id: UUID, external_id: str) -> Customer:
         try:

@@ -9,6 +9,10 @@ A metered check asks for `quantity` (default 1) more: allowed when the use so fa
 within the limit; with a `soft_limit`, use beyond the limit and up to it is allowed and flagged
 (`reason: soft_limit`); beyond the soft limit, or a hard limit, denied. Never wrong in the
 customer's favour: the use so far counts every event acknowledged before the check.
+
+An entitlement that is `wallet_gated` is hard-gated by the customer's wallets: when no wallet that
+pays for the feature has credits left beyond its overdraft, the check is denied (`wallet_empty`),
+whatever the limit says.
 """
 
 from datetime import datetime, timedelta
@@ -23,7 +27,7 @@ from domain.periods import Period
 from domain.price import Entitlement, Reset
 
 Reason = Literal["within_limit", "soft_limit", "limit_exceeded", "enabled", "disabled", "value", "not_in_plan",
-                 "no_subscription"]
+                 "no_subscription", "wallet_empty"]
 
 
 class CheckSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -85,3 +89,8 @@ def decide(entitlement: Entitlement, used: Decimal | None, quantity: Decimal, re
 
 def refused(feature_code: str, reason: Reason) -> Decision:
     return Decision(feature_code=feature_code, allowed=False, reason=reason)
+
+
+def unpaid(decision: Decision) -> Decision:
+    """A wallet-gated feature whose paying wallets are empty: denied, whatever its limit says."""
+    return msgspec.structs.replace(decision, allowed=False, reason="wallet_empty")

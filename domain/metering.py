@@ -93,6 +93,49 @@ def aggregate(meter: MeterSpec, readings: Sequence[Reading], start_us: int, end_
     raise AssertionError(meter.aggregation)
 
 
+class Running:
+    """A meter's value kept up as readings arrive, in any order: what `aggregate` gives for them all.
+    Not for a weighted_sum, whose value depends on each reading's neighbours in time. The caller
+    adds only readings inside the window that pass the meter's filters."""
+
+    __slots__ = ("meter", "count", "total", "seen", "last")
+
+    def __init__(self, meter: MeterSpec) -> None:
+        assert meter.aggregation != "weighted_sum", "a weighted_sum is not kept running"
+        self.meter, self.count, self.total = meter, 0, ZERO
+        self.seen: set[str | None] = set()  # unique_count's values
+        self.last: tuple[int, int] | None = None  # max's and latest's: (time, position) of the value held
+
+    def add(self, reading: Reading) -> None:
+        meter = self.meter
+        if meter.aggregation == "count":
+            self.count += 1
+            return
+        raw = reading.properties.get(meter.field)  # type: ignore[arg-type]
+        if meter.aggregation == "unique_count":
+            if raw is not None:
+                self.seen.add(_text(raw))
+            return
+        value = number(raw)
+        if value is None:
+            return
+        if meter.aggregation == "sum":
+            self.total += value
+        elif meter.aggregation == "max":
+            self.total = value if self.last is None else max(self.total, value)
+            self.last = (0, 0)
+        elif self.last is None or (reading.timestamp_us, reading.position) > self.last:  # latest
+            self.total, self.last = value, (reading.timestamp_us, reading.position)
+
+    @property
+    def value(self) -> Decimal:
+        if self.meter.aggregation == "count":
+            return Decimal(self.count)
+        if self.meter.aggregation == "unique_count":
+            return Decimal(len(self.seen))
+        return self.total
+
+
 def _values(meter: MeterSpec, readings: Iterable[Reading]) -> Iterable[Decimal]:
     for reading in readings:
         value = number(reading.properties.get(meter.field))

@@ -170,6 +170,7 @@ class Entitlement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     value: str | None = None
     reset: Reset = "never"
     soft_limit: Amount | None = None
+    wallet_gated: bool = False  # denied while no wallet paying for the feature has credits left
 
     def __post_init__(self) -> None:
         given = [name for name in ("limit", "enabled", "value") if getattr(self, name) is not None]

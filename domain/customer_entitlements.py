@@ -1,8 +1,16 @@
-"""Entitlement overrides: per customer, a feature's limit, switch or value set apart from its plan,
-for good or until a time. Each override is an event (who, when, what), so the audit shows them all;
-the latest one in force for a feature wins, and when it runs out the plan's grant returns."""
+"""A customer's entitlements apart from its plan: overrides, and the crossings of its limits.
+
+An override sets a feature's limit, switch or value for the customer, for good or until a time.
+Each is an event (who, when, what), so the audit shows them all; the latest one in force for a
+feature wins, and when it runs out the plan's grant returns.
+
+A crossing (`entitlement.exceeded`) is recorded the first time a check asks for more of a metered
+feature than its limit allows, once per limit per reset window: whether the check was allowed (up
+to a soft limit) or denied, and the use and limit then.
+"""
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -33,13 +41,22 @@ class OverrideSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ValueError("until: give a time zone (e.g. 2026-02-01T00:00:00Z)")
 
 
-class EntitlementOverrides(Aggregate):
+class CustomerEntitlements(Aggregate):
     class Opened(Aggregate.Created):
         tenant_id: UUID
         customer: str
 
     class Overridden(Aggregate.Event):
         spec: OverrideSpec
+
+    class Exceeded(Aggregate.Event):  # entitlement.exceeded
+        feature_code: str
+        window_start: datetime
+        resets_at: datetime | None
+        limit: Decimal
+        used: Decimal  # in the window before the check
+        quantity: Decimal  # asked for
+        allowed: bool  # up to a soft limit
 
     @staticmethod
     def create_id(tenant_id: UUID, customer: str) -> UUID:
@@ -49,6 +66,7 @@ class EntitlementOverrides(Aggregate):
     def __init__(self, tenant_id: UUID, customer: str) -> None:
         self.tenant_id, self.customer = tenant_id, customer
         self.overrides: list[OverrideSpec] = []
+        self.crossings: set[tuple[str, datetime, Decimal]] = set()  # feature, window start, limit
 
     def override(self, spec: OverrideSpec) -> None:
         self._overridden(spec)
@@ -56,6 +74,21 @@ class EntitlementOverrides(Aggregate):
     @event(Overridden)
     def _overridden(self, spec: OverrideSpec) -> None:
         self.overrides.append(spec)
+
+    def exceed(self, feature_code: str, window_start: datetime, resets_at: datetime | None, limit: Decimal,
+               used: Decimal, quantity: Decimal, allowed: bool) -> None:
+        """Record the crossing of the limit, unless this window saw it crossed already."""
+        if not self.crossed(feature_code, window_start, limit):
+            self._exceeded(feature_code=feature_code, window_start=window_start, resets_at=resets_at,
+                           limit=Decimal(limit), used=Decimal(used), quantity=Decimal(quantity), allowed=allowed)
+
+    @event(Exceeded)
+    def _exceeded(self, feature_code: str, window_start: datetime, resets_at: datetime | None, limit: Decimal,
+                  used: Decimal, quantity: Decimal, allowed: bool) -> None:
+        self.crossings.add((feature_code, window_start, limit))
+
+    def crossed(self, feature_code: str, window_start: datetime, limit: Decimal) -> bool:
+        return (feature_code, window_start, Decimal(limit)) in self.crossings
 
     def in_force(self, feature_code: str, now: datetime) -> OverrideSpec | None:
         """The latest override of the feature still in force at `now`."""
@@ -65,8 +98,10 @@ class EntitlementOverrides(Aggregate):
 
 def applied(plan: Entitlement | None, override: OverrideSpec | None) -> Entitlement | None:
     """The entitlement in force: the plan's, with an override's limit, switch or value instead (an
-    overridden limit keeps the plan's reset window, never if the plan has none, and no soft limit)."""
+    overridden limit keeps the plan's reset window, never if the plan has none, and no soft limit;
+    the plan's wallet gate stays)."""
     if override is None:
         return plan
     given: dict[str, Any] = {"limit": override.limit, "enabled": override.enabled, "value": override.value}
-    return Entitlement(feature_code=override.feature_code, reset=plan.reset if plan is not None else "never", **given)
+    return Entitlement(feature_code=override.feature_code, reset=plan.reset if plan is not None else "never",
+                       wallet_gated=plan is not None and plan.wallet_gated, **given)

@@ -1,0 +1,105 @@
+"""Entitlement counters: each watched customer's use of a meter in a reset window, kept in memory
+and brought up to date from the usage log at every read, so a check costs one small query.
+
+A counter starts from the customer's readings (the read model plus the log's tail: `fresh`) up to
+the position this process has followed the log to, then adds each new log entry of its customer,
+event name and window as the log is followed. So it counts every event acknowledged before the
+read (DESIGN.md "Freshness"), once: the log holds each event once, in position order (PostgreSQL
+makes positions visible in order). A void of a watched customer drops its counters, which are then
+counted afresh. A weighted_sum is never kept running (its value needs every reading's neighbours).
+
+Each process keeps its own counters; they are a cache of the log, never written anywhere, so
+several servers each follow the same log. Memory is bounded: past WATCH_LIMIT customers, all
+counters are dropped and counted afresh as checks come.
+"""
+
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+
+import msgspec
+
+from domain.meter import MeterSpec
+from domain.metering import Reading, Running, matches
+from projections.usage_log import UsageLog
+
+FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops the counters instead
+WATCH_LIMIT = 100_000  # customers with counters in one process
+Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
+ReadingsOf = Callable[[str, str, MeterSpec, int, int], list[Reading]]  # tenant, customer, meter, start, end
+_properties = msgspec.json.Decoder(dict)
+
+
+class _Watched:
+    __slots__ = ("stamp", "counters")
+
+    def __init__(self, stamp: int) -> None:
+        self.stamp = stamp  # the position of its latest entry seen, or where watching began
+        self.counters: dict[Window, tuple[MeterSpec, Running]] = {}
+
+
+class UsageCounters:
+    def __init__(self, log: UsageLog, readings_of: ReadingsOf) -> None:
+        """`readings_of(tenant, customer, meter, start_us, end_us)`: the customer's readings of the
+        meter's event name in the window, every acknowledged one (the read model and the log's tail)."""
+        self.log, self.readings_of = log, readings_of
+        self._lock = threading.Lock()
+        self._position = log.last_position()
+        self._watched: dict[tuple[str, str], _Watched] = {}
+
+    def used(self, tenant: str, customer: str, meter: MeterSpec, start_us: int, end_us: int) -> Decimal:
+        """The meter's value over [start_us, end_us) for the customer, counting every event logged."""
+        with self._lock:
+            watched = self._watch(tenant, customer)
+            window = (meter.code, start_us, end_us)
+            found = watched.counters.get(window)
+            if found is None:
+                running = Running(meter)
+                for reading in self.readings_of(tenant, customer, meter, start_us, end_us):
+                    if reading.position <= self._position and matches(meter, reading):  # later ones: followed
+                        running.add(reading)
+                watched.counters = {key: value for key, value in watched.counters.items()
+                                    if key[0] != meter.code or key[2] > start_us}  # its past windows go
+                found = watched.counters[window] = (meter, running)
+            return found[1].value
+
+    def stamp(self, tenant: str, customer: str) -> int:
+        """A position that changes whenever the customer's usage does (a new entry or a void)."""
+        with self._lock:
+            return self._watch(tenant, customer).stamp
+
+    def _watch(self, tenant: str, customer: str) -> _Watched:
+        self._follow()
+        watched = self._watched.get((tenant, customer))
+        if watched is None:
+            if len(self._watched) >= WATCH_LIMIT:
+                self._watched.clear()
+            watched = self._watched[tenant, customer] = _Watched(self._position)
+        return watched
+
+    def _follow(self) -> None:
+        """Apply the log's entries after the position followed to the watched customers' counters."""
+        with self.log.database.transaction() as cursor:
+            rows = cursor.execute(
+                "SELECT position, tenant_id, customer, event_name, timestamp_us, event_id, properties, kind "
+                "FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?", (self._position, FOLLOW_LIMIT)).all()
+        if len(rows) == FOLLOW_LIMIT:  # far behind: count afresh what is asked for next, from here
+            self._watched.clear()
+            self._position = max(self.log.last_position(), rows[-1][0])
+            return
+        for position, tenant, customer, name, timestamp_us, event_id, properties, kind in rows:
+            watched = self._watched.get((tenant, customer))
+            if watched is None:
+                continue
+            watched.stamp = position
+            if kind == "void":
+                watched.counters.clear()
+                continue
+            reading = None
+            for (_, start_us, end_us), (meter, running) in watched.counters.items():
+                if meter.event_name == name and start_us <= timestamp_us < end_us:
+                    reading = reading or Reading(timestamp_us, position, _properties.decode(properties), event_id)
+                    if matches(meter, reading):
+                        running.add(reading)
+        if rows:
+            self._position = rows[-1][0]
