@@ -7,8 +7,8 @@ from starlette.responses import Response
 
 from api.http import JSON, Call, Operation, encoder
 from api.tenant import ADMIN, READERS
-from domain.entitlements import CheckSpec, Decision
 from domain.customer_entitlements import OverrideSpec
+from domain.entitlements import CheckSpec, Decision
 
 CHECKERS = ADMIN | {"ingest"}
 

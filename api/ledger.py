@@ -48,9 +48,9 @@ from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
 from projections import usage_readings, wallets
 from projections.documents import Documents
-from projections.memo import Memo
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
+from projections.memo import Memo
 from projections.store import SCHEMA, Database, lock_position, save_position
 from projections.usage import Read, UsageReport, Window, report
 from projections.usage_counters import UsageCounters

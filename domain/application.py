@@ -21,12 +21,12 @@ from eventsourcing.postgres import PostgresAggregateRecorder
 from psycopg.sql import SQL, Identifier
 
 from domain.customer import CustomerDetails
+from domain.customer_entitlements import OverrideSpec
 from domain.errors import NotFound
 from domain.feature import FeatureSpec
 from domain.invoice import Invoice
 from domain.meter import MeterSpec
 from domain.money import decode_hook, encode_hook
-from domain.customer_entitlements import OverrideSpec
 from domain.plan import PlanSpec
 from domain.plan_version import PlanVersionSpec
 from domain.pricing_unit import PricingUnitSpec

@@ -9,10 +9,10 @@ from eventsourcing.application import AggregateNotFoundError
 from domain.aggregate import Actor, acting
 from domain.application import TallyApplication
 from domain.customer import Customer, CustomerChanges, CustomerDetails, CustomerSpec
+from domain.customer_entitlements import CustomerEntitlements, OverrideSpec
 from domain.errors import Conflict, Invalid, NotFound
 from domain.feature import Feature
 from domain.hierarchy import Hierarchy
-from domain.customer_entitlements import CustomerEntitlements, OverrideSpec
 
 MAX_DEPTH = 32  # a hierarchy deeper than this is refused rather than walked
 
