@@ -48,6 +48,9 @@ OPERATIONS: list[Operation] = [
 ]
 
 
+HOT = {"/v1/entitlements/check", "/v1/events/batch", "/v1/events"}
+
+
 def _following(ledger: Ledger) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     """While the app serves, the usage read model follows the usage log in this process."""
 
@@ -60,7 +63,9 @@ def _following(ledger: Ledger) -> Callable[[Starlette], AbstractAsyncContextMana
 
 
 def create_app(ledger: Ledger) -> Starlette:
-    routes = [Route(op.path, endpoint(op), methods=[op.method]) for op in OPERATIONS]
+    # Starlette tries routes in order: the hot paths first, then every fixed path before any with a parameter
+    ordered = sorted(OPERATIONS, key=lambda op: (op.path not in HOT, "{" in op.path))
+    routes = [Route(op.path, endpoint(op), methods=[op.method]) for op in ordered]
     app = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=_following(ledger))
     app.state.ledger = ledger
     app.state.idempotency = Idempotency(ledger.database)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -18,7 +18,6 @@ from api.errors import HANDLERS, ApiError, FieldError, problem
 from api.idempotency import Idempotency, fingerprint
 from api.ledger import Ledger
 from domain.aggregate import Actor
-from domain.api_key import secret_hash, well_formed
 from domain.money import decode_hook, encode_hook
 from projections.views import private_id
 
@@ -26,6 +25,8 @@ MAX_BODY = 1024 * 1024
 log = logging.getLogger("tally.api")
 JSON = "application/json"
 encoder = msgspec.json.Encoder(enc_hook=encode_hook)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,13 @@ class Call:
     async def command(self, command: Callable[..., Any], *args: Any) -> Any:
         """One application command, as this caller, for this caller's tenant."""
         return await run_in_threadpool(self.ledger.command, command, self.actor, self.tenant_id, *args)
+
+    async def quick(self, read: Callable[..., T], *args: Any) -> T:
+        """A read well under a millisecond on the embedded store (a local file): run on the event loop,
+        sparing a thread hop; on PostgreSQL (a network round trip) in a thread."""
+        if self.ledger.embedded:
+            return read(*args)
+        return await run_in_threadpool(read, *args)
 
     async def document(self, collection: str, *, code: str | None = None, id: UUID | None = None,  # noqa: A002
                        status: int = 200) -> Response:
@@ -136,15 +144,12 @@ async def authenticate(call: Call) -> None:
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise ApiError(401, "send an API key: Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
-    found = None
-    if not secret.startswith("tly_") or well_formed(secret):
-        found = await run_in_threadpool(call.ledger.documents.credential, secret_hash(secret))
-    if found is None or found[1]["revoked"]:
+    found = await call.quick(call.ledger.credential, secret)
+    if found is None:
         raise ApiError(401, "this API key is not valid (unknown or revoked)", headers={"WWW-Authenticate": "Bearer"})
-    tenant_id, key = found
-    call.tenant_id, call.role, call.customer = UUID(tenant_id), key["role"], key["customer"]
+    call.tenant_id, call.role, call.customer = found.tenant_id, found.role, found.customer
     call.secret = secret
-    call.actor = Actor(key["id"], call.request.headers.get("idempotency-key"))
+    call.actor = Actor(found.key_id, call.request.headers.get("idempotency-key"))
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

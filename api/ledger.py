@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
@@ -17,6 +17,7 @@ import msgspec
 
 from domain import invoice
 from domain.aggregate import Actor, acting
+from domain.api_key import ApiKey, secret_hash, well_formed
 from domain.billing import (
     Cutoff,
     InvoiceNumbers,
@@ -116,6 +117,13 @@ def store_env(database_url: str) -> tuple[dict[str, str], str, str]:
     raise ValueError(f"TALLY_DATABASE_URL: unsupported scheme {parts.scheme!r} (sqlite:/// or postgresql://)")
 
 
+class Credential(NamedTuple):
+    tenant_id: UUID
+    role: str
+    customer: str | None  # a portal key's
+    key_id: str  # public
+
+
 class Ledger:
     """`distributed`: the usage read model is kept by `tally worker` from Kafka (one position per
     partition), not by this process's runner."""
@@ -135,12 +143,31 @@ class Ledger:
         self.distributed = distributed
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
         self._immutable: dict[tuple, Any] = {}  # plan versions and meters never change once made
-        self.memo = Memo(self.tenants.recorder, (Customer, CustomerEntitlements, Subscription, Wallet),
-                         new_kinds=(Subscription, Wallet))
+        self.memo = Memo(self.tenants.recorder, self.runner.applied,
+                         (ApiKey, Customer, CustomerEntitlements, Subscription, Wallet), new_kinds=(Subscription, Wallet))
         self.counters = UsageCounters(self.usage, self._window_readings)
         self._next_due: dict[str, tuple[Any, datetime]] = {}  # the clock's: subscription -> (what it saw, when due)
         self._wallets_seen: dict[str, datetime] = {}  # the clock's: wallet -> when it last looked at it
         self._follower: Any = None
+
+    @property
+    def embedded(self) -> bool:
+        """On the embedded SQLite store (a local file: a read takes microseconds)."""
+        return not self.database.postgres
+
+    def credential(self, secret: str) -> Credential | None:
+        """Who an API key is (None: unknown or revoked), kept until the key changes (is revoked)."""
+        def read() -> tuple[Credential | None, list[UUID] | None]:
+            found = self.documents.credential(secret_hash(secret)) if well_formed(secret) or not secret.startswith(
+                "tly_") else None  # a typo of a Tally key is told apart without a look-up
+            if found is None:
+                return None, None  # not kept: the key may be issued next
+            tenant_id, key = found
+            key_id = private_id("api_keys", key["id"])
+            assert key_id is not None
+            return (None if key["revoked"] else Credential(UUID(tenant_id), key["role"], key["customer"],
+                                                           key["id"])), [key_id]
+        return self.memo.get(("credential", secret), read)
 
     def now(self) -> datetime:
         """The ledger's clock (the subscriptions' clock, which tests stop)."""

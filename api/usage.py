@@ -80,7 +80,7 @@ async def _record(call: Call, events: list[UsageEvent], now: datetime) -> int:
 
 async def ingest_batch(call: Call) -> Response:
     now = call.ledger.now()
-    indexed, rejected = _decode(call.raw, now)
+    indexed, rejected = await run_in_threadpool(_decode, call.raw, now)  # off the event loop: checks go on
     events, refused = await _open_periods(call, indexed, now)
     if refused:
         rejected = sorted(rejected + refused, key=lambda r: r.index)

@@ -54,7 +54,7 @@ def serve(settings: config.Config) -> None:
         for job in jobs:
             job.start()
     try:
-        uvicorn.run(create_app(ledger), host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.run(create_app(ledger), host=settings.host, port=settings.port, log_level="warning", access_log=False)
     finally:
         for job in jobs:
             job.stop()

@@ -1,8 +1,10 @@
 """Values read from aggregates, kept in memory until one of those aggregates records an event.
 
 The event store's notification log says what changed, so a command served by another process
-counts too: each read first looks at the log's last position (one small query) and, when it moved,
-at the new notifications of the watched kinds of aggregate. A value is dropped when an aggregate it
+counts too: each read first looks at how far the documents have applied the log (one small query)
+and, when that moved, at the new notifications of the watched kinds of aggregate. Following the log
+only as far as the documents have applied it, a value read from the documents is never kept past a
+change they did not show yet. A value is dropped when an aggregate it
 was read from changes, and every value when an aggregate of one of the `new_kinds` is created (a
 new subscription, say, may concern any of them). Bounded: past LIMIT values, all are dropped.
 """
@@ -28,18 +30,20 @@ def topics_of(kinds: Collection[type], created_only: bool = False) -> set[str]:
 
 
 class Memo:
-    def __init__(self, recorder: ApplicationRecorder, kinds: Collection[type], new_kinds: Collection[type]) -> None:
-        self.recorder = recorder
+    def __init__(self, recorder: ApplicationRecorder, applied: Callable[[], int], kinds: Collection[type],
+                 new_kinds: Collection[type]) -> None:
+        """`applied()`: the notification position the documents have applied."""
+        self.recorder, self.applied = recorder, applied
         self.topics, self.created = tuple(topics_of(kinds)), topics_of(new_kinds, created_only=True)
         self._lock = threading.Lock()
-        self._seen = recorder.max_notification_id() or 0
+        self._seen = applied()
         self._values: dict[Hashable, tuple[Any, Collection[UUID]]] = {}
         self._dependents: dict[UUID, set[Hashable]] = {}
 
-    def get(self, key: Hashable, compute: Callable[[], tuple[V, Collection[UUID]]],
+    def get(self, key: Hashable, compute: Callable[[], tuple[V, Collection[UUID] | None]],
             valid: Callable[[V], bool] = lambda _: True) -> V:
         """The value kept for `key` (if `valid`), else `compute()`'s, which gives it and the ids of
-        the aggregates it was read from."""
+        the aggregates it was read from (None: not to be kept)."""
         with self._lock:
             self._follow()
             found = self._values.get(key)
@@ -48,7 +52,7 @@ class Memo:
             seen = self._seen
         value, sources = compute()
         with self._lock:
-            if self._seen == seen:  # else a change since may concern it: not kept
+            if sources is not None and self._seen == seen:  # else a change since may concern it: not kept
                 if len(self._values) >= LIMIT:
                     self._drop_all()
                 self._values[key] = (value, sources)
@@ -57,8 +61,8 @@ class Memo:
         return value
 
     def _follow(self) -> None:
-        top = self.recorder.max_notification_id() or 0
-        if top == self._seen:
+        top = self.applied()
+        if top <= self._seen:
             return
         found = self.recorder.select_notifications(self._seen + 1, PAGE, stop=top, topics=self.topics)
         if len(found) == PAGE or any(notification.topic in self.created for notification in found):

@@ -79,10 +79,9 @@ class UsageCounters:
 
     def _follow(self) -> None:
         """Apply the log's entries after the position followed to the watched customers' counters."""
-        with self.log.database.transaction() as cursor:
-            rows = cursor.execute(
-                "SELECT position, tenant_id, customer, event_name, timestamp_us, event_id, properties, kind "
-                "FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?", (self._position, FOLLOW_LIMIT)).all()
+        rows = self.log.database.query(
+            "SELECT position, tenant_id, customer, event_name, timestamp_us, event_id, properties, kind "
+            "FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?", (self._position, FOLLOW_LIMIT))
         if len(rows) == FOLLOW_LIMIT:  # far behind: count afresh what is asked for next, from here
             self._watched.clear()
             self._position = max(self.log.last_position(), rows[-1][0])

@@ -42,6 +42,11 @@ class Runner:
                         return position
                     save_position(cursor, NAME, notifications[-1].id)
 
+    def applied(self) -> int:
+        """The notification position the documents have applied."""
+        rows = self.database.query("SELECT position FROM tally_positions WHERE name = ?", (NAME,))
+        return int(rows[0][0]) if rows else 0
+
     def _apply(self, cursor: Any, notification: Any) -> None:
         event = self.mapper.to_domain_event(notification)
         collection = catalogue.collection_of(event)

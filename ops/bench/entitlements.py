@@ -1,0 +1,359 @@
+"""Benchmark: how fast an entitlement check answers, in process and over HTTP under ingest load.
+
+1. **In process** (embedded store, a temp dir; the ledger's clock stopped at 2026-01-20). A tenant;
+   a `sum` meter of tokens and a `count` meter of images; a monthly plan granting 100,000,000 tokens
+   a month (soft limit 10 % above), 1,000 images a day, and a boolean feature; `--customers`
+   customers subscribed from 2026-01-01, each with `--history` usage events in January (in the
+   usage read model, as `tally serve`'s follower keeps it). Then one check per customer (the first:
+   it reads the customer's plan and counts its window), then `--checks` checks of random customers
+   and features, each timed: p50/p99. Then for 200 customers the check's `used` is compared with
+   the usage report's total of the same window (must be equal).
+2. **Over HTTP** (`tally serve` on the embedded store, real time). The same catalogue through the
+   API, `--customers` customers. A process ingests `--ingest-rate` events/s (batches of 1,000 to
+   random customers); another process (raw asyncio HTTP/1.1 client, `--connections` keep-alive
+   connections) asks `--rate` checks/s for `--seconds`, each connection paced on a fixed schedule:
+   a check's latency counts from when it was due to be sent, so a server that falls behind shows
+   it (no coordinated omission). Printed: checks/s achieved, p50/p99/max, events/s ingested.
+
+Targets (issue 6): p99 < 1 ms in process; p99 < 5 ms over HTTP at >= 5,000 checks/s while another
+process ingests 10,000 events/s. Figures only; nothing here asserts a speed.
+
+    .venv/bin/python -m ops.bench.entitlements [--part inprocess|http|both] [--customers 1000]
+        [--history 100] [--checks 50000] [--rate 5000] [--connections 50] [--seconds 20]
+        [--ingest-rate 10000]
+"""
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+import orjson
+
+from api.ledger import Ledger
+from domain.aggregate import Actor
+from domain.customer import CustomerSpec
+from domain.feature import FeatureSpec
+from domain.meter import MeterSpec
+from domain.plan import PlanSpec
+from domain.plan_version import PlanVersionSpec
+from domain.price import Entitlement, FlatPrice
+from domain.subscription import SubscriptionSpec
+from domain.tenant import TenantSettings
+from domain.usage import UsageEvent
+from ops.bench.ingest import serving
+from projections.usage import report
+
+SETUP = Actor("bench:setup")
+CHECKER = Actor("bench:checks")
+NOW = datetime(2026, 1, 20, tzinfo=UTC)
+JANUARY = datetime(2026, 1, 1, tzinfo=UTC)
+METERS = [{"code": "tokens", "name": "Tokens", "event_name": "llm", "aggregation": "sum", "field": "tokens"},
+          {"code": "images", "name": "Images", "event_name": "image", "aggregation": "count"}]
+FEATURES = [{"code": "ai", "name": "AI", "type": "metered", "meter_code": "tokens"},
+            {"code": "img", "name": "Images", "type": "metered", "meter_code": "images"},
+            {"code": "sso", "name": "SSO", "type": "boolean"}]
+ENTITLEMENTS = [{"feature_code": "ai", "limit": "100000000", "soft_limit": "110000000", "reset": "month"},
+                {"feature_code": "img", "limit": "1000", "reset": "day"},
+                {"feature_code": "sso", "enabled": True}]
+PLAN = {"code": "pro", "name": "Pro", "currency": "USD", "interval": "month"}
+PRICES = [{"type": "flat", "currency": "USD", "amount": "10.00", "pay_in": "advance"}]
+LATE_SECONDS = 2.0
+INGEST_LANES = 4
+CODES = ["ai", "ai", "img", "sso"]  # what the checks ask for: mostly the big metered one
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def customer(n: int) -> str:
+    return f"cus-{n:05d}"
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.99) - 1)], ordered[-1]
+
+
+# 1. In process
+
+def set_up(ledger: Ledger, count: int) -> UUID:
+    tenant = ledger.command(ledger.tenants.open_tenant, SETUP, TenantSettings(name="Bench")).id
+    for meter in METERS:
+        ledger.catalogue.define_meter(SETUP, tenant, MeterSpec(**meter))
+    for feature in FEATURES:
+        ledger.catalogue.define_feature(SETUP, tenant, FeatureSpec(**feature))
+    ledger.catalogue.define_plan(SETUP, tenant, PlanSpec(**PLAN))
+    ledger.catalogue.publish_plan_version(SETUP, tenant, "pro", PlanVersionSpec(
+        prices=(FlatPrice(currency="USD", amount=Decimal("10.00"), pay_in="advance"),),
+        entitlements=tuple(Entitlement(**{k: Decimal(v) if k.endswith("limit") else v for k, v in e.items()})
+                           for e in ENTITLEMENTS)))
+    for n in range(count):
+        ledger.customers.register(SETUP, tenant, CustomerSpec(external_id=customer(n), name=f"C{n}", currency="USD"))
+        ledger.subscriptions.start(SETUP, tenant, SubscriptionSpec(customer=customer(n), plan_code="pro",
+                                                                   start_at=JANUARY, billing_anchor="calendar"))
+    ledger.runner.catch_up()
+    return tenant
+
+
+def history(ledger: Ledger, tenant: UUID, count: int, per_customer: int) -> None:
+    events = []
+    for n in range(count):
+        for i in range(per_customer):
+            when = JANUARY + timedelta(minutes=(n * 7919 + i * 104_729) % (19 * 24 * 60))
+            name, properties = ("image", {}) if i % 4 == 0 else ("llm", {"tokens": 100 + i % 900})
+            events.append(UsageEvent(event_id=f"{customer(n)}-{i}", customer=customer(n), event_name=name,
+                                     timestamp=when, properties=properties))
+    for start in range(0, len(events), 1_000):
+        ledger.usage.append(str(tenant), events[start:start + 1_000], NOW)
+    ledger.usage_runner.catch_up()
+
+
+def in_process(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="tally-bench-entitlements-") as temp:
+        ledger = Ledger(f"sqlite:///{Path(temp) / 'events.sqlite'}")
+        ledger.subscriptions.clock = lambda: NOW
+        try:
+            log(f"in process: setup ({args.customers:,} customers, {args.customers * args.history:,} events)")
+            tenant = set_up(ledger, args.customers)
+            history(ledger, tenant, args.customers, args.history)
+            first = []
+            for n in range(args.customers):
+                began = time.perf_counter()
+                ledger.check(CHECKER, tenant, customer(n), "ai", Decimal(1), NOW)
+                first.append((time.perf_counter() - began) * 1000)
+            log(f"in process: {args.checks:,} checks")
+            asks = [(customer(random.randrange(args.customers)), random.choice(CODES)) for _ in range(args.checks)]
+            timings = []
+            began_all = time.perf_counter()
+            for who, code in asks:
+                began = time.perf_counter()
+                ledger.check(CHECKER, tenant, who, code, Decimal(1), NOW)
+                timings.append((time.perf_counter() - began) * 1000)
+            seconds = time.perf_counter() - began_all
+            wrong = 0
+            meter = ledger._meter_spec(tenant, "tokens")
+            for n in random.sample(range(args.customers), min(200, args.customers)):
+                used = ledger.check(CHECKER, tenant, customer(n), "ai", Decimal(1), NOW).used
+                total = report(ledger._usage_reader(str(tenant), customer(n), meter), customer(n), meter, JANUARY,
+                               datetime(2026, 2, 1, tzinfo=UTC), None, ()).total
+                wrong += used != total
+            return {"first": first, "timings": timings, "seconds": seconds, "wrong": wrong,
+                    "compared": min(200, args.customers)}
+        finally:
+            ledger.close()
+
+
+# 2. Over HTTP
+
+def set_up_http(base_url: str, key: str, count: int) -> None:
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as api:
+        month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        posts = [("/v1/meters", m) for m in METERS] + [("/v1/features", f) for f in FEATURES] + [
+            ("/v1/plans", PLAN), ("/v1/plans/pro/versions", {"prices": PRICES, "entitlements": ENTITLEMENTS})]
+        for n in range(count):
+            posts += [("/v1/customers", {"external_id": customer(n), "name": f"C{n}", "currency": "USD"}),
+                      ("/v1/subscriptions", {"customer": customer(n), "plan_code": "pro",
+                                             "start_at": month.isoformat(), "billing_anchor": "calendar"})]
+        for path, body in posts:
+            answer = api.post(path, json=body)
+            if answer.status_code != 201:
+                raise RuntimeError(f"POST {path}: {answer.status_code} {answer.text}")
+
+
+def ingest(port: int, key: str, customers: int, rate: int, seconds: float, out: "multiprocessing.Queue") -> None:
+    """Batches of 1,000 events to random customers at `rate` events/s, on a fixed schedule shared by
+    INGEST_LANES keep-alive connections (a batch waits for its 202: a slow answer must not slow the rate)."""
+    import http.client
+    import threading
+
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    per_second = max(1, rate // 1_000)
+    began = time.perf_counter()
+    schedule = iter(range(int(seconds * per_second)))
+    lock, sent, failures = threading.Lock(), [0], []
+
+    def lane() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                b = next(schedule, None)
+            if b is None:
+                return
+            pause = began + b / per_second - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            moment = datetime.now(UTC).isoformat()
+            body = orjson.dumps({"events": [
+                {"event_id": uuid.uuid4().hex, "customer": customer(random.randrange(customers)),
+                 "event_name": "llm" if i % 4 else "image", "timestamp": moment, "properties": {"tokens": 100 + i}}
+                for i in range(1_000)]})
+            connection.request("POST", "/v1/events/batch", body, headers)
+            answer = connection.getresponse()
+            payload = answer.read()
+            with lock:
+                if answer.status == 202:
+                    sent[0] += 1_000
+                else:
+                    failures.append(f"{answer.status} {payload[:300]!r}")
+
+    lanes = [threading.Thread(target=lane) for _ in range(INGEST_LANES)]
+    for thread in lanes:
+        thread.start()
+    for thread in lanes:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"ingest: {failures[0]}")
+    out.put((sent[0], time.perf_counter() - began))
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a process and of each of its children, by name, from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text.rpartition(")")[2].split()
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            key = "server" if int(stat.parent.name) == pid else f"server's {name}"
+            found[key] = found.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> int:
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def _lane(port: int, requests: list[bytes], interval: float, start: float, end: float,
+                latencies: list[float], statuses: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    due, i = start, 0
+    while due < end and time.perf_counter() < end + LATE_SECONDS:  # a server far behind: stop asking
+        pause = due - time.perf_counter()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        writer.write(requests[i % len(requests)])
+        status = await _read_answer(reader)
+        latencies.append((time.perf_counter() - due) * 1000)
+        statuses[status] = statuses.get(status, 0) + 1
+        due, i = due + interval, i + 1
+    writer.close()
+
+
+def checks(port: int, key: str, customers: int, rate: int, connections: int, seconds: float,
+           out: "multiprocessing.Queue") -> None:
+    """`rate` checks/s over `connections` keep-alive connections, each on a fixed schedule."""
+    requests = []
+    for _ in range(2_000):
+        body = orjson.dumps({"customer": customer(random.randrange(customers)), "feature_code": random.choice(CODES)})
+        requests.append(b"POST /v1/entitlements/check HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                        + key.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                        + str(len(body)).encode() + b"\r\n\r\n" + body)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def run() -> float:
+        start = time.perf_counter() + 0.2
+        interval = connections / rate
+        await asyncio.gather(*(_lane(port, requests[c::connections], interval, start + c * interval / connections,
+                                     start + seconds, latencies, statuses) for c in range(connections)))
+        return time.perf_counter() - start
+
+    elapsed = asyncio.run(run())
+    out.put((latencies, statuses, elapsed))
+
+
+def over_http(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="tally-bench-entitlements-http-") as temp:
+        folder = Path(temp)
+        with serving(f"sqlite:///{folder / 'events.sqlite'}", folder) as server:
+            log(f"http: setup ({args.customers:,} customers through the API)")
+            set_up_http(server.base_url, server.key, args.customers)
+            context = multiprocessing.get_context("spawn")
+            results: multiprocessing.Queue = context.Queue()
+            warm = context.Process(target=checks, args=(server.port, server.key, args.customers, 1_000, 10, 3.0,
+                                                        results))
+            warm.start()
+            results.get()
+            warm.join()
+            log(f"http: {args.rate:,} checks/s for {args.seconds:.0f} s while ingesting {args.ingest_rate:,} events/s")
+            ingested: multiprocessing.Queue = context.Queue()
+            feeder = context.Process(target=ingest, args=(server.port, server.key, args.customers, args.ingest_rate,
+                                                          args.seconds + 1, ingested))
+            asker = context.Process(target=checks, args=(server.port, server.key, args.customers, args.rate,
+                                                         args.connections, args.seconds, results))
+            if args.ingest_rate:
+                feeder.start()
+                time.sleep(0.5)
+            before, wall = cpu_seconds(server.process.pid), time.perf_counter()
+            asker.start()
+            latencies, statuses, elapsed = results.get()
+            after, wall = cpu_seconds(server.process.pid), time.perf_counter() - wall
+            sent, ingest_seconds = ingested.get() if args.ingest_rate else (0, 1.0)
+            asker.join()
+            if args.ingest_rate:
+                feeder.join()
+            return {"latencies": latencies, "statuses": statuses, "elapsed": elapsed,
+                    "ingested": sent / ingest_seconds,
+                    "cpu": {name: (after[name] - before.get(name, 0.0)) / wall for name in after}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("inprocess", "http", "both"), default="both")
+    parser.add_argument("--customers", type=int, default=1_000)
+    parser.add_argument("--history", type=int, default=100)
+    parser.add_argument("--checks", type=int, default=50_000)
+    parser.add_argument("--rate", type=int, default=5_000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--ingest-rate", type=int, default=10_000)
+    args = parser.parse_args()
+    print()
+    if args.part in ("inprocess", "both"):
+        found = in_process(args)
+        first, timings = found["first"], found["timings"]
+        print(f"In process, embedded store: {args.customers:,} customers x {args.history} events")
+        print(f"{'checks':<28} {'count':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'target':>8}")
+        for label, values in (("first per customer", first), ("kept (random)", timings)):
+            p50, p99, top = percentiles(values)  # type: ignore[arg-type]
+            print(f"{label:<28} {len(values):>8,} {p50:>8.3f} {p99:>8.3f} {top:>8.2f} "  # type: ignore[arg-type]
+                  f"{'< 1' if label.startswith('kept') else '-':>8}")
+        print(f"one thread: {len(timings) / found['seconds']:,.0f} checks/s; "  # type: ignore[arg-type]
+              f"used == usage report total for {found['compared'] - found['wrong']} of {found['compared']} "
+              "customers\n")
+    if args.part in ("http", "both"):
+        found = over_http(args)
+        p50, p99, top = percentiles(found["latencies"])  # type: ignore[arg-type]
+        done = len(found["latencies"])  # type: ignore[arg-type]
+        print(f"Over HTTP (tally serve, embedded store), {args.connections} connections, asked {args.rate:,} checks/s "
+              f"for {args.seconds:.0f} s, while another process ingests {args.ingest_rate:,} events/s")
+        print(f"{'checks/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'events/s in':>12} {'statuses':>16} "
+              f"{'target':>20}")
+        print(f"{done / found['elapsed']:>10,.0f} {p50:>8.2f} {p99:>8.2f} {top:>8.1f} "  # type: ignore[operator]
+              f"{found['ingested']:>12,.0f} {str(found['statuses']):>16} {'p99 < 5 at >= 5,000/s':>20}")
+        print("cores busy while checking: " + ", ".join(f"{name} {share:.2f}" for name, share in found["cpu"].items()))
+
+
+if __name__ == "__main__":
+    main()
