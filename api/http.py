@@ -173,8 +173,13 @@ async def _answer(operation: Operation, call: Call, raw: bytes) -> Response:
             call.body = _decode(operation, raw or b"{}")
         return await operation.handler(call)
     except tuple(HANDLERS) as error:
-        handler = next(handler for kind, handler in HANDLERS.items() if isinstance(error, kind))
-        return await handler(call.request, error)
+        return await handled(call.request, error)
+
+
+async def handled(request: Request, error: Exception) -> Response:
+    """The problem+json response for an error the API maps (HANDLERS)."""
+    handler = next(handler for kind, handler in HANDLERS.items() if isinstance(error, kind))
+    return await handler(request, error)
 
 
 def _decode(operation: Operation, raw: bytes) -> Any:

@@ -570,6 +570,10 @@ class Ledger:
         nothing twice: each customer's charges know the position they reached."""
         with self.database.transaction() as cursor:
             row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (DEBITS,)).one()
+        paying = self.documents.tenants_with("wallets")
+        if not paying:  # no wallet anywhere: nothing to read (a customer's next usage prices its whole period)
+            self._debited_through(self.usage.last_position())
+            return 0
         entries = self.usage.entries(int(row[0]) if row else 0, limit)
         if not entries:
             return 0
@@ -577,18 +581,21 @@ class Ledger:
         moments: dict[tuple[str, str], set[datetime]] = {}
         for entry in entries:
             moments.setdefault((entry.tenant_id, entry.customer), set()).add(moment_of(entry.timestamp_us))
-        for tenant in sorted({tenant for tenant, _ in moments}):
+        for tenant in sorted({tenant for tenant, _ in moments} & paying):
             customers = sorted(customer for t, customer in moments if t == tenant)
             for start in range(0, len(customers), DEBIT_SAVE):
                 chunk = {customer: moments[tenant, customer] for customer in customers[start:start + DEBIT_SAVE]}
                 changed = self._charge(UUID(tenant), chunk, through, now)
                 if changed:  # a pooled wallet is read again by the next chunk, after this one saved it
                     self.wallets.save(*changed, *self._auto_topups(changed, now))
-        with self.database.transaction(write=True) as cursor:
-            lock_position(cursor, DEBITS)
-            save_position(cursor, DEBITS, through)
+        self._debited_through(through)
         self.runner.catch_up()
         return len(entries)
+
+    def _debited_through(self, position: int) -> None:
+        with self.database.transaction(write=True) as cursor:
+            if position > lock_position(cursor, DEBITS):
+                save_position(cursor, DEBITS, position)
 
     def _charge(self, tenant_id: UUID, moments: dict[str, set[datetime]], through: int, now: datetime) -> list[Any]:
         """These customers' charges and the wallets they debit for their usage up to `through` (unsaved)."""
@@ -744,7 +751,8 @@ class Ledger:
             used, start, resets_at = None, None, None
             if entitlement.limit is not None:
                 meter = self._meter_spec(tenant_id, self._feature_spec(tenant_id, entitlement.feature_code).meter_code)
-                period = subscription.period_at(max(now, subscription.billing_start))
+                period = subscription.period_at(max(now, subscription.billing_start)) \
+                    if entitlement.reset == "period" else None
                 start, resets_at = window(entitlement.reset, now, period, subscription.billing_start)
                 used = self._used(str(tenant_id), customer, meter, start, resets_at, now)
             decision = decide(entitlement, used, quantity, resets_at)
@@ -818,6 +826,7 @@ class Ledger:
         return self.tenants.recorder.max_notification_id() or 0
 
     def close(self) -> None:
+        self.counters.stop()
         if self._follower is not None:
             self._follower.terminate()  # between transactions or inside one: either way nothing half-done stays
             self._follower.join(10)

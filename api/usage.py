@@ -31,6 +31,8 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 # here: with a float_hook, msgspec would also let a JSON number into an `Amount` field.
 decode_event = msgspec.json.Decoder(UsageEvent, dec_hook=decode_hook, float_hook=Decimal)
 
+INLINE_ROWS = 100  # a batch up to this many events is turned into rows on the event loop
+
 
 class _ValidBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     events: list[UsageEvent]
@@ -75,12 +77,14 @@ async def ingest_one(call: Call) -> Response:
 
 async def _record(call: Call, events: list[UsageEvent], now: datetime) -> int:
     """Hand the events to the group commit; how many were new, once durable."""
-    return await asyncio.wrap_future(call.ledger.usage.submit(rows_of(str(call.tenant_id), events, now)))
+    rows = rows_of(str(call.tenant_id), events, now) if len(events) < INLINE_ROWS else await run_in_threadpool(
+        rows_of, str(call.tenant_id), events, now)  # a big batch's rows are made off the event loop: checks go on
+    return await asyncio.wrap_future(call.ledger.usage.submit(rows))
 
 
 async def ingest_batch(call: Call) -> Response:
     now = call.ledger.now()
-    indexed, rejected = await run_in_threadpool(_decode, call.raw, now)  # off the event loop: checks go on
+    indexed, rejected = await run_in_threadpool(_decode, call.raw, now)  # off the event loop, as its rows
     events, refused = await _open_periods(call, indexed, now)
     if refused:
         rejected = sorted(rejected + refused, key=lambda r: r.index)

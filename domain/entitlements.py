@@ -51,8 +51,10 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     value: str | None = None  # config
 
 
-def window(reset: Reset, now: datetime, period: Period, billing_start: datetime) -> tuple[datetime, datetime | None]:
-    """The reset window holding `now`: [start, end), end none for `never`."""
+def window(reset: Reset, now: datetime, period: Period | None,
+           billing_start: datetime) -> tuple[datetime, datetime | None]:
+    """The reset window holding `now`: [start, end), end none for `never` (`period`: the billing
+    period holding `now`, needed for `period` only)."""
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if reset == "day":
         return midnight, midnight + timedelta(days=1)
@@ -63,6 +65,7 @@ def window(reset: Reset, now: datetime, period: Period, billing_start: datetime)
         first = midnight.replace(day=1)
         return first, (first + timedelta(days=32)).replace(day=1)
     if reset == "period":
+        assert period is not None, "a period window needs the billing period"
         return period.start, period.end
     return billing_start, None
 

@@ -1,7 +1,14 @@
 """The `tally` command line: serve, worker, relay, tenants, keys."""
 
 import argparse
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
 import sys
+import threading
+import time
 from uuid import UUID
 
 from api.clock import BillingClock, debits
@@ -37,28 +44,82 @@ def bootstrap(ledger: Ledger, api_key: str | None) -> None:
 
 
 def serve(settings: config.Config) -> None:
-    import uvicorn
-
-    from api.app import create_app
-
+    """The API on TALLY_HOST:TALLY_PORT, with the billing clock and the wallet debits (embedded, or
+    PostgreSQL without Kafka). With TALLY_WORKERS above 1, that many processes serve the port (the
+    kernel spreads connections among them); this one alone runs the clock, the debits and the usage
+    read model's follower."""
     ledger = Ledger(settings.database_url, distributed=settings.kafka_bootstrap is not None)
     try:
         bootstrap(ledger, settings.api_key)
     except Refusal as refusal:  # TALLY_API_KEY is another tenant's key, or not an admin key
         ledger.close()
         sys.exit(f"tally: TALLY_API_KEY: {refusal}")
-    print(f"Tally listening on http://{settings.host}:{settings.port} (store: {_safe(settings.database_url)})",
-          flush=True)
+    print(f"Tally listening on http://{settings.host}:{settings.port} (store: {_safe(settings.database_url)}"
+          f"{f', {settings.workers} processes' if settings.workers > 1 else ''})", flush=True)
+    listening = _listen(settings)  # before the others start: a port in use stops this one, with the reason
+    context = multiprocessing.get_context("spawn")
+    others = [context.Process(target=_serve_more, args=(settings,), name=f"tally-serve-{n}", daemon=True)
+              for n in range(1, settings.workers)]
+    for process in others:
+        process.start()
     jobs = [BillingClock(ledger, settings.billing_interval_seconds), debits(ledger, settings.debit_interval_seconds)]
     if not ledger.distributed:  # distributed, `tally worker` runs them
         for job in jobs:
             job.start()
     try:
-        uvicorn.run(create_app(ledger), host=settings.host, port=settings.port, log_level="warning", access_log=False)
+        _run_api(ledger, listening, follow=True)
     finally:
         for job in jobs:
             job.stop()
+        for process in others:
+            process.terminate()  # SIGTERM: it finishes what it answers, then stops
+        for process in others:
+            process.join(30)
         ledger.close()
+
+
+def _listen(settings: config.Config) -> socket.socket:
+    """The API's socket; with several processes, each binds its own to the same port (SO_REUSEPORT)."""
+    listening = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if settings.workers > 1:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        listening.bind((settings.host, settings.port))
+    except OSError as error:
+        listening.close()
+        sys.exit(f"tally serve: cannot listen on {settings.host}:{settings.port}: {error.strerror}")
+    listening.listen(2048)
+    listening.set_inheritable(True)
+    return listening
+
+
+def _serve_more(settings: config.Config) -> None:
+    """One more serving process (TALLY_WORKERS): the API only."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the first process stops us
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the first process was killed outright: stop as it would have stopped us
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=orphaned, name="orphan-watch", daemon=True).start()
+    ledger = Ledger(settings.database_url, distributed=settings.kafka_bootstrap is not None)
+    try:
+        _run_api(ledger, _listen(settings), follow=False)
+    finally:
+        ledger.close()
+
+
+def _run_api(ledger: Ledger, listening: socket.socket, follow: bool) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(ledger, follow=follow), log_level="warning", access_log=False))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shut down gracefully, then re-raised it
+        server.run(sockets=[listening])
 
 
 def _distributed(settings: config.Config, command: str) -> str:

@@ -24,6 +24,7 @@ class Config:
     relay_stall_seconds: float = 5.0  # the relay sends again when consumers stop this long behind it
     billing_interval_seconds: float = 60.0  # how often the billing clock closes periods
     debit_interval_seconds: float = 1.0  # how often wallets are debited for new usage
+    workers: int = 1  # serving processes sharing the port (SO_REUSEPORT)
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Config:
@@ -34,6 +35,9 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
     database_url = environ.get("TALLY_DATABASE_URL") or f"sqlite:///{data_dir / 'events.sqlite'}"
     if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError(f"TALLY_DATABASE_URL must start with sqlite:/// or postgresql://, not {database_url!r}")
+    workers_text = environ.get("TALLY_WORKERS", "1")
+    if not workers_text.isdigit() or not 1 <= int(workers_text) <= 64:
+        raise ConfigError(f"TALLY_WORKERS must be a whole number from 1 to 64, not {workers_text!r}")
     api_key = environ.get("TALLY_API_KEY") or None
     if api_key is not None and (len(api_key) < 16 or any(ch.isspace() for ch in api_key)):
         raise ConfigError("TALLY_API_KEY must be at least 16 characters with no spaces")
@@ -50,6 +54,7 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
         relay_stall_seconds=_seconds(environ, "TALLY_RELAY_STALL_SECONDS", 5.0),
         billing_interval_seconds=_seconds(environ, "TALLY_BILLING_INTERVAL_SECONDS", 60.0),
         debit_interval_seconds=_seconds(environ, "TALLY_DEBIT_INTERVAL_SECONDS", 1.0),
+        workers=int(workers_text),
     )
 
 

@@ -114,6 +114,11 @@ class Documents:
                                   f"({','.join('?' * len(document_ids))})", (collection, *document_ids)).all()
         return dict(rows)
 
+    def tenants_with(self, collection: str) -> set[str]:
+        """The tenants that have any document of the collection."""
+        return {tenant for (tenant,) in self.database.query(
+            "SELECT DISTINCT tenant_id FROM tally_documents WHERE collection = ?", (collection,))}
+
     def each(self, collection: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every document of a collection, all tenants, in creation order: (tenant id, body)."""
         after = -1

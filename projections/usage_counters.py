@@ -9,10 +9,13 @@ makes positions visible in order). A void of a watched customer drops its counte
 counted afresh. A weighted_sum is never kept running (its value needs every reading's neighbours).
 
 Each process keeps its own counters; they are a cache of the log, never written anywhere, so
-several servers each follow the same log. Memory is bounded: past WATCH_LIMIT customers, all
+several servers each follow the same log. A serving process also follows it in the background
+(`start`), so a check seldom finds more than a few entries to add first: a batch of a thousand just
+ingested is added beside the requests, not in the way of one. Memory is bounded: past WATCH_LIMIT customers, all
 counters are dropped and counted afresh as checks come.
 """
 
+import logging
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -23,11 +26,13 @@ from domain.meter import MeterSpec
 from domain.metering import Reading, Running, matches
 from projections.usage_log import UsageLog
 
+FOLLOW_SECONDS = 0.005  # the background follower's pause between looks at the log
 FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops the counters instead
 WATCH_LIMIT = 100_000  # customers with counters in one process
 Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
 ReadingsOf = Callable[[str, str, MeterSpec, int, int], list[Reading]]  # tenant, customer, meter, start, end
 _properties = msgspec.json.Decoder(dict)
+log = logging.getLogger("tally.projections")
 
 
 class _Watched:
@@ -46,6 +51,27 @@ class UsageCounters:
         self._lock = threading.Lock()
         self._position = log.last_position()
         self._watched: dict[tuple[str, str], _Watched] = {}
+        self._stopped, self._follower = threading.Event(), None
+
+    def start(self, every: float = FOLLOW_SECONDS) -> None:
+        """Follow the log in a background thread too, until `stop`."""
+        def run() -> None:
+            while not self._stopped.wait(every):
+                try:
+                    with self._lock:
+                        self._follow()
+                except Exception:  # the store is away for a moment: the next round (or check) retries
+                    log.exception("usage counters: following the log failed; retrying")
+                    self._stopped.wait(1)
+
+        self._stopped.clear()
+        self._follower = threading.Thread(target=run, name="usage-counters", daemon=True)
+        self._follower.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._follower is not None:
+            self._follower.join(5)
 
     def used(self, tenant: str, customer: str, meter: MeterSpec, start_us: int, end_us: int) -> Decimal:
         """The meter's value over [start_us, end_us) for the customer, counting every event logged."""

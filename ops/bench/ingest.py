@@ -310,10 +310,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(database_url: str, folder: Path) -> Iterator[Server]:
-    """`tally serve` on a free port with a known admin key; SIGTERM, then SIGKILL, on the way out."""
+def serving(database_url: str, folder: Path, settings: dict[str, str] | None = None) -> Iterator[Server]:
+    """`tally serve` on a free port with a known admin key (and these TALLY_ settings); SIGTERM, then
+    SIGKILL, on the way out."""
     port, key = services.free_port(), f"bench-{secrets.token_hex(16)}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")},
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}, **(settings or {}),
            "TALLY_DATA_DIR": str(folder), "TALLY_DATABASE_URL": database_url, "TALLY_API_KEY": key,
            "TALLY_HOST": "127.0.0.1", "TALLY_PORT": str(port)}
     log = folder / "serve.log"

@@ -20,6 +20,7 @@ from projections.usage_log import UsageLog
 NAME = "documents"
 BATCH = 500
 POLL_SECONDS = 0.2
+FOLLOWER_NICENESS = 10
 CONTEXT = multiprocessing.get_context("spawn")  # never fork a process that holds threads and connections
 log = logging.getLogger("tally.projections")
 
@@ -85,6 +86,7 @@ class UsageRunner:
 def follow(views_url: str, usage_url: str, changed: Any, parent: int) -> None:
     """The usage runner's loop, in a process of its own (see `spawn`): woken by the server's commits,
     polling for other processes'; it ends with the server."""
+    os.nice(FOLLOWER_NICENESS)  # answers first: reads count the log's tail, so the model may trail a moment
     runner = UsageRunner(UsageLog(Database(usage_url)), Database(views_url, durable=False))
     while os.getppid() == parent:
         changed.wait(POLL_SECONDS)
