@@ -798,7 +798,7 @@ class Ledger:
         def read() -> tuple[tuple[int, datetime | None, bool], list[UUID]]:
             holders = self._holders(tenant_id, {customer}).get(customer, [])
             paying = [self.wallet(tenant_id, found.id) for found in holders
-                      if not found.spec.applies_to or feature_code in found.spec.applies_to]
+                      if found.spec.pays_for(feature_code)]
             expiries = [grant.expires_at for view in paying for grant in view.grants
                         if grant.expires_at is not None and grant.remaining > 0]
             room = any(view.balance + view.overdraft_limit > 0 for view in paying)

@@ -88,6 +88,9 @@ class WalletSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     def overdraft(self) -> Decimal:
         return self.overdraft_limit or Decimal(0)
 
+    def pays_for(self, feature_code: str) -> bool:
+        return self.applies_to is None or feature_code in self.applies_to.features
+
     @property
     def price_of_credit(self) -> Decimal:
         return self.topup_conversion_rate if self.topup_conversion_rate is not None else self.conversion_rate

@@ -38,7 +38,7 @@ class Wallets(TallyApplication):
         for n, alert in enumerate(spec.alerts):
             if alert.feature_code is not None:
                 self._metered(tenant_id, alert.feature_code, f"alerts[{n}].feature_code")
-                if spec.applies_to is not None and alert.feature_code not in spec.applies_to.features:
+                if not spec.pays_for(alert.feature_code):
                     raise Invalid(f"alerts[{n}].feature_code", f"the wallet does not pay for {alert.feature_code!r}")
         with acting(by):
             wallet = Wallet(tenant_id=tenant_id, spec=spec)

@@ -321,6 +321,8 @@ def test_tally_api_key_taken_by_another_key_stops_serve_with_a_clear_message(dat
     ("TALLY_API_KEY", "too-short", "TALLY_API_KEY must be at least 16 characters"),
     ("TALLY_API_KEY", "tly_a_" + "x" * 28, "TALLY_API_KEY starts with tly_ but is not a Tally key"),
     ("TALLY_DATABASE_URL", "mysql://db/tally", "TALLY_DATABASE_URL must start with sqlite:/// or postgresql://"),
+    ("TALLY_WORKERS", "0", "TALLY_WORKERS must be a whole number from 1 to 64, not '0'"),
+    ("TALLY_WORKERS", "two", "TALLY_WORKERS must be a whole number from 1 to 64, not 'two'"),
 ])
 def test_a_bad_setting_stops_serve_with_a_message_naming_it(tmp_path, setting, value, message):
     # Given a setting with a bad value
@@ -356,3 +358,36 @@ def test_serve_runs_the_billing_clock_on_its_own(database_url, tmp_path):
     # Then the clock has billed 2025 (advance and closing, finalized) and 2026 in advance, nobody asking
     assert sorted((i["kind"], i["period_start"][:4], i["status"]) for i in found) == [
         ("advance", "2025", "finalized"), ("advance", "2026", "finalized"), ("closing", "2025", "finalized")]
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on the loopback TCP port (from /proc/net/tcp: state 0A is LISTEN)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+
+
+def test_tally_workers_serve_the_port_from_several_processes_that_stop_together(database_url, tmp_path):
+    # Given tally serve with TALLY_WORKERS=3
+    env = tally_env(database_url, TALLY_API_KEY="workers-test-admin-key", TALLY_WORKERS="3")
+    with serving(env, tmp_path) as server:
+        port = int(server.base_url.rpartition(":")[2])
+        # Then three processes listen on its port (the other two a moment after the first), and the
+        # kernel spreads connections among them
+        deadline = time.monotonic() + START_SECONDS
+        while listeners(port) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert listeners(port) == 3
+        headers = {"Authorization": "Bearer workers-test-admin-key"}
+        created = httpx.post(f"{server.base_url}/v1/customers", headers=headers, timeout=10,
+                             json={"external_id": "acme", "name": "Acme", "currency": "USD"})
+        assert created.status_code == 201, created.text
+        # And what one of them wrote, each reads at once, on fresh connections (no keep-alive)
+        for _ in range(30):
+            found = httpx.get(f"{server.base_url}/v1/customers/acme", headers=headers, timeout=10)
+            assert found.status_code == 200, found.text
+        # When it is stopped, all of them stop, cleanly
+        assert server.stop()
+        deadline = time.monotonic() + 10
+        while listeners(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert listeners(port) == 0

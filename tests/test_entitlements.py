@@ -2,11 +2,24 @@
 windows, soft vs hard limits, boolean and config features, and usage counted the moment it is
 acknowledged."""
 
+import threading
 from datetime import UTC, datetime
+from decimal import Decimal
 from uuid import UUID
 
 import pytest
-from conftest import assert_problem, created
+from conftest import assert_problem, client, created
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from api.ledger import Ledger
+from domain.aggregate import Actor
+from domain.customer_entitlements import OverrideSpec
+from domain.meter import MeterSpec
+from domain.metering import Reading, Running, aggregate
+from domain.subscription import SubscriptionSpec
+from domain.usage import UsageEvent
+from projections.views import private_id
 
 
 def at(text: str) -> datetime:
@@ -44,8 +57,8 @@ def use(admin, event_id: str, name: str, when: str, **properties) -> None:
     assert answer.json().get("accepted") == 1, answer.text
 
 
-def check(admin, feature: str, quantity: str | None = None) -> dict:
-    body = {"customer": "acme", "feature_code": feature, **({"quantity": quantity} if quantity else {})}
+def check(admin, feature: str, quantity: str | None = None, customer: str = "acme") -> dict:
+    body = {"customer": customer, "feature_code": feature, **({"quantity": quantity} if quantity else {})}
     answer = admin.post("/v1/entitlements/check", json=body)
     assert answer.status_code == 200, answer.text
     return answer.json()
@@ -134,3 +147,179 @@ def _tenant(ledger) -> UUID:
         row = cursor.execute("SELECT tenant_id FROM tally_documents WHERE collection = 'customers' "
                              "AND code = 'acme'").one()
     return UUID(row[0])
+
+
+def _crossings(ledger) -> list:
+    record = ledger.customers.entitlements(_tenant(ledger), "acme")
+    events = list(ledger.customers.repository.event_store.get(record.id)) if record else []
+    return [e for e in events if type(e).__name__ == "Exceeded"]
+
+
+def test_the_first_check_beyond_a_limit_records_entitlement_exceeded_once_per_window(acme, ledger):
+    ledger.subscriptions.clock = lambda: at("2026-01-10T23:00:00")
+    for n in range(10):
+        use(acme, f"a-{n}", "image", "2026-01-10T12:00:00Z")
+    # When checks ask beyond the daily limit, again and again
+    assert [check(acme, "img")["reason"] for _ in range(3)] == ["limit_exceeded"] * 3
+    # Then one crossing is recorded for the day, by the key that checked, with the use and limit then
+    first, = _crossings(ledger)
+    assert (first.feature_code, first.window_start, first.resets_at) == ("img", at("2026-01-10T00:00:00"),
+                                                                         at("2026-01-11T00:00:00"))
+    assert (first.limit, first.used, first.quantity, first.allowed) == (10, 10, 1, False)
+    assert first.actor.startswith("key_")
+    # And a check allowed only up to the soft limit is a crossing of its own window (the month's)
+    use(acme, "tokens", "llm", "2026-01-10T12:00:00Z", tokens=900)
+    assert check(acme, "ai", "200")["reason"] == "soft_limit"
+    assert check(acme, "ai", "50")["reason"] == "within_limit"  # asks for no more than the limit: no crossing
+    assert [(c.feature_code, c.allowed) for c in _crossings(ledger)] == [("img", False), ("ai", True)]
+    # When the next day's use crosses again, that is a new window's crossing
+    ledger.subscriptions.clock = lambda: at("2026-01-11T00:30:00")
+    assert check(acme, "img")["allowed"] is True
+    for n in range(10):
+        use(acme, f"b-{n}", "image", "2026-01-11T00:10:00Z")
+    check(acme, "img")
+    check(acme, "img")
+    # And a raised limit is a new limit to cross in the same window
+    created(acme.post("/v1/customers/acme/entitlement-overrides", json={"feature_code": "img", "limit": "15"}))
+    assert check(acme, "img")["reason"] == "within_limit"
+    for n in range(5):
+        use(acme, f"c-{n}", "image", "2026-01-11T00:20:00Z")
+    check(acme, "img")
+    assert [(c.feature_code, c.window_start.day, c.limit) for c in _crossings(ledger)] == [
+        ("img", 10, 10), ("ai", 1, 1000), ("img", 11, 10), ("img", 11, 15)]
+    # And the listing (a read) records nothing
+    acme.get("/v1/customers/acme/entitlements")
+    assert len(_crossings(ledger)) == 4
+
+
+@pytest.fixture
+def prepaid(admin, ledger):
+    """acme on plan prepaid from Jan 1 2026: tokens at $0.01, 1,000,000 a month, gated by its wallets;
+    images counted, not gated. The ledger's clock: Jan 10."""
+    ledger.subscriptions.clock = lambda: at("2026-01-10T00:00:00")
+    created(admin.post("/v1/meters", json={"code": "tokens", "name": "Tokens", "event_name": "llm",
+                                           "aggregation": "sum", "field": "tokens"}))
+    created(admin.post("/v1/meters", json={"code": "images", "name": "Images", "event_name": "image",
+                                           "aggregation": "count"}))
+    created(admin.post("/v1/features", json={"code": "ai", "name": "AI", "type": "metered", "meter_code": "tokens"}))
+    created(admin.post("/v1/features", json={"code": "img", "name": "Img", "type": "metered",
+                                             "meter_code": "images"}))
+    created(admin.post("/v1/plans", json={"code": "prepaid", "name": "Prepaid", "currency": "USD",
+                                          "interval": "month"}))
+    created(admin.post("/v1/plans/prepaid/versions", json={
+        "prices": [{"type": "per_unit", "meter_code": "tokens", "currency": "USD", "unit_amount": "0.01"}],
+        "entitlements": [{"feature_code": "ai", "limit": "1000000", "reset": "month", "wallet_gated": True},
+                         {"feature_code": "img", "limit": "100", "reset": "month"}]}))
+    created(admin.post("/v1/customers", json={"external_id": "acme", "name": "Acme", "currency": "USD"}))
+    created(admin.post("/v1/subscriptions", json={"customer": "acme", "plan_code": "prepaid",
+                                                  "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    return admin
+
+
+def test_a_wallet_gated_feature_is_denied_while_no_wallet_paying_for_it_has_credits(prepaid, ledger):
+    # With no wallet at all, nothing pays for the gated feature; the other one is not gated
+    assert (check(prepaid, "ai")["allowed"], check(prepaid, "ai")["reason"]) == (False, "wallet_empty")
+    assert check(prepaid, "img")["allowed"] is True
+    # When a wallet (a credit is $0.01, 5 credits of overdraft) gets 10 credits, it is allowed
+    wallet = created(prepaid.post("/v1/wallets", json={
+        "customer": "acme", "name": "Credits", "credit_unit": "credit", "currency": "USD", "conversion_rate": "0.01",
+        "overdraft_limit": "5"}))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(prepaid.post(f"{url}/grants", json={"amount": "10", "kind": "paid"}))
+    assert (check(prepaid, "ai")["allowed"], check(prepaid, "ai")["reason"]) == (True, "within_limit")
+    # And usage acknowledged a moment ago counts at once, before any debit pass: into the overdraft is
+    # still allowed, down to the overdraft's end is not
+    use(prepaid, "u-1", "llm", "2026-01-05T00:00:00Z", tokens=14)
+    assert (prepaid.get(url).json()["balance"], check(prepaid, "ai")["allowed"]) == ("-4", True)
+    use(prepaid, "u-2", "llm", "2026-01-05T00:00:00Z", tokens=1)
+    assert (prepaid.get(url).json()["balance"], check(prepaid, "ai")["reason"]) == ("-5", "wallet_empty")
+    assert check(prepaid, "img")["allowed"] is True
+    # And a grant makes it allowed again, whether or not the usage was debited yet
+    created(prepaid.post(f"{url}/grants", json={"amount": "3", "kind": "promotional"}))
+    assert check(prepaid, "ai")["allowed"] is True
+    ledger.debit_usage()
+    assert (prepaid.get(url).json()["balance"], check(prepaid, "ai")["allowed"]) == ("-2", True)
+    # And a wallet that pays only for other features does not count for this one
+    other = created(prepaid.post("/v1/wallets", json={
+        "customer": "acme", "name": "Images", "credit_unit": "credit", "currency": "USD", "conversion_rate": "0.01",
+        "applies_to": {"features": ["img"]}}))
+    created(prepaid.post(f"/v1/wallets/{other['id']}/grants", json={"amount": "1000", "kind": "paid"}))
+    use(prepaid, "u-3", "llm", "2026-01-05T00:00:00Z", tokens=3)
+    assert check(prepaid, "ai")["reason"] == "wallet_empty"
+
+
+def test_concurrent_ingest_then_check_never_over_allows(acme, ledger, base_url):
+    """8 threads each ingest 10 tokens and at once check for 10 more, 15 times: every check counts at
+    least every event acknowledged before it began, and allows only what the limit leaves; one
+    crossing of the month's limit is recorded however many checks race past it."""
+    ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
+    secret = acme.headers["Authorization"].removeprefix("Bearer ")
+    lock, acknowledged, wrong = threading.Lock(), [0], []
+
+    def run(lane: int) -> None:
+        with client(base_url, secret) as http:
+            for n in range(15):
+                use(http, f"lane-{lane}-{n}", "llm", "2026-01-15T00:00:00Z", tokens=10)
+                with lock:
+                    acknowledged[0] += 1
+                    before = acknowledged[0]
+                found = check(http, "ai", "10")
+                used = Decimal(found["used"])
+                if used < 10 * before or found["allowed"] != (used + 10 <= 1200):
+                    wrong.append((before, found))
+
+    threads = [threading.Thread(target=run, args=(lane,)) for lane in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+    assert check(acme, "ai", "0")["used"] == "1200"
+    assert [(c.feature_code, c.limit) for c in _crossings(ledger)] == [("ai", 1000)]
+
+
+def test_another_server_s_changes_count_in_the_very_next_check(acme, ledger, database_url):
+    """A second ledger on the same store stands for another `tally serve`: its overrides, usage,
+    subscriptions and key revocations count in this server's next answer, whatever it kept."""
+    ledger.subscriptions.clock = lambda: at("2026-01-10T00:00:00")
+    other = Ledger(database_url)
+    other.subscriptions.clock = ledger.subscriptions.clock
+    try:
+        tenant, by = _tenant(ledger), Actor("test:other-server")
+        assert (check(acme, "ai")["used"], check(acme, "ai")["limit"]) == ("0", "1000")  # kept from here on
+        other.command(other.override, by, tenant, "acme", OverrideSpec(feature_code="ai", limit=Decimal(50)))
+        other.usage.append(str(tenant), [UsageEvent(event_id="o-1", customer="acme", event_name="llm",
+                                                    timestamp=at("2026-01-09T00:00:00"), properties={"tokens": 40})],
+                           at("2026-01-10T00:00:00"))
+        assert (check(acme, "ai")["used"], check(acme, "ai")["limit"]) == ("40", "50")
+        other.usage.void(str(tenant), "acme", ["o-1"], "test", at("2026-01-10T00:00:00"))
+        assert check(acme, "ai")["used"] == "0"
+        created(acme.post("/v1/customers", json={"external_id": "beta", "name": "Beta", "currency": "USD"}))
+        assert check(acme, "sso", customer="beta")["reason"] == "no_subscription"
+        other.command(other.subscriptions.start, by, tenant, SubscriptionSpec(
+            customer="beta", plan_code="pro", start_at=at("2026-01-01T00:00:00"), billing_anchor="calendar"))
+        assert check(acme, "sso", customer="beta")["reason"] == "enabled"
+        key_id = private_id("api_keys", acme.get("/v1/api-keys").json()["data"][0]["id"])
+        other.command(other.tenants.revoke_key, by, tenant, key_id)
+        assert_problem(acme.post("/v1/entitlements/check", json={"customer": "acme", "feature_code": "ai"}), 401)
+    finally:
+        other.close()
+
+
+VALUES = st.one_of(st.integers(-1000, 1000), st.decimals(-100, 100, places=3).map(str), st.none(),
+                   st.sampled_from(["x", "", "1e3", True]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(aggregation=st.sampled_from(["count", "sum", "max", "unique_count", "latest"]),
+       values=st.lists(st.tuples(st.integers(0, 20), VALUES), max_size=30), order=st.randoms())
+def test_a_running_counter_equals_the_aggregate_of_its_readings_in_any_order(aggregation, values, order):
+    """What the entitlement counters keep, reading by reading as the log brings them (late events
+    too), is what the meter's aggregation gives over them all."""
+    meter = MeterSpec(code="m", name="M", event_name="e", aggregation=aggregation,
+                      field=None if aggregation == "count" else "v")
+    readings = [Reading(t, position, {} if v is None else {"v": v}) for position, (t, v) in enumerate(values, 1)]
+    running = Running(meter)
+    for reading in order.sample(readings, len(readings)):
+        running.add(reading)
+    assert running.value == aggregate(meter, readings, 0, 21)
