@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -118,6 +119,8 @@ def _run_api(ledger: Ledger, listening: socket.socket, follow: bool) -> None:
     from api.app import create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(ledger, follow=follow), log_level="warning", access_log=False))
+    gc.collect()
+    gc.freeze()  # what start-up made lives as long as the process: later collections need not scan it
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shut down gracefully, then re-raised it
         server.run(sockets=[listening])
 
