@@ -14,6 +14,7 @@ from domain.errors import Conflict, Invalid, NotFound
 from domain.feature import Feature
 from domain.hierarchy import Hierarchy
 
+RECORD_TRIES = 10  # a crossing's save lost to another command is tried again this often
 MAX_DEPTH = 32  # a hierarchy deeper than this is refused rather than walked
 
 
@@ -100,7 +101,7 @@ class Customers(TallyApplication):
                resets_at: datetime | None, limit: Decimal, used: Decimal, quantity: Decimal, allowed: bool) -> None:
         """Record that a check crossed the feature's limit in this window, once: a check that loses
         the race to record it finds it recorded."""
-        for _ in range(2):
+        for _ in range(RECORD_TRIES):
             with acting(by):
                 record = self._entitlement_record(tenant_id, external_id)
                 if record.crossed(feature_code, window_start, limit):

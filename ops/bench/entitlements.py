@@ -53,6 +53,7 @@ from domain.price import Entitlement, FlatPrice
 from domain.subscription import SubscriptionSpec
 from domain.tenant import TenantSettings
 from domain.usage import UsageEvent
+from ops.bench import freshness
 from ops.bench.ingest import serving
 from projections.usage import report
 
@@ -177,47 +178,13 @@ def set_up_http(base_url: str, key: str, count: int) -> None:
 def ingest(port: int, key: str, customers: int, rate: int, seconds: float, out: "multiprocessing.Queue") -> None:
     """Batches of 1,000 events to random customers at `rate` events/s, on a fixed schedule shared by
     INGEST_LANES keep-alive connections (a batch waits for its 202: a slow answer must not slow the rate)."""
-    import http.client
-    import threading
-
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    per_second = max(1, rate // 1_000)
-    began = time.perf_counter()
-    schedule = iter(range(int(seconds * per_second)))
-    lock, sent, failures = threading.Lock(), [0], []
-
-    def lane() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while True:
-            with lock:
-                b = next(schedule, None)
-            if b is None:
-                return
-            pause = began + b / per_second - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            moment = datetime.now(UTC).isoformat()
-            body = orjson.dumps({"events": [
-                {"event_id": uuid.uuid4().hex, "customer": customer(random.randrange(customers)),
-                 "event_name": "llm" if i % 4 else "image", "timestamp": moment, "properties": {"tokens": 100 + i}}
-                for i in range(1_000)]})
-            connection.request("POST", "/v1/events/batch", body, headers)
-            answer = connection.getresponse()
-            payload = answer.read()
-            with lock:
-                if answer.status == 202:
-                    sent[0] += 1_000
-                else:
-                    failures.append(f"{answer.status} {payload[:300]!r}")
-
-    lanes = [threading.Thread(target=lane) for _ in range(INGEST_LANES)]
-    for thread in lanes:
-        thread.start()
-    for thread in lanes:
-        thread.join()
-    if failures:
-        raise RuntimeError(f"ingest: {failures[0]}")
-    out.put((sent[0], time.perf_counter() - began))
+    moment = datetime.now(UTC).isoformat()
+    bodies = [orjson.dumps({"events": [
+        {"event_id": uuid.uuid4().hex, "customer": customer(random.randrange(customers)),
+         "event_name": "llm" if i % 4 else "image", "timestamp": moment, "properties": {"tokens": 100 + i}}
+        for i in range(1_000)]}) for _ in range(int(seconds * max(1, rate // 1_000)))]
+    start, _, acked = freshness.send(port, bodies, max(1, rate // 1_000), INGEST_LANES, key)
+    out.put((1_000 * len(bodies), max(acked) - start))
 
 
 def cpu_seconds(server: int, others: dict[str, int | None]) -> dict[str, float]:

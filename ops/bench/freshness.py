@@ -186,8 +186,8 @@ def wait_up(port: int, processes: list[subprocess.Popen], folder: Path) -> None:
     raise RuntimeError(f"tally serve did not come up in {START_SECONDS}s:\n{log_tail(folder)}")
 
 
-def post(connection: http.client.HTTPConnection, payload: bytes) -> None:
-    connection.request("POST", PATH, body=payload, headers={"Authorization": f"Bearer {KEY}",
+def post(connection: http.client.HTTPConnection, payload: bytes, key: str = KEY) -> None:
+    connection.request("POST", PATH, body=payload, headers={"Authorization": f"Bearer {key}",
                                                              "Content-Type": "application/json"})
     answer = connection.getresponse()
     text = answer.read()
@@ -250,7 +250,8 @@ def warm_up(port: int, target: str, prefix: str, count: int, size: int, customer
     return tenant
 
 
-def send(port: int, bodies: list[bytes], rate: float, senders: int) -> tuple[float, list[float], list[float]]:
+def send(port: int, bodies: list[bytes], rate: float, senders: int,
+         key: str = KEY) -> tuple[float, list[float], list[float]]:
     """Post the bodies on a fixed schedule (batch i at start + i/rate) from `senders` threads, each
     with its own keep-alive connection. Returns (start, send times, 202 times), monotonic."""
     sent, acked = [0.0] * len(bodies), [0.0] * len(bodies)
@@ -269,7 +270,7 @@ def send(port: int, bodies: list[bytes], rate: float, senders: int) -> tuple[flo
                 if delay > 0:
                     time.sleep(delay)
                 sent[batch] = time.monotonic()
-                post(connection, bodies[batch])
+                post(connection, bodies[batch], key)
                 acked[batch] = time.monotonic()
         except (OSError, http.client.HTTPException, RuntimeError, ValueError) as error:  # raised by the main thread
             errors.append(error)
