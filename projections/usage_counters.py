@@ -36,11 +36,19 @@ log = logging.getLogger("tally.projections")
 
 
 class _Watched:
-    __slots__ = ("stamp", "counters")
+    __slots__ = ("stamp", "counters", "by_name")
 
     def __init__(self, stamp: int) -> None:
         self.stamp = stamp  # the position of its latest entry seen, or where watching began
         self.counters: dict[Window, tuple[MeterSpec, Running]] = {}
+        self.by_name: dict[str, list[tuple[int, int, MeterSpec, Running, bool]]] = {}  # what `_follow` reads
+
+    def keep(self, counters: dict[Window, tuple[MeterSpec, Running]]) -> None:
+        """These counters, and by event name: (start, end, meter, counter, whether it reads properties)."""
+        self.counters, self.by_name = counters, {}
+        for (_, start_us, end_us), (meter, running) in counters.items():
+            reads = meter.field is not None or bool(meter.filters)
+            self.by_name.setdefault(meter.event_name, []).append((start_us, end_us, meter, running, reads))
 
 
 class UsageCounters:
@@ -84,9 +92,9 @@ class UsageCounters:
                 for reading in self.readings_of(tenant, customer, meter, start_us, end_us):
                     if reading.position <= self._position and matches(meter, reading):  # later ones: followed
                         running.add(reading)
-                watched.counters = {key: value for key, value in watched.counters.items()
-                                    if key[0] != meter.code or key[2] > start_us}  # its past windows go
-                found = watched.counters[window] = (meter, running)
+                found = (meter, running)
+                watched.keep({**{key: value for key, value in watched.counters.items()
+                                 if key[0] != meter.code or key[2] > start_us}, window: found})  # past windows go
             return found[1].value
 
     def stamp(self, tenant: str, customer: str) -> int:
@@ -112,17 +120,21 @@ class UsageCounters:
             self._watched.clear()
             self._position = max(self.log.last_position(), rows[-1][0])
             return
+        watched_of, bare = self._watched.get, {}
         for position, tenant, customer, name, timestamp_us, event_id, properties, kind in rows:
-            watched = self._watched.get((tenant, customer))
+            watched = watched_of((tenant, customer))
             if watched is None:
                 continue
             watched.stamp = position
             if kind == "void":
-                watched.counters.clear()
+                watched.keep({})
                 continue
             reading = None
-            for (_, start_us, end_us), (meter, running) in watched.counters.items():
-                if meter.event_name == name and start_us <= timestamp_us < end_us:
+            for start_us, end_us, meter, running, reads in watched.by_name.get(name, ()):
+                if start_us <= timestamp_us < end_us:
+                    if not reads:  # a count without filters: the event itself is all it needs
+                        running.add(Reading(timestamp_us, position, bare, event_id))
+                        continue
                     reading = reading or Reading(timestamp_us, position, _properties.decode(properties), event_id)
                     if matches(meter, reading):
                         running.add(reading)
