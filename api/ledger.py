@@ -718,8 +718,8 @@ class Ledger:
             record = self._entitlement_context(tenant_id, customer)[1]
             if record is None or not record.crossed(feature_code, start, decision.limit):
                 assert decision.used is not None
-                self.customers.exceed(by, tenant_id, customer, feature_code, start, decision.resets_at,
-                                      decision.limit, decision.used, quantity, decision.allowed)
+                self.command(self.customers.exceed, by, tenant_id, customer, feature_code, start, decision.resets_at,
+                             decision.limit, decision.used, quantity, decision.allowed)  # the kept context learns it
         return decision
 
     def entitlements(self, tenant_id: UUID, customer: str, now: datetime, feature_code: str | None = None,

@@ -167,6 +167,8 @@ def test_the_first_check_beyond_a_limit_records_entitlement_exceeded_once_per_wi
                                                                          at("2026-01-11T00:00:00"))
     assert (first.limit, first.used, first.quantity, first.allowed) == (10, 10, 1, False)
     assert first.actor.startswith("key_")
+    # (and the context the checks keep knows it at once: the next checks read no aggregate to find it out)
+    assert ledger._entitlement_context(_tenant(ledger), "acme")[1].crossed("img", at("2026-01-10T00:00:00"), 10)
     # And a check allowed only up to the soft limit is a crossing of its own window (the month's)
     use(acme, "tokens", "llm", "2026-01-10T12:00:00Z", tokens=900)
     assert check(acme, "ai", "200")["reason"] == "soft_limit"
