@@ -132,11 +132,12 @@ class Ledger:
         env, views_url, usage_url = store_env(database_url)
         self.views_url, self.usage_url = views_url, usage_url
         env["CREATE_TABLE"] = "true"
-        self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
-        self.subscriptions, self.invoicing, self.wallets = Subscriptions(env), Invoicing(env), Wallets(env)
         self.database = Database(views_url)
-        self.database.migrate(SCHEMA + usage_readings.SCHEMA)
-        self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
+        with self.database.serialized("tally-schema"):  # servers starting together create the tables once
+            self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
+            self.subscriptions, self.invoicing, self.wallets = Subscriptions(env), Invoicing(env), Wallets(env)
+            self.database.migrate(SCHEMA + usage_readings.SCHEMA)
+            self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
         self.documents = Documents(self.database)
         self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database)
         self.runner.catch_up()

@@ -146,6 +146,24 @@ class Database:
         return self._sqlite().execute(sql, params).fetchall()
 
     @contextmanager
+    def serialized(self, name: str) -> Iterator[None]:
+        """Hold `name`'s lock for the block, waiting for it: on PostgreSQL an advisory lock (for what
+        must not run in two processes at once, such as creating tables: concurrent CREATE ... IF NOT
+        EXISTS can fail there); SQLite serialises its writers itself."""
+        if not self.postgres:
+            yield
+            return
+        with self.pool.connection() as connection:
+            connection.autocommit = True
+            key = zlib.crc32(name.encode())
+            connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                connection.autocommit = False
+
+    @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
         """Whether this process got `name`'s lock (held until the block ends): a PostgreSQL advisory
         lock, or on SQLite an exclusive lock on a file beside the store. Never waits."""
