@@ -70,7 +70,7 @@ class Dispatch:
     which costs a hot path such as the entitlement check a fifth of its time."""
 
     def __init__(self, app: Starlette, operations: list[Operation]) -> None:
-        self.app, self.state = app, app.state
+        self.app = app
         self.fixed = {(op.method, op.path): endpoint(op) for op in operations if "{" not in op.path}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
