@@ -292,7 +292,8 @@ def over_http(args: argparse.Namespace) -> dict[str, object]:
             asker.join()
             if args.ingest_rate:
                 feeder.join()
-            warm, steady = ([ms for due, ms in latencies if (due < args.warm_seconds) == first] for first in (True, False))
+            warm = [ms for due, ms in latencies if due < args.warm_seconds]
+            steady = [ms for due, ms in latencies if due >= args.warm_seconds]
             return {"warm": percentiles(warm), "steady": percentiles(steady), "rate": len(steady) / (
                 elapsed - args.warm_seconds), "statuses": statuses, "ingested": sent / ingest_seconds,
                 "cpu": {name: (after[name] - before.get(name, 0.0)) / wall for name in after}}
@@ -309,7 +310,8 @@ def _with_wrk(args: argparse.Namespace, server: Server, folder: Path, feeder: mu
                       "local headers = {['Content-Type'] = 'application/json', "
                       f"['Authorization'] = 'Bearer {server.key}'}}\n"
                       "local i = 0\nrequest = function()\n  i = i + 1\n"
-                      "  return wrk.format('POST', '/v1/entitlements/check', headers, bodies[(i % #bodies) + 1])\nend\n")
+                      "  return wrk.format('POST', '/v1/entitlements/check', headers,\n"
+                      "                    bodies[(i % #bodies) + 1])\nend\n")
 
     def run(seconds: float) -> subprocess.Popen:
         return subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{seconds:.0f}s", "--latency", "-s",
@@ -345,7 +347,8 @@ def _wrk_latency(output: str) -> tuple[float, float, float]:
                                                         r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b")]
     if not all(found):
         raise RuntimeError(f"wrk printed no latencies:\n{output}")
-    p50, p99, top = (float(match[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match[2]] for match in found)  # type: ignore[index]
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    p50, p99, top = (float(match[1]) * scale[match[2]] for match in found)  # type: ignore[index]
     return p50, p99, top
 
 
