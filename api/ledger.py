@@ -538,14 +538,20 @@ class Ledger:
             found = self.wallets.as_of(wallet_id, as_of)
             if not isinstance(found, Wallet) or found.tenant_id != tenant_id:  # not yet, or not this tenant's
                 raise NotFound("wallet as of", f"{public_id('wallets', wallet_id)} at {as_of.isoformat()}")
-        else:  # usage not debited yet, of the customer and (a pooled wallet) of its children
-            found = self.wallets.wallet(tenant_id, wallet_id)
-            drawing = {found.customer, *([body["external_id"] for body in self.documents.children(
-                "customers", str(tenant_id), {found.customer})] if found.spec.pooled else [])}
-            for customer, wallets_of in self._holders(tenant_id, drawing).items():
-                wallets_of = [found if wallet.id == wallet_id else wallet for wallet in wallets_of]
-                self.wallets.pending(tenant_id, customer, wallets_of, self._usage_costs(tenant_id, customer, [now]),
-                                     self._feature_meters(tenant_id, wallets_of), now)
+            with acting(CLOCK):
+                found.expire(now)  # in this copy only: the clock records it
+            return wallets.view(found)
+        return self._live_view(tenant_id, self.wallets.wallet(tenant_id, wallet_id), now)
+
+    def _live_view(self, tenant_id: UUID, found: Wallet, now: datetime) -> wallets.WalletView:
+        """The wallet at `now`, on this copy: usage not debited yet (of the customer and, a pooled
+        wallet, of its children) taken off, and grants whose time has come expired."""
+        drawing = {found.customer, *([body["external_id"] for body in self.documents.children(
+            "customers", str(tenant_id), {found.customer})] if found.spec.pooled else [])}
+        for customer, wallets_of in self._holders(tenant_id, drawing).items():
+            wallets_of = [found if wallet.id == found.id else wallet for wallet in wallets_of]
+            self.wallets.pending(tenant_id, customer, wallets_of, self._usage_costs(tenant_id, customer, [now]),
+                                 self._feature_meters(tenant_id, wallets_of), now)
         with acting(CLOCK):
             found.expire(now)  # in this copy only: the clock records it
         return wallets.view(found)
@@ -798,8 +804,7 @@ class Ledger:
 
         def read() -> tuple[tuple[int, datetime | None, bool], list[UUID]]:
             holders = self._holders(tenant_id, {customer}).get(customer, [])
-            paying = [self.wallet(tenant_id, found.id) for found in holders
-                      if found.spec.pays_for(feature_code)]
+            paying = [self._live_view(tenant_id, found, now) for found in holders if found.spec.pays_for(feature_code)]
             expiries = [grant.expires_at for view in paying for grant in view.grants
                         if grant.expires_at is not None and grant.remaining > 0]
             room = any(view.balance + view.overdraft_limit > 0 for view in paying)

@@ -98,13 +98,14 @@ class Running:
     Not for a weighted_sum, whose value depends on each reading's neighbours in time. The caller
     adds only readings inside the window that pass the meter's filters."""
 
-    __slots__ = ("meter", "count", "total", "seen", "last")
+    __slots__ = ("meter", "count", "total", "seen", "held", "last")
 
     def __init__(self, meter: MeterSpec) -> None:
         assert meter.aggregation != "weighted_sum", "a weighted_sum is not kept running"
         self.meter, self.count, self.total = meter, 0, ZERO
         self.seen: set[str | None] = set()  # unique_count's values
-        self.last: tuple[int, int] | None = None  # max's and latest's: (time, position) of the value held
+        self.held: Decimal | None = None  # max's and latest's value so far
+        self.last = (0, 0)  # latest's: (time, position) of the value held
 
     def add(self, reading: Reading) -> None:
         meter = self.meter
@@ -122,10 +123,9 @@ class Running:
         if meter.aggregation == "sum":
             self.total += value
         elif meter.aggregation == "max":
-            self.total = value if self.last is None else max(self.total, value)
-            self.last = (0, 0)
-        elif self.last is None or (reading.timestamp_us, reading.position) > self.last:  # latest
-            self.total, self.last = value, (reading.timestamp_us, reading.position)
+            self.held = value if self.held is None else max(self.held, value)
+        elif self.held is None or (reading.timestamp_us, reading.position) > self.last:  # latest
+            self.held, self.last = value, (reading.timestamp_us, reading.position)
 
     @property
     def value(self) -> Decimal:
@@ -133,7 +133,9 @@ class Running:
             return Decimal(self.count)
         if self.meter.aggregation == "unique_count":
             return Decimal(len(self.seen))
-        return self.total
+        if self.meter.aggregation == "sum":
+            return self.total
+        return ZERO if self.held is None else self.held
 
 
 def _values(meter: MeterSpec, readings: Iterable[Reading]) -> Iterable[Decimal]:

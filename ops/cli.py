@@ -91,7 +91,6 @@ def _listen(settings: config.Config) -> socket.socket:
         listening.close()
         sys.exit(f"tally serve: cannot listen on {settings.host}:{settings.port}: {error.strerror}")
     listening.listen(2048)
-    listening.set_inheritable(True)
     return listening
 
 

@@ -153,31 +153,16 @@ class Database:
         if not self.postgres:
             yield
             return
-        with self.pool.connection() as connection:
-            connection.autocommit = True
-            key = zlib.crc32(name.encode())
-            connection.execute("SELECT pg_advisory_lock(%s)", (key,))
-            try:
-                yield
-            finally:
-                connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                connection.autocommit = False
+        with self._advisory(name, wait=True):
+            yield
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
         """Whether this process got `name`'s lock (held until the block ends): a PostgreSQL advisory
         lock, or on SQLite an exclusive lock on a file beside the store. Never waits."""
         if self.postgres:
-            with self.pool.connection() as connection:
-                connection.autocommit = True
-                key = zlib.crc32(name.encode())
-                got = connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
-                try:
-                    yield bool(got)
-                finally:
-                    if got:
-                        connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                    connection.autocommit = False
+            with self._advisory(name, wait=False) as got:
+                yield got
             return
         with open(f"{self.path}.{name}.lock", "w") as handle:
             try:
@@ -189,6 +174,24 @@ class Database:
                 yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _advisory(self, name: str, wait: bool) -> Iterator[bool]:
+        """A PostgreSQL session advisory lock on `name`, held for the block: waited for, or only tried."""
+        with self.pool.connection() as connection:
+            connection.autocommit = True
+            key = zlib.crc32(name.encode())
+            if wait:
+                connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+                got = True
+            else:
+                got = bool(connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+            try:
+                yield got
+            finally:
+                if got:
+                    connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                connection.autocommit = False
 
     def close(self) -> None:
         if self.postgres:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from api.ledger import Ledger
 from domain.aggregate import Actor
-from domain.customer_entitlements import OverrideSpec
+from domain.customer_entitlements import CustomerEntitlements, OverrideSpec
 from domain.meter import MeterSpec
 from domain.metering import Reading, Running, aggregate
 from domain.subscription import SubscriptionSpec
@@ -152,7 +152,7 @@ def _tenant(ledger) -> UUID:
 def _crossings(ledger) -> list:
     record = ledger.customers.entitlements(_tenant(ledger), "acme")
     events = list(ledger.customers.repository.event_store.get(record.id)) if record else []
-    return [e for e in events if type(e).__name__ == "Exceeded"]
+    return [e for e in events if isinstance(e, CustomerEntitlements.Exceeded)]
 
 
 def test_the_first_check_beyond_a_limit_records_entitlement_exceeded_once_per_window(acme, ledger):

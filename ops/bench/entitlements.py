@@ -29,7 +29,6 @@ process ingests 10,000 events/s. Figures only; nothing here asserts a speed.
 import argparse
 import asyncio
 import multiprocessing
-import os
 import random
 import re
 import shutil
@@ -60,8 +59,8 @@ from domain.subscription import SubscriptionSpec
 from domain.tenant import TenantSettings
 from domain.usage import UsageEvent
 from ops.bench import freshness
+from ops.bench import ingest as ingest_bench
 from ops.bench.ingest import Server, serving
-from projections.usage import report
 
 SETUP = Actor("bench:setup")
 CHECKER = Actor("bench:checks")
@@ -152,11 +151,10 @@ def in_process(args: argparse.Namespace) -> dict[str, object]:
                 timings.append((time.perf_counter() - began) * 1000)
             seconds = time.perf_counter() - began_all
             wrong = 0
-            meter = ledger._meter_spec(tenant, "tokens")
             for n in random.sample(range(args.customers), min(200, args.customers)):
                 used = ledger.check(CHECKER, tenant, customer(n), "ai", Decimal(1), NOW).used
-                total = report(ledger._usage_reader(str(tenant), customer(n), meter), customer(n), meter, JANUARY,
-                               datetime(2026, 2, 1, tzinfo=UTC), None, ()).total
+                total = ledger.usage_report(tenant, customer(n), "tokens", JANUARY, datetime(2026, 2, 1, tzinfo=UTC),
+                                            None, ()).total
                 wrong += used != total
             return {"first": first, "timings": timings, "seconds": seconds, "wrong": wrong,
                     "compared": min(200, args.customers)}
@@ -194,20 +192,24 @@ def ingest(port: int, key: str, customers: int, rate: int, seconds: float, out: 
 
 
 def cpu_seconds(server: int, others: dict[str, int | None]) -> dict[str, float]:
-    """CPU seconds (user + system) of the server, of its child processes (serving processes and the
-    usage read model's follower) together, and of the other processes named, from /proc."""
-    found: dict[str, float] = {}
-    names = {pid: name for name, pid in others.items()}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        pid, fields = int(stat.parent.name), text.rpartition(")")[2].split()
-        name = "server" if pid == server else "server's children" if int(fields[1]) == server else names.get(pid)
-        if name is not None:
-            found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return found
+    """CPU seconds of the server, of its child processes (serving processes and the usage read model's
+    follower) together, and of the other processes named."""
+    children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+                if _parent(stat) == server]
+    found = {"server": ingest_bench.cpu_seconds(server),
+             "server's children": sum(ingest_bench.cpu_seconds(pid) for pid in children if _alive(pid))}
+    return found | {name: ingest_bench.cpu_seconds(pid) for name, pid in others.items() if pid and _alive(pid)}
+
+
+def _parent(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").exists()
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> int:
