@@ -116,8 +116,10 @@ def _run_api(ledger: Ledger, listening: socket.socket, follow: bool) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.protocol import OneWriteProtocol
 
-    server = uvicorn.Server(uvicorn.Config(create_app(ledger, follow=follow), log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(create_app(ledger, follow=follow), http=OneWriteProtocol,
+                                           log_level="warning", access_log=False))
     gc.collect()
     gc.freeze()  # what start-up made lives as long as the process: later collections need not scan it
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shut down gracefully, then re-raised it

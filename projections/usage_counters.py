@@ -2,21 +2,23 @@
 and brought up to date from the usage log at every read, so a check costs one small query.
 
 A counter starts from the customer's readings (the read model plus the log's tail: `fresh`) up to
-the position this process has followed the log to, then adds each new log entry of its customer,
-event name and window as the log is followed. So it counts every event acknowledged before the
-read (DESIGN.md "Freshness"), once: the log holds each event once, in position order (PostgreSQL
-makes positions visible in order). A void of a watched customer drops its counters, which are then
-counted afresh. A weighted_sum is never kept running (its value needs every reading's neighbours).
+the position its customer's entries are counted to, then adds each later log entry of its customer,
+event name and window. So it counts every event acknowledged before the read (DESIGN.md
+"Freshness"), once: the log holds each event once, in position order (PostgreSQL makes positions
+visible in order). A void of a watched customer drops its counters, which are then counted afresh.
+A weighted_sum is never kept running (its value needs every reading's neighbours).
 
 Each process keeps its own counters; they are a cache of the log, never written anywhere, so
-several servers each follow the same log. A serving process also follows it in the background
-(`start`), so a check seldom finds more than a few entries to add first: a batch of a thousand just
-ingested is added beside the requests, not in the way of one. Memory is bounded: past WATCH_LIMIT customers, all
-counters are dropped and counted afresh as checks come.
+several servers each follow the same log. A serving process follows it in the background
+(`start`), and a check reads only its own customer's entries the follower has not added yet (the
+position range, filtered by the store): a batch of a thousand just ingested is added beside the
+requests, not in the way of one. Memory is bounded: past WATCH_LIMIT customers, all counters are
+dropped and counted afresh as checks come.
 """
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -27,21 +29,24 @@ from domain.metering import Reading, Running, matches
 from projections.usage_log import UsageLog
 
 FOLLOW_SECONDS = 0.005  # the background follower's pause between looks at the log
+FOLLOW_CHUNK = 100  # entries added under the lock at once
 FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops the counters instead
 WATCH_LIMIT = 100_000  # customers with counters in one process
 Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
 ReadingsOf = Callable[[str, str, MeterSpec, int, int], list[Reading]]  # tenant, customer, meter, start, end
 _properties = msgspec.json.Decoder(dict)
+_BARE: dict = {}
 log = logging.getLogger("tally.projections")
 
 
 class _Watched:
-    __slots__ = ("stamp", "counters", "by_name")
+    __slots__ = ("by_name", "counters", "stamp", "through")
 
-    def __init__(self, stamp: int) -> None:
-        self.stamp = stamp  # the position of its latest entry seen, or where watching began
+    def __init__(self, position: int) -> None:
+        self.stamp = position  # the position of its latest entry seen, or where watching began
+        self.through = position  # its entries up to here are counted (the process may have followed further)
         self.counters: dict[Window, tuple[MeterSpec, Running]] = {}
-        self.by_name: dict[str, list[tuple[int, int, MeterSpec, Running, bool]]] = {}  # what `_follow` reads
+        self.by_name: dict[str, list[tuple[int, int, MeterSpec, Running, bool]]] = {}  # what `_add` reads
 
     def keep(self, counters: dict[Window, tuple[MeterSpec, Running]]) -> None:
         """These counters, and by event name: (start, end, meter, counter, whether it reads properties)."""
@@ -49,6 +54,23 @@ class _Watched:
         for (_, start_us, end_us), (meter, running) in counters.items():
             reads = meter.field is not None or bool(meter.filters)
             self.by_name.setdefault(meter.event_name, []).append((start_us, end_us, meter, running, reads))
+
+    def add(self, position: int, name: str, timestamp_us: int, event_id: str, properties: bytes | str,
+            kind: str) -> None:
+        """Count one log entry of this customer (a void drops the counters: they are counted afresh)."""
+        self.stamp = position
+        if kind == "void":
+            self.keep({})
+            return
+        reading = None
+        for start_us, end_us, meter, running, reads in self.by_name.get(name, ()):
+            if start_us <= timestamp_us < end_us:
+                if not reads:  # a count without filters: the event itself is all it needs
+                    running.add(Reading(timestamp_us, position, _BARE, event_id))
+                    continue
+                reading = reading or Reading(timestamp_us, position, _properties.decode(properties), event_id)
+                if matches(meter, reading):
+                    running.add(reading)
 
 
 class UsageCounters:
@@ -60,14 +82,17 @@ class UsageCounters:
         self._position = log.last_position()
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._stopped, self._follower = threading.Event(), None
+        unindexed = "" if log.database.postgres else "+"  # SQLite: scan the position range, not the customer's rows
+        self._own = ("SELECT position, event_name, timestamp_us, event_id, properties, kind FROM tally_usage "
+                     f"WHERE position > ? AND position <= ? AND {unindexed}tenant_id = ? AND {unindexed}customer = ? "
+                     "ORDER BY position")
 
     def start(self, every: float = FOLLOW_SECONDS) -> None:
         """Follow the log in a background thread too, until `stop`."""
         def run() -> None:
             while not self._stopped.wait(every):
                 try:
-                    with self._lock:
-                        self._follow()
+                    self.follow()
                 except Exception:  # the store is away for a moment: the next round (or check) retries
                     log.exception("usage counters: following the log failed; retrying")
                     self._stopped.wait(1)
@@ -90,7 +115,7 @@ class UsageCounters:
             if found is None:
                 running = Running(meter)
                 for reading in self.readings_of(tenant, customer, meter, start_us, end_us):
-                    if reading.position <= self._position and matches(meter, reading):  # later ones: followed
+                    if reading.position <= watched.through and matches(meter, reading):  # later ones: followed
                         running.add(reading)
                 found = (meter, running)
                 watched.keep({**{key: value for key, value in watched.counters.items()
@@ -103,40 +128,39 @@ class UsageCounters:
             return self._watch(tenant, customer).stamp
 
     def _watch(self, tenant: str, customer: str) -> _Watched:
-        self._follow()
+        """The customer's counters, with every entry of its logged so far counted."""
         watched = self._watched.get((tenant, customer))
         if watched is None:
             if len(self._watched) >= WATCH_LIMIT:
                 self._watched.clear()
-            watched = self._watched[tenant, customer] = _Watched(self._position)
+            watched = self._watched[tenant, customer] = _Watched(self.log.last_position())
+            return watched  # nothing counted yet: its counters start from its readings up to here
+        last = self.log.database.query("SELECT max(position) FROM tally_usage")[0][0] or 0
+        if last > watched.through:
+            after = max(watched.through, self._position)  # what the background follower added is counted
+            for row in self.log.database.query(self._own, (after, last, tenant, customer)):
+                watched.add(*row)
+            watched.through = last
         return watched
 
-    def _follow(self) -> None:
-        """Apply the log's entries after the position followed to the watched customers' counters."""
+    def follow(self) -> None:
+        """Add the log's entries after the position followed to the watched customers' counters (the
+        entries a check has counted already skipped), a chunk at a time: a check waits for a chunk
+        at most, not for a batch."""
         rows = self.log.database.query(
             "SELECT position, tenant_id, customer, event_name, timestamp_us, event_id, properties, kind "
             "FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?", (self._position, FOLLOW_LIMIT))
         if len(rows) == FOLLOW_LIMIT:  # far behind: count afresh what is asked for next, from here
-            self._watched.clear()
-            self._position = max(self.log.last_position(), rows[-1][0])
+            with self._lock:
+                self._watched.clear()
+                self._position = max(self.log.last_position(), rows[-1][0])
             return
-        watched_of, bare = self._watched.get, {}
-        for position, tenant, customer, name, timestamp_us, event_id, properties, kind in rows:
-            watched = watched_of((tenant, customer))
-            if watched is None:
-                continue
-            watched.stamp = position
-            if kind == "void":
-                watched.keep({})
-                continue
-            reading = None
-            for start_us, end_us, meter, running, reads in watched.by_name.get(name, ()):
-                if start_us <= timestamp_us < end_us:
-                    if not reads:  # a count without filters: the event itself is all it needs
-                        running.add(Reading(timestamp_us, position, bare, event_id))
-                        continue
-                    reading = reading or Reading(timestamp_us, position, _properties.decode(properties), event_id)
-                    if matches(meter, reading):
-                        running.add(reading)
-        if rows:
-            self._position = rows[-1][0]
+        for first in range(0, len(rows), FOLLOW_CHUNK):
+            with self._lock:
+                watched_of = self._watched.get
+                for position, tenant, customer, *entry in rows[first:first + FOLLOW_CHUNK]:
+                    watched = watched_of((tenant, customer))
+                    if watched is not None and position > watched.through:
+                        watched.add(position, *entry)
+                self._position = max(self._position, position)
+            time.sleep(0)  # a waiting check goes first

@@ -18,6 +18,7 @@ import uvicorn
 
 from api.app import create_app
 from api.ledger import Ledger
+from api.protocol import OneWriteProtocol
 from domain.aggregate import Actor
 from domain.money import trap_floats
 from domain.tenant import TenantSettings
@@ -83,7 +84,8 @@ class Server(uvicorn.Server):
 def base_url(ledger: Ledger) -> Iterator[str]:
     """Tally served over real HTTP on a free loopback port."""
     port = services.free_port()
-    server = Server(uvicorn.Config(create_app(ledger), host="127.0.0.1", port=port, log_level="warning"))
+    server = Server(uvicorn.Config(create_app(ledger), host="127.0.0.1", port=port, http=OneWriteProtocol,
+                                  log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -280,6 +280,36 @@ def test_concurrent_ingest_then_check_never_over_allows(acme, ledger, base_url):
     assert [(c.feature_code, c.limit) for c in _crossings(ledger)] == [("ai", 1000)]
 
 
+def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_them_again(acme, ledger):
+    """A check reads only its customer's entries the counters have not followed yet; the follower,
+    coming later over the same stretch of the log, adds the others' and skips what the check counted."""
+    ledger.counters.stop()  # the follower runs when this test says
+    ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
+    created(acme.post("/v1/customers", json={"external_id": "beta", "name": "Beta", "currency": "USD"}))
+    created(acme.post("/v1/subscriptions", json={"customer": "beta", "plan_code": "pro",
+                                                 "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["0", "0"]  # both watched
+
+    def ingest(first: int) -> None:
+        events = [{"event_id": f"e-{n}", "customer": ("acme", "beta")[n % 2], "event_name": "llm",
+                   "timestamp": "2026-01-15T00:00:00Z", "properties": {"tokens": (10, 1)[n % 2]}}
+                  for n in range(first, first + 6)]
+        assert acme.post("/v1/events/batch", json={"events": events}).json()["accepted"] == 6
+
+    ingest(0)
+    assert check(acme, "ai")["used"] == "30"  # its own three entries, before the follower saw them
+    ledger.counters.follow()
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["30", "3"]
+    ingest(6)
+    ledger.counters.follow()  # the follower first this time
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["60", "6"]
+    assert acme.post("/v1/events/void", json={"customer": "acme", "event_ids": ["e-0"]}).status_code == 200
+    assert check(acme, "ai")["used"] == "50"
+    ingest(12)
+    ledger.counters.follow()
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["80", "9"]
+
+
 def test_another_server_s_changes_count_in_the_very_next_check(acme, ledger, database_url):
     """A second ledger on the same store stands for another `tally serve`: its overrides, usage,
     subscriptions and key revocations count in this server's next answer, whatever it kept."""
