@@ -10,6 +10,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from api import (
+    audit,
     catalogue,
     customers,
     entitlements,
@@ -47,6 +48,7 @@ OPERATIONS: list[Operation] = [
     *invoices.OPERATIONS,
     *wallets.OPERATIONS,
     *entitlements.OPERATIONS,
+    *audit.OPERATIONS,
 ]
 
 

@@ -202,6 +202,8 @@ class _Operations:
     grant_credits = _operation("POST", "/v1/wallets/{id}/grants", "Grant credits: amount, kind, expires_at?")
     top_up_wallet = _operation("POST", "/v1/wallets/{id}/topups", "Buy credits: an invoice; they land when paid")
     list_wallet_transactions = _operation("GET", "/v1/wallets/{id}/transactions", "A wallet's transactions")
+    list_audit_events = _operation("GET", "/v1/audit/events",
+                                   "Domain events as recorded: stream=, since=, until=, starting_after=<position>")
 
 
 class Client(_Operations):

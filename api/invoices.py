@@ -11,7 +11,7 @@ from starlette.responses import Response
 from api.errors import ApiError, FieldError
 from api.http import JSON, Call, Operation, encoder, query_moment
 from api.pdf import render
-from api.tenant import ADMIN, READERS
+from api.tenant import FINANCE, READERS
 from domain.billing import CreditNoteSpec, Payment, Status, Voiding
 from domain.invoice import Invoice
 from domain.money import decode_hook
@@ -27,7 +27,6 @@ from projections.views import (
 T = TypeVar("T")
 
 OWN = READERS | {"portal"}  # a portal key reads its own customer's invoices
-FINANCE = ADMIN | {"finance"}
 
 
 async def upcoming(call: Call) -> Response:

@@ -47,7 +47,7 @@ from domain.subscriptions import Subscriptions
 from domain.tenants import Tenants
 from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
-from projections import usage_readings, wallets
+from projections import audit, usage_readings, wallets
 from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
@@ -136,7 +136,7 @@ class Ledger:
         with self.database.serialized("tally-schema"):  # servers starting together create the tables once
             self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
             self.subscriptions, self.invoicing, self.wallets = Subscriptions(env), Invoicing(env), Wallets(env)
-            self.database.migrate(SCHEMA + usage_readings.SCHEMA)
+            self.database.migrate(SCHEMA + usage_readings.SCHEMA + audit.SCHEMA)
             self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
         self.documents = Documents(self.database)
         self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database)
@@ -814,6 +814,19 @@ class Ledger:
         def valid(kept: tuple[int, datetime | None, bool]) -> bool:
             return kept[0] == stamp and (kept[1] is None or now < kept[1])
         return self.memo.get(("gate", tenant_id, customer, feature_code), read, valid)[2]
+
+    def audit_events(self, tenant_id: UUID, stream: UUID | None, since: datetime | None, until: datetime | None,
+                     after: int, limit: int) -> tuple[list[audit.Envelope], bool]:
+        """A page of the tenant's domain events after position `after`, as recorded (of one stream;
+        occurred in [since, until)); and whether more follow."""
+        self.runner.catch_up()  # what other processes recorded too
+        with self.database.transaction() as cursor:
+            found = audit.page(cursor, str(tenant_id), str(stream) if stream else None,
+                               microseconds(since) if since else None, microseconds(until) if until else None,
+                               after, limit + 1)
+        events = self.tenants.notified([position for position, _ in found[:limit]])
+        return [audit.envelope(position, events[position], str(tenant_id), customer)
+                for position, customer in found[:limit]], len(found) > limit
 
     def wallet_transactions(self, tenant_id: UUID, wallet_id: UUID, after: int,
                             limit: int) -> tuple[list[wallets.TransactionView], bool]:

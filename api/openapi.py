@@ -6,7 +6,7 @@ import msgspec
 
 from api.errors import Problem
 from api.http import Operation
-from domain.money import Amount
+from domain.money import schema_hook
 
 T = TypeVar("T")
 ERRORS = {
@@ -19,12 +19,6 @@ ERRORS = {
 class Page(msgspec.Struct, Generic[T]):
     data: list[T]
     has_more: bool
-
-
-def _schema_hook(type_: type) -> dict[str, Any]:
-    if type_ is Amount:
-        return {"type": "string", "format": "decimal", "pattern": r"^-?\d+(\.\d+)?$", "examples": ["12.50"]}
-    raise NotImplementedError(type_)
 
 
 def _parameters(operation: Operation) -> list[dict[str, Any]]:
@@ -47,7 +41,7 @@ def document(operations: list[Operation]) -> dict[str, Any]:
         if operation.listing:
             types.append(Page[operation.response])  # type: ignore[name-defined]
     refs, components = msgspec.json.schema_components(
-        types, schema_hook=_schema_hook, ref_template="#/components/schemas/{name}"
+        types, schema_hook=schema_hook, ref_template="#/components/schemas/{name}"
     )
     schemas = dict(zip(types, refs, strict=True))
     paths: dict[str, dict[str, Any]] = {}

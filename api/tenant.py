@@ -12,6 +12,7 @@ from projections.views import ApiKeyView, IssuedApiKeyView, TenantView, private_
 
 ADMIN = frozenset({"admin"})
 READERS = frozenset({"admin", "finance", "readonly"})
+FINANCE = ADMIN | {"finance"}  # invoices, grants, top-ups, audit (API.md's roles)
 
 
 class ApiKeyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -16,13 +16,12 @@ from api.http import (
     limit_of,
     query_moment,
 )
-from api.tenant import ADMIN, READERS
+from api.tenant import ADMIN, FINANCE, READERS
 from domain.wallet import GrantSpec, TopUpSpec, WalletSpec
 from projections.views import WalletSummary, private_id, public_id
 from projections.wallets import TopUpView, TransactionView, WalletView
 
 OWN = READERS | {"portal"}  # a portal key reads its own customer's wallets
-FINANCE = ADMIN | {"finance"}  # grants and top-ups (API.md's roles)
 
 
 def _wallet_id(call: Call) -> UUID:

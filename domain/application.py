@@ -125,6 +125,27 @@ class TallyApplication(Application):
                 originator_id=UUID(originator) if isinstance(originator, str) else originator,
                 originator_version=row["originator_version"], topic=row["topic"], state=bytes(row["state"])))
 
+    def notified(self, positions: Collection[int]) -> dict[int, Any]:
+        """The domain events at these positions of the notification log, by position (one read)."""
+        if not positions:
+            return {}
+        recorder, columns = self.recorder, "originator_id, originator_version, topic, state"
+        if isinstance(recorder, PostgresAggregateRecorder):
+            statement = SQL(f"SELECT notification_id, {columns} FROM {{}}.{{}} WHERE notification_id = ANY(%s)").format(
+                Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with recorder.datastore.get_connection() as connection, connection.cursor() as cursor:
+                cursor.execute(statement, [list(positions)])
+                rows = [(row["notification_id"], row) for row in cursor.fetchall()]
+        else:
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(f"SELECT rowid AS notification_id, {columns} FROM {recorder.events_table_name} "  # noqa: S608
+                               f"WHERE rowid IN ({','.join('?' * len(positions))})", list(positions))
+                rows = [(row["notification_id"], row) for row in cursor.fetchall()]
+        return {int(position): self.mapper.to_domain_event(StoredEvent(
+            originator_id=UUID(row["originator_id"]) if isinstance(row["originator_id"], str) else row["originator_id"],
+            originator_version=row["originator_version"], topic=row["topic"], state=bytes(row["state"])))
+            for position, row in rows}
+
     def owned(self, kind: type, tenant_id: Any, aggregate_id: Any, noun: str) -> Any:
         """The tenant's aggregate of that kind; NotFound for another kind, or another tenant's."""
         found = self.find(aggregate_id)

@@ -87,6 +87,13 @@ def encode_hook(value: object) -> object:
     raise NotImplementedError(type(value))
 
 
+def schema_hook(type_: type) -> dict[str, object]:
+    """msgspec `schema_hook`: an Amount's JSON Schema."""
+    if type_ is Amount:
+        return {"type": "string", "format": "decimal", "pattern": r"^-?\d+(\.\d+)?$", "examples": ["12.50"]}
+    raise NotImplementedError(type_)
+
+
 def trap_floats() -> None:
     """Make any float that reaches Decimal math raise, in this thread and in threads started later."""
     # 60 significant digits: sub-cent token prices times billions of units stay exact.

@@ -85,6 +85,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/wallets/{id}/grants"): ADMIN | {"finance"},
     ("POST", "/v1/wallets/{id}/topups"): ADMIN | {"finance", "portal"},
     ("GET", "/v1/wallets/{id}/transactions"): READERS | {"portal"},
+    # Audit: finance and admin read the raw events
+    ("GET", "/v1/audit/events"): ADMIN | {"finance"},
 }
 USAGE = {"event_id": "e-1", "customer": "acme", "event_name": "llm.call",
          "timestamp": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),  # an open period
@@ -176,6 +178,7 @@ def sample_requests(spare_key_id: str, subscription: str = "sub_x",
                                               {"amount": "100"}),
         ("GET", "/v1/wallets/{id}/transactions"): (f"/v1/wallets/{invoices.get('wallet', 'wal_x')}/transactions",
                                                    None),
+        ("GET", "/v1/audit/events"): ("/v1/audit/events", None),
     }
 
 

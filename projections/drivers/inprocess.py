@@ -1,8 +1,8 @@
-"""The in-process runners: the documents follow the store's notification log, and the usage read
-model follows the usage log.
+"""The in-process runners: the documents and the audit trail follow the store's notification log,
+and the usage read model follows the usage log.
 
-Each batch of document writes commits with the position it reached, in one transaction, and the
-next batch starts after it; the position row is locked for the batch, so runners in several
+Each batch of read-model writes commits with the positions it reached, in one transaction, and the
+next batch starts after them; the position rows are locked for the batch, so runners in several
 processes (the server, the CLI) never apply an event twice.
 """
 
@@ -11,9 +11,11 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 from projections import catalogue, documents, usage_readings
+from projections.audit import AuditTrail
 from projections.store import Database, lock_position, save_position
 from projections.usage_log import UsageLog
 
@@ -25,31 +27,13 @@ CONTEXT = multiprocessing.get_context("spawn")  # never fork a process that hold
 log = logging.getLogger("tally.projections")
 
 
-class Runner:
-    def __init__(self, recorder: Any, mapper: Any, database: Database) -> None:
-        self.recorder, self.mapper, self.database = recorder, mapper, database
-        self.lock = threading.Lock()
+class DocumentModel:
+    """The documents (`tally_documents`): one JSON body per aggregate the API reads."""
 
-    def catch_up(self) -> int:
-        """Apply every event recorded so far; returns the position reached."""
-        with self.lock:
-            while True:
-                with self.database.transaction(write=True) as cursor:
-                    position = lock_position(cursor, NAME)
-                    notifications = self.recorder.select_notifications(start=position + 1, limit=BATCH)
-                    for notification in notifications:
-                        self._apply(cursor, notification)
-                    if not notifications:
-                        return position
-                    save_position(cursor, NAME, notifications[-1].id)
+    name = NAME
+    tables = ("tally_documents",)
 
-    def applied(self) -> int:
-        """The notification position the documents have applied."""
-        rows = self.database.query("SELECT position FROM tally_positions WHERE name = ?", (NAME,))
-        return int(rows[0][0]) if rows else 0
-
-    def _apply(self, cursor: Any, notification: Any) -> None:
-        event = self.mapper.to_domain_event(notification)
+    def apply(self, cursor: Any, position: int, event: Any) -> None:
         collection = catalogue.collection_of(event)
         if collection is None:
             return
@@ -57,7 +41,53 @@ class Runner:
         current = documents.load(cursor, collection, document_id)
         changed = catalogue.reduce(current, event)
         if changed is not None and changed != current:
-            documents.save(cursor, collection, document_id, changed, notification.id)
+            documents.save(cursor, collection, document_id, changed, position)
+
+
+class Runner:
+    """Applies the notification log to the read models kept from it (the documents and the audit
+    trail), each with its own position: one behind (a rebuilt one, or one added by an upgrade)
+    catches up while the others skip what they have applied."""
+
+    def __init__(self, recorder: Any, mapper: Any, database: Database,
+                 models: tuple[Any, ...] = (DocumentModel(), AuditTrail())) -> None:
+        self.recorder, self.mapper, self.database, self.models = recorder, mapper, database, models
+        self.lock = threading.Lock()
+
+    def catch_up(self, progress: Callable[[int], None] = lambda position: None) -> int:
+        """Apply every event recorded so far; returns the position reached. `progress(position)`
+        after each batch."""
+        with self.lock:
+            while True:
+                with self.database.transaction(write=True) as cursor:
+                    positions = [lock_position(cursor, model.name) for model in self.models]
+                    notifications = self.recorder.select_notifications(start=min(positions) + 1, limit=BATCH)
+                    if not notifications:
+                        return min(positions)
+                    for notification in notifications:
+                        event = self.mapper.to_domain_event(notification)
+                        for model, position in zip(self.models, positions, strict=True):
+                            if notification.id > position:
+                                model.apply(cursor, notification.id, event)
+                    last = notifications[-1].id
+                    for model, position in zip(self.models, positions, strict=True):
+                        save_position(cursor, model.name, max(position, last))
+                progress(last)
+
+    def clear(self, names: Collection[str]) -> None:
+        """Empty these read models and set them back to the start (`catch_up` rebuilds them)."""
+        with self.lock, self.database.transaction(write=True) as cursor:
+            for model in self.models:
+                if model.name in names:
+                    lock_position(cursor, model.name)
+                    for table in model.tables:
+                        cursor.execute(f"DELETE FROM {table}")  # noqa: S608 (a name of ours)
+                    save_position(cursor, model.name, 0)
+
+    def applied(self) -> int:
+        """The notification position the documents have applied."""
+        rows = self.database.query("SELECT position FROM tally_positions WHERE name = ?", (NAME,))
+        return int(rows[0][0]) if rows else 0
 
 
 class UsageRunner:
