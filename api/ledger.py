@@ -828,6 +828,19 @@ class Ledger:
         return [audit.envelope(position, events[position], str(tenant_id), customer)
                 for position, customer in found[:limit]], len(found) > limit
 
+    def ledger_events(self, after: int, limit: int) -> list[audit.Envelope]:
+        """The domain events of every tenant after position `after`, in order, at most `limit`, as the
+        relay publishes them (up to what the audit trail has applied: it knows each one's tenant)."""
+        self.runner.catch_up()
+        with self.database.transaction() as cursor:
+            top = audit.applied(cursor)
+        notifications = self.tenants.recorder.select_notifications(start=after + 1, limit=limit, stop=top)
+        events = [(notification.id, self.tenants.mapper.to_domain_event(notification))
+                  for notification in notifications]
+        with self.database.transaction() as cursor:
+            owners = audit.streams(cursor, {str(event.originator_id) for _, event in events})
+        return [audit.envelope(position, event, *owners[str(event.originator_id)]) for position, event in events]
+
     def wallet_transactions(self, tenant_id: UUID, wallet_id: UUID, after: int,
                             limit: int) -> tuple[list[wallets.TransactionView], bool]:
         """A page of the wallet's transactions after its event number `after`, oldest first (each with

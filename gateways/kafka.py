@@ -16,6 +16,7 @@ they already applied.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -39,14 +40,14 @@ log = logging.getLogger("tally.relay")
 _encode = msgspec.json.Encoder().encode
 
 
-async def ensure_topics(bootstrap: str, partitions: int = PARTITIONS) -> None:
-    """Create `tally.usage` with its partitions before anything is produced (never auto-created)."""
+async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create the topics, with their partition counts, before anything is produced (never auto-created)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(USAGE_TOPIC, partitions, 1)])
-    except TopicAlreadyExistsError:
-        pass
+        for topic, partitions in topics.items():
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
 
@@ -75,16 +76,16 @@ class UsageRelay:
                 await self._session(stop)
             except (KafkaError, OSError) as error:
                 log.warning("relay: broker unavailable (%s); retrying", error)
-                await _sleep(stop, 1.0)
+                await pause(stop, 1.0)
 
     async def _session(self, stop: asyncio.Event) -> None:
-        await ensure_topics(self.bootstrap, self.partitions)
+        await ensure_topics(self.bootstrap, {USAGE_TOPIC: self.partitions})
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
                                     max_batch_size=1 << 20, request_timeout_ms=5_000)
         await producer.start()
         try:
             self._restart_at(min(await asyncio.to_thread(applied, self.database, self.partitions)))
-            watch = _Stall(self.stall_seconds)
+            watch = Stall(self.stall_seconds)
             while not stop.is_set():
                 entries = await asyncio.to_thread(self.usage.entries, self.sent, BATCH)
                 if entries:
@@ -94,9 +95,9 @@ class UsageRelay:
                 if watch.stalled(low, self.sent):
                     log.warning("relay: consumers stopped at %d, %d published: sending again from %d",
                                 low, self.sent, low)
-                    await ensure_topics(self.bootstrap, self.partitions)
+                    await ensure_topics(self.bootstrap, {USAGE_TOPIC: self.partitions})
                     self._restart_at(low)
-                await _sleep(stop, POLL_SECONDS)
+                await pause(stop, POLL_SECONDS)
         finally:
             await producer.stop()
 
@@ -120,7 +121,7 @@ class UsageRelay:
         self.sent = last
 
 
-class _Stall:
+class Stall:
     """Consumers behind the relay whose position has not moved for `seconds`."""
 
     def __init__(self, seconds: float) -> None:
@@ -137,7 +138,7 @@ class _Stall:
         return True
 
 
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+async def pause(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:

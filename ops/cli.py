@@ -21,8 +21,6 @@ from domain.money import trap_floats
 from domain.tenant import TenantSettings
 from ops import config
 from projections.documents import first_tenant
-from projections.store import SCHEMA, Database
-from projections.usage_log import UsageLog
 from projections.views import private_id, public_id
 
 CLI = Actor("system:cli")
@@ -157,28 +155,31 @@ def worker(settings: config.Config) -> None:
 
 
 def relay(settings: config.Config) -> None:
-    """Publish the usage log to Kafka `tally.usage`, from what the workers applied, until SIGTERM/SIGINT."""
+    """Publish the usage log to Kafka `tally.usage` (from what the workers applied), and the domain
+    events to `tally.ledger` and `tally.alerts` (from what their consumers applied), until SIGTERM/SIGINT."""
     import asyncio
     import signal
 
     from gateways.kafka import UsageRelay
+    from gateways.ledger import LedgerRelay
 
     bootstrap = _distributed(settings, "relay")
-    database = Database(settings.database_url)
-    database.migrate(SCHEMA)
-    usage = UsageLog(database)
+    ledger = Ledger(settings.database_url, distributed=True)
 
     async def run() -> None:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        await UsageRelay(usage, database, bootstrap, stall_seconds=settings.relay_stall_seconds).run(stop)
+        await asyncio.gather(
+            UsageRelay(ledger.usage, ledger.database, bootstrap, stall_seconds=settings.relay_stall_seconds).run(stop),
+            LedgerRelay(ledger, bootstrap, settings.ledger_consumers, stall_seconds=settings.relay_stall_seconds).run(
+                stop))
 
     print(f"Tally relay: {_safe(settings.database_url)} -> {bootstrap}", flush=True)
     try:
         asyncio.run(run())
     finally:
-        database.close()
+        ledger.close()
 
 
 def _safe(url: str) -> str:

@@ -1,6 +1,7 @@
 """Configuration, read once from the environment; a bad value stops Tally with a clear message."""
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ class Config:
     billing_interval_seconds: float = 60.0  # how often the billing clock closes periods
     debit_interval_seconds: float = 1.0  # how often wallets are debited for new usage
     workers: int = 1  # serving processes sharing the port (SO_REUSEPORT)
+    ledger_consumers: tuple[str, ...] = ()  # consumers of tally.ledger / tally.alerts the relay resumes from
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Config:
@@ -38,6 +40,10 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
     workers_text = environ.get("TALLY_WORKERS", "1")
     if not workers_text.isdigit() or not 1 <= int(workers_text) <= 64:
         raise ConfigError(f"TALLY_WORKERS must be a whole number from 1 to 64, not {workers_text!r}")
+    consumers = tuple(name.strip() for name in environ.get("TALLY_LEDGER_CONSUMERS", "").split(",") if name.strip())
+    if any(not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) for name in consumers):
+        raise ConfigError(f"TALLY_LEDGER_CONSUMERS must be comma-separated names (letters, digits, _ . -), "
+                          f"not {environ['TALLY_LEDGER_CONSUMERS']!r}")
     api_key = environ.get("TALLY_API_KEY") or None
     if api_key is not None and (len(api_key) < 16 or any(ch.isspace() for ch in api_key)):
         raise ConfigError("TALLY_API_KEY must be at least 16 characters with no spaces")
@@ -55,6 +61,7 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
         billing_interval_seconds=_seconds(environ, "TALLY_BILLING_INTERVAL_SECONDS", 60.0),
         debit_interval_seconds=_seconds(environ, "TALLY_DEBIT_INTERVAL_SECONDS", 1.0),
         workers=int(workers_text),
+        ledger_consumers=consumers,
     )
 
 

@@ -21,7 +21,7 @@ import sys
 import types
 import typing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -178,6 +178,21 @@ def page(cursor: Cursor, tenant_id: str, stream: str | None, since_us: int | Non
         "SELECT a.position, s.customer FROM tally_audit a JOIN tally_streams s ON s.stream_id = a.stream_id "
         f"WHERE {' AND '.join(where)} ORDER BY a.position LIMIT ?", (*params, limit)).all()  # noqa: S608
     return [(int(position), customer_) for position, customer_ in rows]
+
+
+def streams(cursor: Cursor, stream_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
+    """Each stream's tenant and customer."""
+    if not stream_ids:
+        return {}
+    rows = cursor.execute(f"SELECT stream_id, tenant_id, customer FROM tally_streams WHERE stream_id IN "  # noqa: S608
+                          f"({','.join('?' * len(stream_ids))})", list(stream_ids)).all()
+    return {stream: (tenant_id, customer_) for stream, tenant_id, customer_ in rows}
+
+
+def applied(cursor: Cursor) -> int:
+    """The notification position the audit trail has applied."""
+    row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (NAME,)).one()
+    return int(row[0]) if row else 0
 
 
 def envelope(position: int, event: Any, tenant_id: str, customer_: str | None) -> Envelope:
