@@ -31,7 +31,7 @@ from domain.plan import PlanSpec
 from domain.plan_version import PlanVersionSpec
 from domain.pricing_unit import PricingUnitSpec
 from domain.tenant import TenantSettings
-from domain.wallet import GrantSpec, WalletSpec
+from domain.wallet import Grant, GrantSpec, TopUp, WalletSpec
 
 
 class StructAsDict(Transcoding):
@@ -48,10 +48,23 @@ class StructAsDict(Transcoding):
         return msgspec.convert(data, self.type, dec_hook=decode_hook)
 
 
-# Every value stored inside an event. All applications know all of them: they share one store.
+class SetAsList(Transcoding):
+    """Stores a set (a wallet's fired alerts, in a snapshot) as a sorted list."""
+
+    type = set
+    name = "set"
+
+    def encode(self, obj: set) -> Any:
+        return sorted(obj)
+
+    def decode(self, data: Any) -> set:
+        return set(data)
+
+
+# Every value stored inside an event or a snapshot. All applications know all of them: they share one store.
 VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     TenantSettings, MeterSpec, FeatureSpec, PricingUnitSpec, PlanSpec, PlanVersionSpec, CustomerDetails, Invoice,
-    WalletSpec, GrantSpec, OverrideSpec,
+    WalletSpec, GrantSpec, OverrideSpec, Grant, TopUp,
 )
 
 
@@ -69,6 +82,7 @@ class TallyApplication(Application):
         super().register_transcodings(transcoder)
         for type_ in VALUE_TYPES:
             transcoder.register(StructAsDict(type_))
+        transcoder.register(SetAsList())
 
     def find(self, aggregate_id: Any) -> Any:
         """The aggregate, or None when it was never created."""
@@ -145,6 +159,55 @@ class TallyApplication(Application):
             originator_id=UUID(row["originator_id"]) if isinstance(row["originator_id"], str) else row["originator_id"],
             originator_version=row["originator_version"], topic=row["topic"], state=bytes(row["state"])))
             for position, row in rows}
+
+    def snapshots_stored(self) -> Iterator[Any]:
+        """Every snapshot in the store (all applications share it), as recorded."""
+        assert self.snapshots is not None
+        recorder = self.snapshots.recorder
+        columns = "originator_id, originator_version, topic, state"
+        if isinstance(recorder, PostgresAggregateRecorder):
+            statement = SQL(f"SELECT {columns} FROM {{}}.{{}} ORDER BY originator_id, originator_version").format(
+                Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with recorder.datastore.get_connection() as connection, connection.cursor() as cursor:
+                cursor.execute(statement)
+                rows = cursor.fetchall()
+        else:
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(f"SELECT {columns} FROM {recorder.events_table_name} "  # noqa: S608
+                               "ORDER BY originator_id, originator_version")
+                rows = cursor.fetchall()
+        for row in rows:
+            originator = row["originator_id"]
+            yield self.snapshots.mapper.to_domain_event(StoredEvent(
+                originator_id=UUID(originator) if isinstance(originator, str) else originator,
+                originator_version=row["originator_version"], topic=row["topic"], state=bytes(row["state"])))
+
+    def replayed(self, aggregate_id: UUID, version: int | None = None) -> Any:
+        """The aggregate folded from its events alone (up to `version`), never from a snapshot."""
+        aggregate = None
+        for event in self.repository.event_store.get(aggregate_id, lte=version):
+            aggregate = event.mutate(aggregate)
+        return aggregate
+
+    def snapshot_state(self, snapshot: Any) -> bytes:
+        """A snapshot's state as the store encodes it: two snapshots of one state encode the same."""
+        return self.mapper.transcoder.encode(snapshot.state)
+
+    def retake_snapshot(self, aggregate_id: UUID) -> None:
+        """Replace the aggregate's snapshots by one of its state now, folded from its events alone."""
+        assert self.snapshots is not None
+        recorder = self.snapshots.recorder
+        if isinstance(recorder, PostgresAggregateRecorder):
+            statement = SQL("DELETE FROM {}.{} WHERE originator_id = %s").format(
+                Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with recorder.datastore.get_connection() as connection, connection.transaction():
+                connection.execute(statement, [aggregate_id])
+        else:
+            with recorder.datastore.transaction(commit=True) as cursor:
+                cursor.execute(f"DELETE FROM {recorder.events_table_name} WHERE originator_id = ?",  # noqa: S608
+                               [aggregate_id.hex])
+        aggregate = self.replayed(aggregate_id)
+        self.snapshots.put([type(aggregate).Snapshot.take(aggregate)])
 
     def owned(self, kind: type, tenant_id: Any, aggregate_id: Any, noun: str) -> Any:
         """The tenant's aggregate of that kind; NotFound for another kind, or another tenant's."""

@@ -380,3 +380,18 @@ def test_a_portal_key_tops_up_its_own_customer_s_wallets_only(acme, ledger, base
         assert_problem(portal.post(f"/v1/wallets/{theirs['id']}/topups", json={"amount": "1000"}), 404)
         assert_problem(portal.get(f"/v1/wallets/{theirs['id']}"), 404)
         assert ledger.events_recorded() == recorded
+
+
+def test_a_wallet_past_a_hundred_events_is_read_from_its_snapshot_the_same(admin, ledger):
+    """Every 100 events a wallet is snapshotted (grants, top-ups and fired alerts included): reading it
+    from the snapshot gives what its events give."""
+    created(admin.post("/v1/customers", json={"external_id": "big", "name": "Big", "currency": "USD"}))
+    wallet = created(admin.post("/v1/wallets", json={
+        "customer": "big", "name": "Credits", "credit_unit": "credit", "currency": "USD", "conversion_rate": "0.01",
+        "alerts": [{"level": "warning", "below": "5"}]}))
+    for _ in range(105):
+        created(admin.post(f"/v1/wallets/{wallet['id']}/grants", json={"amount": "10.5", "kind": "paid"}))
+    wallet_id = private_id("wallets", wallet["id"])
+    assert [s.originator_version for s in ledger.wallets.snapshots_stored()] == [100]
+    assert admin.get(f"/v1/wallets/{wallet['id']}").json()["balance"] == "1102.5"
+    assert ledger.wallets.repository.get(wallet_id).balance == ledger.wallets.replayed(wallet_id).balance
