@@ -34,7 +34,7 @@ from domain.customers import Customers
 from domain.entitlements import Decision, decide, refused, unpaid, window
 from domain.errors import Conflict, Invalid, NotFound
 from domain.feature import Feature, FeatureSpec
-from domain.invoicing import ChangedMeanwhile, Invoicing, topup_invoice
+from domain.invoicing import ChangedMeanwhile, Invoicing, topup_content, topup_invoice
 from domain.meter import MeterSpec
 from domain.metering import Reading, transactions_of
 from domain.money import Amount
@@ -298,6 +298,28 @@ class Ledger:
         wallet = public_id("wallets", issued.subscription_id) if issued.kind == "topup" else None
         return msgspec.structs.replace(found, id=public_id("invoices", issued.id), status=issued.status, wallet=wallet,
                                        paid=Amount(issued.paid), credited=Amount(issued.credited))
+
+    def recomputed(self, invoice_id: UUID) -> tuple[invoice.Invoice, invoice.Invoice] | None:
+        """A finalized invoice as recorded, and as computed again from the events recorded by the
+        moment it was finalized (None for one never finalized): the two must be the same."""
+        finalized = next((event for event in self.invoicing.repository.event_store.get(invoice_id)
+                          if isinstance(event, IssuedInvoice.Finalized)), None)
+        if finalized is None:
+            return None
+        at = finalized.timestamp
+        issued = self.invoicing.as_of(invoice_id, at)
+        if issued.kind == "topup":
+            wallet = self.wallets.as_of(issued.subscription_id, at)
+            amount = next(topup.amount for topup in wallet.topups if topup.invoice_id == invoice_id)
+            found = topup_content(wallet.spec, amount, issued.period_start,
+                                  self._tax_rate(issued.tenant_id, issued.customer, at), finalized.number)
+        else:
+            subscription = self.subscriptions.as_of(issued.subscription_id, at)
+            found = self._computed(subscription, subscription.period_at(issued.period_start), issued.kind, "draft",
+                                   as_of=at)
+            found = msgspec.structs.replace(found, id=public_id("invoices", invoice_id), number=finalized.number,
+                                            status="finalized")
+        return finalized.content, found
 
     def finalize(self, by: Actor, tenant_id: UUID, invoice_id: UUID) -> IssuedInvoice:
         """Number the draft and record what it bills, as computed now. Finalizes of other invoices

@@ -25,7 +25,7 @@ from domain.invoice import Invoice, InvoiceLine, sums
 from domain.money import Amount, round_money
 from domain.periods import Period
 from domain.subscription import Subscription
-from domain.wallet import Wallet
+from domain.wallet import Wallet, WalletSpec
 
 
 class ChangedMeanwhile(Conflict):
@@ -145,12 +145,17 @@ def topup_invoice(wallet: Wallet, amount: Decimal, numbers: InvoiceNumbers, pref
     invoice = IssuedInvoice(tenant_id=wallet.tenant_id, customer=wallet.customer, subscription_id=wallet.id,
                             kind="topup", period_start=now, period_end=now, key=str(len(wallet.topups) + 1))
     wallet.request_topup(amount, invoice.id, auto)
+    number = numbers.take(prefix)
+    invoice.finalize(number, topup_content(spec, amount, now, tax_rate, number))
+    return invoice
+
+
+def topup_content(spec: WalletSpec, amount: Decimal, now: datetime, tax_rate: Decimal, number: str) -> Invoice:
+    """What a top-up invoice bills: `amount` credits at the wallet's topup_conversion_rate, taxed."""
+    price = round_money(amount * spec.price_of_credit, spec.currency)
     line = InvoiceLine(description=f"Top-up: {amount} {spec.credit_unit} ({spec.name})", period_start=now,
                        period_end=now, quantity=Amount(amount), unit_amount=Amount(spec.price_of_credit),
                        amount=Amount(price))
-    number = numbers.take(prefix)
-    invoice.finalize(number, Invoice(
-        id=None, number=number, customer=wallet.customer, subscription=None, status="finalized",
-        currency=spec.currency, period_start=now, period_end=now, lines=(line,),
-        **msgspec.structs.asdict(sums([line], [], Period(now, now), spec.currency, tax_rate))))
-    return invoice
+    return Invoice(id=None, number=number, customer=spec.customer, subscription=None, status="finalized",
+                   currency=spec.currency, period_start=now, period_end=now, lines=(line,),
+                   **msgspec.structs.asdict(sums([line], [], Period(now, now), spec.currency, tax_rate)))

@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 from uuid import UUID
 
 from api.clock import BillingClock, debits
@@ -221,6 +222,58 @@ def keys_revoke(ledger: Ledger, args: argparse.Namespace) -> None:
     print(f"Revoked {args.id}")
 
 
+def rebuild(ledger: Ledger, args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from ops.replay import DEFAULT, MODELS, replay
+
+    models = args.model or (MODELS if args.from_scratch else DEFAULT)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(step: str, position: int, last: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(f"replay {step}", total=last or None)
+            bar.update(tasks[step], completed=position)
+
+        done = replay(ledger, models, args.from_scratch, progress)
+    table = Table(title=f"tally replay{' --from-scratch' if args.from_scratch else ''}")
+    for column in ("model", "positions applied", "rows", "seconds", "per second"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for found in done:
+        rate = f"{found.positions / found.seconds:,.0f}" if found.seconds > 0 else "-"
+        table.add_row(found.model, f"{found.positions:,}", f"{found.rows:,}", f"{found.seconds:.2f}", rate)
+    Console().print(table)
+
+
+def audit_verify(ledger: Ledger, args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ops.verify import verify
+
+    console, found = Console(stderr=True), 0
+    with Progress(console=console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(step: str, done: int, of: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(f"verify {step}", total=of or None)
+            bar.update(tasks[step], completed=done)
+
+        for difference in verify(ledger, progress):
+            found += 1
+            print(f"{difference.model}\t{difference.key}\t{difference.detail}", flush=True)
+    if found:
+        console.print(f"tally audit verify: {found} difference(s); `tally replay --from-scratch` rebuilds read "
+                      "models, `tally replay --model snapshots` the snapshots")
+        sys.exit(1)
+    console.print("tally audit verify: no differences (read models, snapshots and finalized invoices)")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tally", description="Tally, the event-sourced billing ledger")
     commands = root.add_subparsers(dest="command", required=True)
@@ -240,6 +293,14 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id (key_...)")
     revoke.add_argument("id")
     revoke.set_defaults(run=keys_revoke)
+    replaying = commands.add_parser("replay", help="apply what the read models have not applied yet, or rebuild them")
+    replaying.add_argument("--from-scratch", action="store_true", help="empty the models first, then rebuild them")
+    replaying.add_argument("--model", action="append", choices=("documents", "audit", "usage", "snapshots"),
+                         help="only this model (repeatable; default: all)")
+    replaying.set_defaults(run=rebuild)
+    checks = commands.add_parser("audit", help="audit").add_subparsers(dest="action", required=True)
+    checks.add_parser("verify", help="derive every read model, snapshot and finalized invoice again and compare "
+                                     "(exit 1 on any difference)").set_defaults(run=audit_verify)
     return root
 
 

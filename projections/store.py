@@ -137,6 +137,23 @@ class Database:
             raise
         connection.execute("COMMIT")
 
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
+        """The rows of one read, a batch at a time (a server-side cursor on PostgreSQL): for reads too
+        big to hold in memory at once."""
+        if self.postgres:
+            with self.pool.connection() as connection, connection.transaction():
+                with connection.cursor(name="tally_stream") as cursor:
+                    cursor.itersize = 10_000
+                    cursor.execute(sql.replace("?", "%s"), params)
+                    yield from cursor
+            return
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)  # its own snapshot
+        try:
+            connection.execute("BEGIN")
+            yield from connection.execute(sql, params)
+        finally:
+            connection.close()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """The rows of one read. On SQLite without BEGIN and COMMIT around it (a statement is its own
         snapshot): for reads on the hot path, where those two calls cost more than the read."""

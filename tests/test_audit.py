@@ -9,6 +9,7 @@ import orjson
 from conftest import assert_problem, client, created, open_tenant
 
 from projections import audit
+from projections.views import private_id
 
 WALLET = {"customer": "acme", "name": "AI credits", "credit_unit": "credit", "currency": "USD",
           "conversion_rate": "0.01"}
@@ -94,3 +95,147 @@ def test_finance_reads_the_audit_and_the_rebuilt_trail_equals_the_live_one(admin
         live = events(finance)
     ledger.runner.clear(["audit"])
     assert events(admin) == live  # the next read catches the trail up again from the store
+
+
+# --- tally audit verify and tally replay ------------------------------------------------------------------------
+
+def _books(admin, ledger) -> dict:
+    """A month of business: a plan with an advance fee and tokens, a customer's usage, January's
+    invoices finalized by the clock, a wallet of 105 grants (snapshotted at 100) and a paid top-up."""
+    ledger.subscriptions.clock = lambda: datetime(2026, 1, 20, tzinfo=UTC)
+    created(admin.post("/v1/meters", json={"code": "tokens", "name": "Tokens", "event_name": "llm",
+                                           "aggregation": "sum", "field": "tokens"}))
+    created(admin.post("/v1/plans", json={"code": "pro", "name": "Pro", "currency": "USD", "interval": "month"}))
+    created(admin.post("/v1/plans/pro/versions", json={"prices": [
+        {"type": "flat", "currency": "USD", "amount": "49.99", "pay_in": "advance"},
+        {"type": "per_unit", "meter_code": "tokens", "currency": "USD", "unit_amount": "0.0015"}]}))
+    created(admin.post("/v1/customers", json={"external_id": "acme", "name": "Acme", "currency": "USD",
+                                              "tax_rate": "0.2"}))
+    created(admin.post("/v1/subscriptions", json={"customer": "acme", "plan_code": "pro",
+                                                  "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    events = [{"event_id": f"e-{n}", "customer": "acme", "event_name": "llm",
+               "timestamp": f"2026-01-{1 + n % 19:02d}T10:00:00Z", "properties": {"tokens": 1000 + n}}
+              for n in range(300)]
+    assert admin.post("/v1/events/batch", json={"events": events}).json()["accepted"] == 300
+    wallet = created(admin.post("/v1/wallets", json=WALLET))
+    for _ in range(105):
+        created(admin.post(f"/v1/wallets/{wallet['id']}/grants", json={"amount": "1.5", "kind": "paid"}))
+    bought = created(admin.post(f"/v1/wallets/{wallet['id']}/topups", json={"amount": "100"}))
+    assert admin.post(f"/v1/invoices/{bought['invoice_id']}/pay", json={}).status_code == 200
+    ledger.close_periods(datetime(2026, 2, 3, tzinfo=UTC))
+    ledger.usage_runner.catch_up()
+    invoices = admin.get("/v1/invoices", params={"customer": "acme"}).json()["data"]
+    assert sorted(i["status"] for i in invoices) == ["finalized", "finalized", "finalized", "paid"]
+    return {"wallet": wallet, "invoices": invoices}
+
+
+def _verify(ledger) -> list:
+    from ops.verify import verify
+    return list(verify(ledger))
+
+
+def test_verify_names_each_broken_row_and_replay_repairs_them(admin, ledger):
+    books = _books(admin, ledger)
+    assert _verify(ledger) == []
+    # Given read models broken on purpose: a document deleted, an invoice's amount due changed,
+    # a usage reading deleted, an audit row moved to another stream, and a wallet's balance in its snapshot
+    customer = private_id("customers", admin.get("/v1/customers/acme").json()["id"])
+    closing = next(i for i in books["invoices"] if i["kind"] == "closing")
+    with ledger.database.transaction(write=True) as cursor:
+        cursor.execute("DELETE FROM tally_documents WHERE collection = 'customers' AND id = ?", (str(customer),))
+        body = cursor.execute("SELECT body FROM tally_documents WHERE collection = 'invoices' AND id = ?",
+                              (str(private_id("invoices", closing["id"])),)).one()[0]
+        cursor.execute("UPDATE tally_documents SET body = ? WHERE collection = 'invoices' AND id = ?",
+                       (body.replace(f'"amount_due":"{closing["amount_due"]}"', '"amount_due":"0.00"'),
+                        str(private_id("invoices", closing["id"]))))
+        reading = cursor.execute("SELECT event_id FROM tally_usage_readings WHERE event_id = 'e-7'").one()
+        assert reading is not None
+        cursor.execute("DELETE FROM tally_usage_readings WHERE event_id = 'e-7'")
+        cursor.execute("UPDATE tally_audit SET stream_id = 'nowhere' WHERE position = (SELECT MAX(position) "
+                       "FROM tally_audit)")
+    wallet_id = private_id("wallets", books["wallet"]["id"])
+    _tamper_snapshot(ledger, wallet_id)
+    # When verified
+    found = _verify(ledger)
+    # Then each is named, and nothing else
+    named = {(d.model, d.key.split("/")[0] if d.model != "usage" else d.key.rsplit("/", 1)[1]) for d in found}
+    assert named == {("documents", "customers"), ("documents", "invoices"), ("usage", "e-7"),
+                     ("audit", next(d.key.split("/")[0] for d in found if d.model == "audit")),
+                     ("snapshots", str(wallet_id))}, found
+    assert any(f"body.amount_due is '0.00' where the logs give '{closing['amount_due']}'" in d.detail for d in found)
+    # And a replay from scratch, snapshots included, repairs all of it
+    from ops.replay import MODELS, replay
+    replay(ledger, MODELS, from_scratch=True)
+    assert _verify(ledger) == []
+    assert admin.get("/v1/customers/acme").status_code == 200
+
+
+def _tamper_snapshot(ledger, wallet_id) -> None:
+    """Give the wallet's snapshot a balance its events do not give (a grant's remaining credits)."""
+    recorder = ledger.wallets.snapshots.recorder
+    if ledger.database.postgres:
+        with recorder.datastore.get_connection() as connection, connection.transaction():
+            row = connection.execute(f"SELECT state FROM {recorder.events_table_name} WHERE originator_id = %s",
+                                     [wallet_id]).fetchone()
+            connection.execute(f"UPDATE {recorder.events_table_name} SET state = %s WHERE originator_id = %s",
+                               [bytes(row["state"]).replace(b'"remaining":"1.5"', b'"remaining":"9.5"', 1), wallet_id])
+        return
+    with recorder.datastore.transaction(commit=True) as cursor:
+        cursor.execute(f"SELECT state FROM {recorder.events_table_name} WHERE originator_id = ?", [wallet_id.hex])
+        state = bytes(cursor.fetchone()["state"])
+        assert b'"remaining":"1.5"' in state
+        cursor.execute(f"UPDATE {recorder.events_table_name} SET state = ? WHERE originator_id = ?",
+                       [state.replace(b'"remaining":"1.5"', b'"remaining":"9.5"', 1), wallet_id.hex])
+
+
+def test_verify_recomputes_each_finalized_invoice_byte_for_byte(admin, ledger):
+    books = _books(admin, ledger)
+    finalized = [i for i in books["invoices"] if i["status"] in ("finalized", "paid")]
+    assert len([ledger.recomputed(private_id("invoices", i["id"])) for i in finalized]) == 4
+    assert all(recorded == again for recorded, again in (ledger.recomputed(private_id("invoices", i["id"]))
+                                                         for i in finalized))
+    # Given a finalized invoice whose recorded amount is not what its inputs give (history rewritten)
+    closing = next(i for i in books["invoices"] if i["kind"] == "closing")
+    _rewrite_total(ledger, private_id("invoices", closing["id"]), closing["total"])
+    # Then verify names that invoice (and its document, which the rewritten log no longer gives), only it
+    found, invoice_id = _verify(ledger), str(private_id("invoices", closing["id"]))
+    assert [(d.model, d.key) for d in found] == [("documents", f"invoices/{invoice_id}"), ("invoices", invoice_id)]
+    assert closing["number"] in found[1].detail and '"total":"1.00"' in found[1].detail
+
+
+def _rewrite_total(ledger, invoice_id, total: str) -> None:
+    recorder = ledger.invoicing.recorder
+    old, new = f'"total":"{total}"'.encode(), b'"total":"1.00"'
+    if ledger.database.postgres:
+        with recorder.datastore.get_connection() as connection, connection.transaction():
+            rows = connection.execute(f"SELECT originator_version, state FROM {recorder.events_table_name} "
+                                      "WHERE originator_id = %s", [invoice_id]).fetchall()
+            version, state = next((r["originator_version"], bytes(r["state"])) for r in rows if old in bytes(r["state"]))
+            connection.execute(f"UPDATE {recorder.events_table_name} SET state = %s WHERE originator_id = %s AND "
+                               "originator_version = %s", [state.replace(old, new), invoice_id, version])
+        return
+    with recorder.datastore.transaction(commit=True) as cursor:
+        cursor.execute(f"SELECT originator_version, state FROM {recorder.events_table_name} WHERE originator_id = ?",
+                       [invoice_id.hex])
+        version, state = next((r["originator_version"], bytes(r["state"])) for r in cursor.fetchall()
+                              if old in bytes(r["state"]))
+        cursor.execute(f"UPDATE {recorder.events_table_name} SET state = ? WHERE originator_id = ? AND "
+                       "originator_version = ?", [state.replace(old, new), invoice_id.hex, version])
+
+
+def test_the_commands_exit_1_on_a_difference_and_a_replay_repairs_it(admin, ledger, database_url):
+    from test_cli import tally, tally_env
+
+    acme = private_id("customers", created(admin.post("/v1/customers", json={
+        "external_id": "acme", "name": "Acme", "currency": "USD"}))["id"])
+    env = tally_env(database_url)
+    assert tally(env, "audit", "verify").returncode == 0
+    with ledger.database.transaction(write=True) as cursor:
+        cursor.execute("DELETE FROM tally_documents WHERE collection = 'customers'")
+    broken = tally(env, "audit", "verify")
+    assert broken.returncode == 1, broken.stderr
+    assert [line.split("\t")[:2] for line in broken.stdout.splitlines()] == [["documents", f"customers/{acme}"]]
+    replayed = tally(env, "replay", "--from-scratch")
+    assert replayed.returncode == 0 and "documents" in replayed.stdout, replayed.stderr
+    assert tally(env, "audit", "verify").returncode == 0
+    assert admin.get("/v1/customers/acme").status_code == 200

@@ -54,14 +54,15 @@ class Runner:
         self.recorder, self.mapper, self.database, self.models = recorder, mapper, database, models
         self.lock = threading.Lock()
 
-    def catch_up(self, progress: Callable[[int], None] = lambda position: None) -> int:
-        """Apply every event recorded so far; returns the position reached. `progress(position)`
-        after each batch."""
+    def catch_up(self, progress: Callable[[int], None] = lambda position: None, until: int | None = None) -> int:
+        """Apply every event recorded so far (up to position `until`); returns the position reached.
+        `progress(position)` after each batch."""
         with self.lock:
             while True:
                 with self.database.transaction(write=True) as cursor:
                     positions = [lock_position(cursor, model.name) for model in self.models]
-                    notifications = self.recorder.select_notifications(start=min(positions) + 1, limit=BATCH)
+                    notifications = self.recorder.select_notifications(start=min(positions) + 1, limit=BATCH,
+                                                                       stop=until)
                     if not notifications:
                         return min(positions)
                     for notification in notifications:
@@ -99,17 +100,29 @@ class UsageRunner:
         self.log, self.database = log, database
         self.lock = threading.Lock()
 
-    def catch_up(self) -> int:
-        """Apply every entry logged so far; returns the position reached."""
+    def catch_up(self, progress: Callable[[int], None] = lambda position: None, until: int | None = None) -> int:
+        """Apply every entry logged so far (up to position `until`); returns the position reached.
+        `progress(position)` after each batch."""
         with self.lock:
             while True:
                 with self.database.transaction(write=True) as cursor:
                     position = lock_position(cursor, usage_readings.IN_PROCESS)
                     entries = self.log.entries(position, self.BATCH)
+                    if until is not None:
+                        entries = [entry for entry in entries if entry.position <= until]
                     if not entries:
                         return position
                     usage_readings.apply(cursor, entries)
                     save_position(cursor, usage_readings.IN_PROCESS, entries[-1].position)
+                progress(entries[-1].position)
+
+    def clear(self) -> None:
+        """Empty the usage read model and set it back to the start, the Faust workers' partitions too
+        (`catch_up` rebuilds it)."""
+        with self.lock, self.database.transaction(write=True) as cursor:
+            cursor.execute("DELETE FROM tally_usage_readings")
+            cursor.execute("DELETE FROM tally_positions WHERE name = ? OR name LIKE ?",
+                           (usage_readings.IN_PROCESS, f"{usage_readings.IN_PROCESS}:%"))
 
 
 
