@@ -10,6 +10,8 @@ import socket
 import sys
 import threading
 import time
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -274,6 +276,35 @@ def audit_verify(ledger: Ledger, args: argparse.Namespace) -> None:
     console.print("tally audit verify: no differences (read models, snapshots and finalized invoices)")
 
 
+def export_file(ledger: Ledger, args: argparse.Namespace) -> None:
+    from ops.export import ExportError, export
+
+    start, end = (_moment(text, name) for text, name in ((args.start, "--from"), (args.end, "--to")))
+    if start and end and start >= end:
+        raise SystemExit(f"tally export: --from ({args.start}) must be before --to ({args.end})")
+    if not args.output.parent.is_dir():
+        raise SystemExit(f"tally export: no folder {args.output.parent} to write {args.output.name} in")
+    try:
+        count = export(ledger, args.what, args.output, args.format, start, end,
+                      _tenant_id(args.tenant) if args.tenant else None)
+    except ExportError as error:
+        args.output.unlink(missing_ok=True)
+        raise SystemExit(f"tally export: {error}") from None
+    print(f"Exported {count:,} {args.what} to {args.output} ({args.format})")
+
+
+def _moment(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise SystemExit(f"tally export: {name} must be an RFC 3339 time with an offset, such as 2026-01-01T00:00:00Z")
+    return moment
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tally", description="Tally, the event-sourced billing ledger")
     commands = root.add_subparsers(dest="command", required=True)
@@ -301,6 +332,14 @@ def parser() -> argparse.ArgumentParser:
     checks = commands.add_parser("audit", help="audit").add_subparsers(dest="action", required=True)
     checks.add_parser("verify", help="derive every read model, snapshot and finalized invoice again and compare "
                                      "(exit 1 on any difference)").set_defaults(run=audit_verify)
+    exporting = commands.add_parser("export", help="invoices, usage or wallet transactions to CSV or Parquet")
+    exporting.add_argument("--format", required=True, choices=("csv", "parquet"))
+    exporting.add_argument("--what", required=True, choices=("invoices", "usage", "wallet-transactions"))
+    exporting.add_argument("--from", dest="start", help="from this time (RFC 3339, included)")
+    exporting.add_argument("--to", dest="end", help="up to this time (RFC 3339, excluded)")
+    exporting.add_argument("--tenant", help="one tenant's (ten_...); default: every tenant's, with a tenant_id column")
+    exporting.add_argument("--output", required=True, type=Path, help="the file to write")
+    exporting.set_defaults(run=export_file)
     return root
 
 
