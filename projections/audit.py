@@ -60,6 +60,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS tally_audit_stream ON tally_audit (stream_id, position)",
 )
 ENVELOPE_FIELDS = ("originator_id", "originator_version", "timestamp", "actor", "idempotency_key", "originator_topic")
+STREAMS_KEPT = 100_000  # streams whose tenant the trail keeps in memory
 NAMESPACE = UUID("6f1c1d52-3b8e-4c53-9a3e-6d2b7f0f4a11")  # of envelope ids: uuid5(aggregate id/version)
 AGGREGATES: tuple[type[Aggregate], ...] = (
     tenant.Tenant, api_key.ApiKey, meter.Meter, feature.Feature, pricing_unit.PricingUnit, plan.Plan,
@@ -138,20 +139,37 @@ class AuditTrail:
     tables = ("tally_streams", "tally_audit")
 
     def __init__(self) -> None:
-        self._streams: dict[str, tuple[str, str | None]] = {}  # stream -> (tenant, customer): kept, streams never move
+        self._streams: dict[str, tuple[str, str | None]] = {}  # stream -> (tenant, customer): streams never move
+        self._new: list[tuple] = []  # a batch's streams and events, written at `flush`
+        self._rows: list[tuple] = []
 
     def apply(self, cursor: Cursor, position: int, event: Any) -> None:
         stream = str(event.originator_id)
         if event.originator_version == 1:
             tenant_id = str(getattr(event, "tenant_id", None) or stream)  # a tenant's own stream is its id
             customer_ = _customer_of(event)
-            cursor.execute("INSERT INTO tally_streams (stream_id, tenant_id, kind, customer) VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT (stream_id) DO NOTHING", (stream, tenant_id, _kind(event), customer_))
+            self._new.append((stream, tenant_id, _kind(event), customer_))
+            self._remember(stream, (tenant_id, customer_))
         else:
             tenant_id = self.stream(cursor, stream)[0]
-        cursor.execute("INSERT INTO tally_audit (tenant_id, position, stream_id, occurred_us) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT (tenant_id, position) DO NOTHING",
-                       (tenant_id, position, stream, microseconds(event.timestamp)))
+        self._rows.append((tenant_id, position, stream, microseconds(event.timestamp)))
+
+    def flush(self, cursor: Cursor) -> None:
+        if self._new:
+            cursor.execute_many("INSERT INTO tally_streams (stream_id, tenant_id, kind, customer) VALUES (?, ?, ?, ?) "
+                                "ON CONFLICT (stream_id) DO NOTHING", self._new)
+        if self._rows:
+            cursor.execute_many("INSERT INTO tally_audit (tenant_id, position, stream_id, occurred_us) "
+                                "VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, position) DO NOTHING", self._rows)
+        self.discard()
+        if len(self._streams) >= STREAMS_KEPT:  # between batches: a batch's new streams are all remembered
+            self._streams.clear()
+
+    def discard(self) -> None:
+        self._new, self._rows = [], []
+
+    def _remember(self, stream: str, owner: tuple[str, str | None]) -> None:
+        self._streams[stream] = owner
 
     def stream(self, cursor: Cursor, stream: str) -> tuple[str, str | None]:
         """The stream's tenant and customer."""
@@ -160,7 +178,8 @@ class AuditTrail:
             row = cursor.execute("SELECT tenant_id, customer FROM tally_streams WHERE stream_id = ?", (stream,)).one()
             if row is None:
                 raise LookupError(f"event of stream {stream} before the event that created it")
-            found = self._streams[stream] = (row[0], row[1])
+            found = (row[0], row[1])
+            self._remember(stream, found)
         return found
 
 

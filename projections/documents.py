@@ -3,7 +3,7 @@
 Queries answer the stored JSON bytes as they are: a read is a look-up, never a re-encoding.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -27,14 +27,14 @@ def load(cursor: Cursor, collection: str, document_id: str) -> Document | None:
     return Document(tenant_id, code, parent, _decoders[collection].decode(body))
 
 
-def save(cursor: Cursor, collection: str, document_id: str, document: Document, position: int) -> None:
-    cursor.execute(
+def save_many(cursor: Cursor, changed: Iterable[tuple[str, str, Document, int]]) -> None:
+    """Write each (collection, id, document, position of its first event): a new row, or a new body."""
+    cursor.execute_many(
         "INSERT INTO tally_documents (collection, id, tenant_id, code, parent, position, body) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, id) DO UPDATE "
         "SET code = excluded.code, parent = excluded.parent, body = excluded.body",
-        (collection, document_id, document.tenant_id, document.code, document.parent, position,
-         _encoder.encode(document.view).decode()),
-    )
+        [(collection, document_id, document.tenant_id, document.code, document.parent, position,
+          _encoder.encode(document.view).decode()) for collection, document_id, document, position in changed])
 
 
 class Documents:

@@ -18,6 +18,7 @@ from projections import catalogue, documents, usage_readings
 from projections.audit import AuditTrail
 from projections.store import Database, lock_position, save_position
 from projections.usage_log import UsageLog
+from projections.views import Document
 
 NAME = "documents"
 BATCH = 500
@@ -28,20 +29,40 @@ log = logging.getLogger("tally.projections")
 
 
 class DocumentModel:
-    """The documents (`tally_documents`): one JSON body per aggregate the API reads."""
+    """The documents (`tally_documents`): one JSON body per aggregate the API reads. A batch's
+    documents are read once and written once, at `flush`."""
 
     name = NAME
     tables = ("tally_documents",)
+
+    def __init__(self) -> None:
+        self._batch: dict[tuple[str, str], tuple[Document | None, int, bool]] = {}  # (document, position, changed)
 
     def apply(self, cursor: Any, position: int, event: Any) -> None:
         collection = catalogue.collection_of(event)
         if collection is None:
             return
-        document_id = str(event.originator_id)
-        current = documents.load(cursor, collection, document_id)
+        key = (collection, str(event.originator_id))
+        if key in self._batch:
+            current, first, _ = self._batch[key]
+        else:  # an aggregate's first event has no document to read yet
+            current = None if event.originator_version == 1 else documents.load(cursor, *key)
+            first = position
         changed = catalogue.reduce(current, event)
         if changed is not None and changed != current:
-            documents.save(cursor, collection, document_id, changed, position)
+            self._batch[key] = (changed, first, True)
+        elif key not in self._batch:
+            self._batch[key] = (current, first, False)
+
+    def flush(self, cursor: Any) -> None:
+        changed = [(*key, document, first) for key, (document, first, dirty) in self._batch.items()
+                   if dirty and document is not None]
+        self._batch.clear()
+        if changed:
+            documents.save_many(cursor, changed)
+
+    def discard(self) -> None:
+        self._batch.clear()
 
 
 class Runner:
@@ -49,31 +70,50 @@ class Runner:
     trail), each with its own position: one behind (a rebuilt one, or one added by an upgrade)
     catches up while the others skip what they have applied."""
 
-    def __init__(self, recorder: Any, mapper: Any, database: Database,
-                 models: tuple[Any, ...] = (DocumentModel(), AuditTrail())) -> None:
-        self.recorder, self.mapper, self.database, self.models = recorder, mapper, database, models
+    def __init__(self, recorder: Any, mapper: Any, database: Database, models: tuple[Any, ...] | None = None,
+                 batch: int = BATCH) -> None:
+        """`models`: each with a `name` (its position's), `tables`, `apply(cursor, position, event)`,
+        `flush(cursor)` (a batch's end) and `discard()` (a batch that failed); `batch`: notifications
+        a transaction applies."""
+        self.recorder, self.mapper, self.database = recorder, mapper, database
+        self.models = models if models is not None else (DocumentModel(), AuditTrail())
+        self.batch = batch
         self.lock = threading.Lock()
+        self._low = 0  # the lowest position the models had applied, at the last batch
 
     def catch_up(self, progress: Callable[[int], None] = lambda position: None, until: int | None = None) -> int:
         """Apply every event recorded so far (up to position `until`); returns the position reached.
         `progress(position)` after each batch."""
         with self.lock:
             while True:
-                with self.database.transaction(write=True) as cursor:
-                    positions = [lock_position(cursor, model.name) for model in self.models]
-                    notifications = self.recorder.select_notifications(start=min(positions) + 1, limit=BATCH,
-                                                                       stop=until)
-                    if not notifications:
-                        return min(positions)
-                    for notification in notifications:
-                        event = self.mapper.to_domain_event(notification)
-                        for model, position in zip(self.models, positions, strict=True):
-                            if notification.id > position:
-                                model.apply(cursor, notification.id, event)
-                    last = notifications[-1].id
-                    for model, position in zip(self.models, positions, strict=True):
-                        save_position(cursor, model.name, max(position, last))
+                try:
+                    last = self._batch(until)
+                except BaseException:
+                    for model in self.models:
+                        model.discard()  # nothing of the batch was written
+                    raise
+                if last is None:
+                    return self._low
                 progress(last)
+
+    def _batch(self, until: int | None) -> int | None:
+        """Apply one batch in one transaction; the position it reached (None: nothing to apply)."""
+        with self.database.transaction(write=True) as cursor:
+            positions = [lock_position(cursor, model.name) for model in self.models]
+            self._low = min(positions)
+            notifications = self.recorder.select_notifications(start=self._low + 1, limit=self.batch, stop=until)
+            if not notifications:
+                return None
+            for notification in notifications:
+                event = self.mapper.to_domain_event(notification)
+                for model, position in zip(self.models, positions, strict=True):
+                    if notification.id > position:
+                        model.apply(cursor, notification.id, event)
+            last = notifications[-1].id
+            for model, position in zip(self.models, positions, strict=True):
+                model.flush(cursor)
+                save_position(cursor, model.name, max(position, last))
+            return last
 
     def clear(self, names: Collection[str]) -> None:
         """Empty these read models and set them back to the start (`catch_up` rebuilds them)."""
