@@ -241,7 +241,9 @@ def rebuild(ledger: Ledger, args: argparse.Namespace) -> None:
                 tasks[step] = bar.add_task(f"replay {step}", total=last or None)
             bar.update(tasks[step], completed=position)
 
+        began = time.perf_counter()
         done = replay(ledger, models, args.from_scratch, progress)
+        seconds = time.perf_counter() - began
     table = Table(title=f"tally replay{' --from-scratch' if args.from_scratch else ''}")
     for column in ("model", "positions applied", "rows", "seconds", "per second"):
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -249,6 +251,9 @@ def rebuild(ledger: Ledger, args: argparse.Namespace) -> None:
         rate = f"{found.positions / found.seconds:,.0f}" if found.seconds > 0 else "-"
         table.add_row(found.model, f"{found.positions:,}", f"{found.rows:,}", f"{found.seconds:.2f}", rate)
     Console().print(table)
+    total = sum(found.positions for found in done if found.model != "snapshots" and found.model != "audit")
+    print(f"Replayed {total:,} log entries in {seconds:.2f} s ({total / seconds if seconds else 0:,.0f} a second); "
+          "the store's log and the usage log at once")
 
 
 def audit_verify(ledger: Ledger, args: argparse.Namespace) -> None:

@@ -87,12 +87,12 @@ class Database:
         read models that record their position with their rows and are rebuilt from the log."""
         self.url, self.durable = url, durable
         self.postgres = url.startswith(("postgresql://", "postgres://"))
+        self.local = threading.local()
         if self.postgres:
             self.pool = ConnectionPool(url, min_size=1, max_size=8, open=True, kwargs={"autocommit": False})
         else:
             self.path = url.removeprefix("sqlite:///")
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self.local = threading.local()
 
     def migrate(self, statements: Sequence[str]) -> None:
         """Create what is missing; SQLite spells BYTEA as BLOB and BIGSERIAL keys as AUTOINCREMENT,
@@ -123,9 +123,29 @@ class Database:
             self._sqlite().execute(f"PRAGMA wal_autocheckpoint = {checkpoint_pages}")
 
     @contextmanager
+    def relaxed(self, cache_mib: int = 256) -> Iterator[None]:
+        """For this thread's transactions in the block, commits that do not wait for the disk (a
+        rebuild: a crash loses its last batches, never consistency, and it resumes from what was
+        kept) and, on SQLite, a bigger page cache."""
+        self.local.relaxed = True
+        if not self.postgres:
+            connection = self._sqlite()
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA cache_size = -{cache_mib * 1024}")
+        try:
+            yield
+        finally:
+            self.local.relaxed = False
+            if not self.postgres:
+                connection.execute("PRAGMA synchronous=FULL" if self.durable else "PRAGMA synchronous=NORMAL")
+                connection.execute("PRAGMA cache_size = -2000")
+
+    @contextmanager
     def transaction(self, write: bool = False) -> Iterator[Cursor]:
         if self.postgres:
             with self.pool.connection() as connection, connection.transaction():
+                if getattr(self.local, "relaxed", False):
+                    connection.execute("SET LOCAL synchronous_commit = off")
                 yield Cursor(connection.cursor(), postgres=True)
             return
         connection = self._sqlite()

@@ -58,7 +58,11 @@ def reduce(entries: Iterable[Entry]) -> tuple[dict[Key, Put], list[Key]]:
 
 def apply(cursor: Cursor, entries: Sequence[Entry]) -> None:
     """Write what the entries change (idempotent: a replayed entry changes nothing more)."""
-    puts, deletes = reduce(entries)
+    write(cursor, *reduce(entries))
+
+
+def write(cursor: Cursor, puts: dict[Key, Put], deletes: list[Key]) -> None:
+    """Write what `reduce` gave."""
     if deletes:
         cursor.execute_many(DELETE, deletes)
     if puts:

@@ -4,13 +4,14 @@ Setup (not timed): a store with `--domain-events` domain events (customers, each
 three grants: five events a customer, saved 500 customers at a time) and `--usage-events` usage
 events (batches of 10,000 to those customers, through the usage log). Then, timed, in this process:
 
-1. the documents and the audit trail rebuilt from the notification log (`ops.replay.replay`,
-   `--from-scratch`, models `documents` and `audit`): domain events/s;
-2. the usage read model rebuilt from the usage log (model `usage`): usage events/s;
-3. with `--verify`, `tally audit verify` over the whole store (it must find no difference).
+1. `tally replay --from-scratch --model documents --model audit --model usage`, the real command
+   in a process of its own (the store's log there, the usage log at the same time in a process of
+   the command's own). Printed: the command's table (each model's seconds), the replay's own seconds
+   and events/s (all events over the seconds the command reports for the replay), and the wall
+   seconds of the command from start to exit (Python's start-up and imports included);
+2. with `--verify`, `tally audit verify` over the whole store (exit 0: no difference).
 
-Each step prints its seconds, events/s and the peak RSS during it (VmHWM reset before it). The
-overall figure is all events replayed over the seconds of steps 1 and 2. Target (issue 7):
+Peak RSS is the largest of the command's processes (getrusage RUSAGE_CHILDREN). Target (issue 7):
 >= 100,000 events/s embedded, memory bounded. Figures only; nothing here asserts a speed.
 
     .venv/bin/python -m ops.bench.replay [--store sqlite|postgres|both] [--domain-events 100000]
@@ -18,7 +19,11 @@ overall figure is all events replayed over the seconds of steps 1 and 2. Target 
 """
 
 import argparse
+import os
+import re
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -33,12 +38,9 @@ from domain.tenant import TenantSettings
 from domain.usage import UsageEvent
 from domain.wallet import GrantSpec, Wallet, WalletSpec
 from ops import services
-from ops.bench.invoices import reset_peak_rss
-from ops.replay import replay
-from projections import audit
-from projections.drivers.inprocess import NAME as DOCUMENTS
 
 SETUP = Actor("bench:setup")
+TALLY = os.path.join(os.path.dirname(sys.executable), "tally")
 NOW = datetime(2026, 1, 20, tzinfo=UTC)
 SAVE = 500  # customers a save holds
 USAGE_BATCH = 10_000
@@ -53,8 +55,8 @@ def set_up(ledger: Ledger, domain_events: int, usage_events: int) -> None:
     customers = max(1, (domain_events - 1) // 5)
     for start in range(0, customers, SAVE):
         with acting(SETUP):
-            made = [Customer(tenant_id=tenant, external_id=f"c-{n}", currency="USD", details=CustomerDetails(name=f"C{n}"))
-                    for n in range(start, min(start + SAVE, customers))]
+            made = [Customer(tenant_id=tenant, external_id=f"c-{n}", currency="USD",
+                             details=CustomerDetails(name=f"C{n}")) for n in range(start, min(start + SAVE, customers))]
             wallets = [Wallet(tenant_id=tenant, spec=WalletSpec(customer=customer.external_id, name="Credits",
                                                                 credit_unit="credit", currency="USD",
                                                                 conversion_rate=Decimal("0.01")))
@@ -71,12 +73,16 @@ def set_up(ledger: Ledger, domain_events: int, usage_events: int) -> None:
         ledger.usage.append(str(tenant), batch, NOW)
 
 
-def step(name: str, run: "callable") -> tuple[float, int]:  # type: ignore[valid-type]
-    reset_peak_rss()
+def command(url: str, *args: str) -> tuple[str, float, int]:
+    """Run `tally ARGS` on the store; its output, wall seconds and peak RSS (KiB, its processes')."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}, "TALLY_DATABASE_URL": url}
     began = time.perf_counter()
-    run()
+    done = subprocess.run([TALLY, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False)
     seconds = time.perf_counter() - began
-    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if done.returncode != 0:
+        raise SystemExit(f"tally {' '.join(args)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done.stdout, seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
 def bench(store: str, url: str, args: argparse.Namespace) -> list[tuple]:
@@ -86,24 +92,21 @@ def bench(store: str, url: str, args: argparse.Namespace) -> list[tuple]:
         set_up(ledger, args.domain_events, args.usage_events)
         ledger.runner.catch_up()
         ledger.usage_runner.catch_up()
-        domain = ledger.events_recorded()
-        usage = ledger.usage.last_position()
-        log(f"{store}: replay documents + audit")
-        seconds_d, rss_d = step("store", lambda: replay(ledger, [DOCUMENTS, audit.NAME], from_scratch=True))
-        log(f"{store}: replay usage")
-        seconds_u, rss_u = step("usage", lambda: replay(ledger, ["usage"], from_scratch=True))
-        rows = [(store, "documents + audit", domain, seconds_d, rss_d), (store, "usage", usage, seconds_u, rss_u),
-                (store, "both (overall)", domain + usage, seconds_d + seconds_u, max(rss_d, rss_u))]
-        if args.verify:
-            from ops.verify import verify
-
-            log(f"{store}: audit verify")
-            found: list = []
-            seconds_v, rss_v = step("verify", lambda: found.extend(verify(ledger)))
-            rows.append((store, f"audit verify ({len(found)} differences)", domain + usage, seconds_v, rss_v))
-        return rows
+        domain, usage = ledger.events_recorded(), ledger.usage.last_position()
     finally:
         ledger.close()
+    log(f"{store}: tally replay --from-scratch (the two logs at once)")
+    output, wall, rss = command(url, "replay", "--from-scratch", "--model", "documents", "--model", "audit",
+                                "--model", "usage")
+    print(output, flush=True)
+    seconds = float(re.search(r"in ([0-9.]+) s", output).group(1))  # type: ignore[union-attr]
+    rows = [(store, "replay --from-scratch (its own time)", domain + usage, seconds, rss),
+            (store, "the command, start to exit", domain + usage, wall, rss)]
+    if args.verify:
+        log(f"{store}: tally audit verify")
+        output, wall, rss = command(url, "audit", "verify")
+        rows.append((store, "audit verify (exit 0: no difference)", domain + usage, wall, rss))
+    return rows
 
 
 def main() -> None:

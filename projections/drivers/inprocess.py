@@ -81,39 +81,53 @@ class Runner:
         self.lock = threading.Lock()
         self._low = 0  # the lowest position the models had applied, at the last batch
 
-    def catch_up(self, progress: Callable[[int], None] = lambda position: None, until: int | None = None) -> int:
+    def catch_up(self, progress: Callable[[int], None] = lambda position: None, until: int | None = None,
+                 batch: int | None = None) -> int:
         """Apply every event recorded so far (up to position `until`); returns the position reached.
-        `progress(position)` after each batch."""
+        `progress(position)` after each batch (of `batch` notifications; default: the runner's)."""
         with self.lock:
             while True:
                 try:
-                    last = self._batch(until)
+                    last = self._batch(until, batch or self.batch)
                 except BaseException:
                     for model in self.models:
                         model.discard()  # nothing of the batch was written
                     raise
                 if last is None:
                     return self._low
-                progress(last)
+                if last > 0:
+                    progress(last)
 
-    def _batch(self, until: int | None) -> int | None:
-        """Apply one batch in one transaction; the position it reached (None: nothing to apply)."""
-        with self.database.transaction(write=True) as cursor:
-            positions = [lock_position(cursor, model.name) for model in self.models]
-            self._low = min(positions)
-            notifications = self.recorder.select_notifications(start=self._low + 1, limit=self.batch, stop=until)
-            if not notifications:
-                return None
+    def _batch(self, until: int | None, size: int) -> int | None:
+        """Apply one batch. The notifications after what the models applied are read, decoded and
+        reduced against the documents first, in a read transaction; then what changed is written in
+        one short write transaction, unless another runner applied some in between (0: read again;
+        documents change only with the positions, so unchanged positions mean unchanged documents).
+        So another writer of the read models (a usage replay) works while this one computes. The
+        position it reached (None: nothing to apply)."""
+        found = dict(self.database.query(f"SELECT name, position FROM tally_positions WHERE name IN "  # noqa: S608
+                                         f"({','.join('?' * len(self.models))})", [m.name for m in self.models]))
+        positions = [int(found.get(model.name, 0)) for model in self.models]
+        self._low = min(positions)
+        notifications = self.recorder.select_notifications(start=self._low + 1, limit=size, stop=until)
+        if not notifications:
+            return None
+        with self.database.transaction() as cursor:
             for notification in notifications:
                 event = self.mapper.to_domain_event(notification)
                 for model, position in zip(self.models, positions, strict=True):
                     if notification.id > position:
                         model.apply(cursor, notification.id, event)
-            last = notifications[-1].id
+        last = notifications[-1].id
+        with self.database.transaction(write=True) as cursor:
+            if [lock_position(cursor, model.name) for model in self.models] != positions:
+                for model in self.models:
+                    model.discard()
+                return 0  # another runner applied some meanwhile
             for model, position in zip(self.models, positions, strict=True):
                 model.flush(cursor)
                 save_position(cursor, model.name, max(position, last))
-            return last
+        return last
 
     def clear(self, names: Collection[str]) -> None:
         """Empty these read models and set them back to the start (`catch_up` rebuilds them)."""
@@ -140,19 +154,27 @@ class UsageRunner:
         self.log, self.database = log, database
         self.lock = threading.Lock()
 
-    def catch_up(self, progress: Callable[[int], None] = lambda position: None, until: int | None = None) -> int:
+    def catch_up(self, progress: Callable[[int], None] = lambda position: None, until: int | None = None,
+                 batch: int | None = None) -> int:
         """Apply every entry logged so far (up to position `until`); returns the position reached.
-        `progress(position)` after each batch."""
+        `progress(position)` after each batch (of `batch` entries; default BATCH). A batch is read
+        and reduced outside the write transaction, then written in one, unless another runner got
+        there in between (read again)."""
         with self.lock:
             while True:
+                rows = self.database.query("SELECT position FROM tally_positions WHERE name = ?",
+                                           (usage_readings.IN_PROCESS,))
+                position = int(rows[0][0]) if rows else 0
+                entries = self.log.entries(position, batch or self.BATCH)
+                if until is not None:
+                    entries = [entry for entry in entries if entry.position <= until]
+                if not entries:
+                    return position
+                puts, deletes = usage_readings.reduce(entries)
                 with self.database.transaction(write=True) as cursor:
-                    position = lock_position(cursor, usage_readings.IN_PROCESS)
-                    entries = self.log.entries(position, self.BATCH)
-                    if until is not None:
-                        entries = [entry for entry in entries if entry.position <= until]
-                    if not entries:
-                        return position
-                    usage_readings.apply(cursor, entries)
+                    if lock_position(cursor, usage_readings.IN_PROCESS) != position:
+                        continue  # another runner applied some meanwhile
+                    usage_readings.write(cursor, puts, deletes)
                     save_position(cursor, usage_readings.IN_PROCESS, entries[-1].position)
                 progress(entries[-1].position)
 
