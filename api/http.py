@@ -19,6 +19,7 @@ from api.idempotency import Idempotency, fingerprint
 from api.ledger import Ledger
 from domain.aggregate import Actor
 from domain.money import decode_hook, encode_hook
+from domain.periods import parse_instant
 from projections.views import private_id
 
 MAX_BODY = 1024 * 1024
@@ -121,11 +122,8 @@ def query_moment(call: Call, name: str) -> datetime | None:
     text = call.request.query_params.get(name)
     if text is None:
         return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    moment = parse_instant(text)
+    if moment is None:
         raise ApiError(422, f"{name}: an RFC 3339 time with an offset", [FieldError(name, "a time with an offset")])
     return moment
 

@@ -44,6 +44,15 @@ class Period(msgspec.Struct, frozen=True):
         return _us(self.end - (self.since or self.start))
 
 
+def parse_instant(text: str) -> datetime | None:
+    """An RFC 3339 time with an offset (`Z` too), or None when `text` is not one."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def _us(delta: timedelta) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 

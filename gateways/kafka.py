@@ -61,13 +61,17 @@ def applied(database: Database, partitions: int = PARTITIONS) -> list[int]:
     return [int(found.get(name, 0)) for name in names]
 
 
-class UsageRelay:
-    def __init__(self, usage: UsageLog, database: Database, bootstrap: str, *, stall_seconds: float = 5.0,
-                 partitions: int = PARTITIONS) -> None:
-        self.usage, self.database, self.bootstrap = usage, database, bootstrap
-        self.stall_seconds, self.partitions = stall_seconds, partitions
-        self.sent = 0  # the position published so far in this session (a rewind moves it back)
-        self.chain = [0] * partitions  # per partition, the position of the last message sent to it
+class Relay:
+    """A relay's frame: sessions with the broker, one after another until `stop`. A session creates
+    the topics, resumes from what the consumers applied (`_resume_at`), publishes what `_read` gives
+    after the position sent, and, when the consumers stop moving behind it (`_lowest`; None: none
+    to watch), sends again from the lowest."""
+
+    name, poll_seconds = "relay", POLL_SECONDS
+    bootstrap: str
+    topics: dict[str, int]
+    stall_seconds: float
+    sent: int  # the position published so far in this session (a rewind moves it back)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; a broker that goes away is waited for, then refilled."""
@@ -75,31 +79,64 @@ class UsageRelay:
             try:
                 await self._session(stop)
             except (KafkaError, OSError) as error:
-                log.warning("relay: broker unavailable (%s); retrying", error)
+                log.warning("%s: broker unavailable (%s); retrying", self.name, error)
                 await pause(stop, 1.0)
 
     async def _session(self, stop: asyncio.Event) -> None:
-        await ensure_topics(self.bootstrap, {USAGE_TOPIC: self.partitions})
+        await ensure_topics(self.bootstrap, self.topics)
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
                                     max_batch_size=1 << 20, request_timeout_ms=5_000)
         await producer.start()
         try:
-            self._restart_at(min(await asyncio.to_thread(applied, self.database, self.partitions)))
+            self._restart_at(await asyncio.to_thread(self._resume_at))
             watch = Stall(self.stall_seconds)
             while not stop.is_set():
-                entries = await asyncio.to_thread(self.usage.entries, self.sent, BATCH)
-                if entries:
-                    await self._publish(producer, entries)
+                batch = await asyncio.to_thread(self._read, self.sent)
+                if batch:
+                    await self._publish(producer, batch)
                     continue
-                low = min(await asyncio.to_thread(applied, self.database, self.partitions))
-                if watch.stalled(low, self.sent):
-                    log.warning("relay: consumers stopped at %d, %d published: sending again from %d",
-                                low, self.sent, low)
-                    await ensure_topics(self.bootstrap, {USAGE_TOPIC: self.partitions})
+                low = await asyncio.to_thread(self._lowest)
+                if low is not None and watch.stalled(low, self.sent):
+                    log.warning("%s: consumers stopped at %d, %d published: sending again from %d",
+                                self.name, low, self.sent, low)
+                    await ensure_topics(self.bootstrap, self.topics)
                     self._restart_at(low)
-                await pause(stop, POLL_SECONDS)
+                await pause(stop, self.poll_seconds)
         finally:
             await producer.stop()
+
+    def _resume_at(self) -> int:
+        raise NotImplementedError
+
+    def _lowest(self) -> int | None:
+        raise NotImplementedError
+
+    def _read(self, after: int) -> list:
+        raise NotImplementedError
+
+    def _restart_at(self, position: int) -> None:
+        raise NotImplementedError
+
+    async def _publish(self, producer: AIOKafkaProducer, batch: list) -> None:
+        raise NotImplementedError
+
+
+class UsageRelay(Relay):
+    def __init__(self, usage: UsageLog, database: Database, bootstrap: str, *, stall_seconds: float = 5.0,
+                 partitions: int = PARTITIONS) -> None:
+        self.usage, self.database, self.bootstrap = usage, database, bootstrap
+        self.stall_seconds, self.partitions = stall_seconds, partitions
+        self.topics = {USAGE_TOPIC: partitions}
+        self.sent = 0
+        self.chain = [0] * partitions  # per partition, the position of the last message sent to it
+
+    def _resume_at(self) -> int:
+        return min(applied(self.database, self.partitions))
+
+    _lowest = _resume_at
+
+    def _read(self, after: int) -> list[Entry]:
+        return self.usage.entries(after, BATCH)
 
     def _restart_at(self, position: int) -> None:
         """Send everything after `position` (at or below every consumer's position)."""

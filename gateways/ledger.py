@@ -25,9 +25,8 @@ from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
-from gateways.kafka import Stall, ensure_topics, pause
+from gateways.kafka import Relay
 from projections import audit
 from projections.store import Cursor, Database, lock_position, save_position
 
@@ -44,7 +43,9 @@ def consumer_position(name: str) -> str:
     return f"ledger:{name}"
 
 
-class LedgerRelay:
+class LedgerRelay(Relay):
+    name, poll_seconds, topics = "ledger relay", POLL_SECONDS, TOPICS
+
     def __init__(self, ledger: Any, bootstrap: str, consumers: Collection[str] = (), *,
                  stall_seconds: float = 5.0) -> None:
         """`ledger`: an `api.ledger.Ledger` (its store, its runner, its read-model database)."""
@@ -53,48 +54,21 @@ class LedgerRelay:
         self.sent = 0  # the position published so far in this session (a rewind moves it back)
         self.chain = dict.fromkeys(TOPICS, 0)  # per topic, the position of the last message sent to it
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Publish until `stop` is set; a broker that goes away is waited for, then refilled."""
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-            except (KafkaError, OSError) as error:
-                log.warning("ledger relay: broker unavailable (%s); retrying", error)
-                await pause(stop, 1.0)
-
-    async def _session(self, stop: asyncio.Event) -> None:
-        await ensure_topics(self.bootstrap, TOPICS)
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
-                                    max_batch_size=1 << 20, request_timeout_ms=5_000)
-        await producer.start()
-        try:
-            self._restart_at(await asyncio.to_thread(self._resume_at))
-            watch = Stall(self.stall_seconds)
-            while not stop.is_set():
-                batch = await asyncio.to_thread(self.ledger.ledger_events, self.sent, BATCH)
-                if batch:
-                    await self._publish(producer, batch)
-                    continue
-                if self.consumers:
-                    low = await asyncio.to_thread(self._lowest)
-                    if watch.stalled(low, self.sent):
-                        log.warning("ledger relay: consumers stopped at %d, %d published: sending again from %d",
-                                    low, self.sent, low)
-                        await ensure_topics(self.bootstrap, TOPICS)
-                        self._restart_at(low)
-                await pause(stop, POLL_SECONDS)
-        finally:
-            await producer.stop()
-
     def _restart_at(self, position: int) -> None:
         """Send everything after `position` (at or below every consumer's position)."""
         self.sent, self.chain = position, dict.fromkeys(TOPICS, position)
 
     def _resume_at(self) -> int:
-        return self._lowest() if self.consumers else _positions(self.ledger.database, [MARK])[0]
+        low = self._lowest()
+        return low if low is not None else _positions(self.ledger.database, [MARK])[0]
 
-    def _lowest(self) -> int:
+    def _lowest(self) -> int | None:
+        if not self.consumers:
+            return None  # nobody to watch: what the broker acknowledged is all there is to go by
         return min(_positions(self.ledger.database, [consumer_position(name) for name in self.consumers]))
+
+    def _read(self, after: int) -> list[audit.Envelope]:
+        return self.ledger.ledger_events(after, BATCH)
 
     async def _publish(self, producer: AIOKafkaProducer, batch: list[audit.Envelope]) -> None:
         """Send the batch, its alerts and a mark to `tally.alerts`; return once the broker acknowledged all."""

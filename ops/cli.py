@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from domain.aggregate import Actor
 from domain.api_key import ROLES, ApiKey
 from domain.errors import Refusal
 from domain.money import trap_floats
+from domain.periods import parse_instant
 from domain.tenant import TenantSettings
 from ops import config
 from projections.documents import first_tenant
@@ -224,23 +226,31 @@ def keys_revoke(ledger: Ledger, args: argparse.Namespace) -> None:
     print(f"Revoked {args.id}")
 
 
-def rebuild(ledger: Ledger, args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _progress_bar(verb: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on stderr, a line per step: `progress(step, done, of)` (of 0: not known)."""
     from rich.console import Console
     from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(step: str, done: int, of: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(f"{verb} {step}", total=of or None)
+            bar.update(tasks[step], completed=done)
+
+        yield progress
+
+
+def rebuild(ledger: Ledger, args: argparse.Namespace) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     from ops.replay import DEFAULT, MODELS, replay
 
     models = args.model or (MODELS if args.from_scratch else DEFAULT)
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(step: str, position: int, last: int) -> None:
-            if step not in tasks:
-                tasks[step] = bar.add_task(f"replay {step}", total=last or None)
-            bar.update(tasks[step], completed=position)
-
+    with _progress_bar("replay") as progress:
         began = time.perf_counter()
         done = replay(ledger, models, args.from_scratch, progress)
         seconds = time.perf_counter() - began
@@ -258,19 +268,11 @@ def rebuild(ledger: Ledger, args: argparse.Namespace) -> None:
 
 def audit_verify(ledger: Ledger, args: argparse.Namespace) -> None:
     from rich.console import Console
-    from rich.progress import Progress
 
     from ops.verify import verify
 
     console, found = Console(stderr=True), 0
-    with Progress(console=console, transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(step: str, done: int, of: int) -> None:
-            if step not in tasks:
-                tasks[step] = bar.add_task(f"verify {step}", total=of or None)
-            bar.update(tasks[step], completed=done)
-
+    with _progress_bar("verify") as progress:
         for difference in verify(ledger, progress):
             found += 1
             print(f"{difference.model}\t{difference.key}\t{difference.detail}", flush=True)
@@ -301,11 +303,8 @@ def export_file(ledger: Ledger, args: argparse.Namespace) -> None:
 def _moment(text: str | None, name: str) -> datetime | None:
     if text is None:
         return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    moment = parse_instant(text)
+    if moment is None:
         raise SystemExit(f"tally export: {name} must be an RFC 3339 time with an offset, such as 2026-01-01T00:00:00Z")
     return moment
 
