@@ -30,6 +30,7 @@ from projections.usage_log import UsageLog
 
 FOLLOW_SECONDS = 0.005  # the background follower's pause between looks at the log
 FOLLOW_CHUNK = 100  # entries added under the lock at once
+SCAN_LIMIT = 300  # a check reads its own customer's entries when the follower is at most this far behind
 FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops the counters instead
 WATCH_LIMIT = 100_000  # customers with counters in one process
 Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
@@ -136,8 +137,10 @@ class UsageCounters:
             watched = self._watched[tenant, customer] = _Watched(self.log.last_position())
             return watched  # nothing counted yet: its counters start from its readings up to here
         last = self.log.database.query("SELECT max(position) FROM tally_usage")[0][0] or 0
+        if last - self._position > SCAN_LIMIT:  # the follower is behind: catch everyone up once, here
+            self._add(self._rows_after(self._position))
         if last > watched.through:
-            after = max(watched.through, self._position)  # what the background follower added is counted
+            after = max(watched.through, self._position)  # what the follower added is counted
             for row in self.log.database.query(self._own, (after, last, tenant, customer)):
                 watched.add(*row)
             watched.through = last
@@ -147,20 +150,32 @@ class UsageCounters:
         """Add the log's entries after the position followed to the watched customers' counters (the
         entries a check has counted already skipped), a chunk at a time: a check waits for a chunk
         at most, not for a batch."""
-        rows = self.log.database.query(
-            "SELECT position, tenant_id, customer, event_name, timestamp_us, event_id, properties, kind "
-            "FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?", (self._position, FOLLOW_LIMIT))
-        if len(rows) == FOLLOW_LIMIT:  # far behind: count afresh what is asked for next, from here
+        rows = self._rows_after(self._position)
+        if len(rows) == FOLLOW_LIMIT:
             with self._lock:
-                self._watched.clear()
-                self._position = max(self.log.last_position(), rows[-1][0])
+                self._add(rows)  # far behind: dropped, counted afresh
             return
         for first in range(0, len(rows), FOLLOW_CHUNK):
             with self._lock:
-                watched_of = self._watched.get
-                for position, tenant, customer, *entry in rows[first:first + FOLLOW_CHUNK]:
-                    watched = watched_of((tenant, customer))
-                    if watched is not None and position > watched.through:
-                        watched.add(position, *entry)
-                self._position = max(self._position, position)
+                self._add(rows[first:first + FOLLOW_CHUNK])
             time.sleep(0)  # a waiting check goes first
+
+    def _rows_after(self, position: int) -> list[tuple]:
+        return self.log.database.query(
+            "SELECT position, tenant_id, customer, event_name, timestamp_us, event_id, properties, kind "
+            "FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?", (position, FOLLOW_LIMIT))
+
+    def _add(self, rows: list[tuple]) -> None:
+        """Add these entries (the lock held), those a check counted already skipped; FOLLOW_LIMIT of
+        them (the log far ahead) drop the counters instead."""
+        if len(rows) == FOLLOW_LIMIT:  # far behind: count afresh what is asked for next, from here
+            self._watched.clear()
+            self._position = max(self.log.last_position(), rows[-1][0])
+            return
+        watched_of = self._watched.get
+        for position, tenant, customer, *entry in rows:
+            watched = watched_of((tenant, customer))
+            if watched is not None and position > watched.through:
+                watched.add(position, *entry)
+            if position > self._position:
+                self._position = position

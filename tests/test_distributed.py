@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -44,11 +46,37 @@ def events(batch: int, size: int) -> list[dict]:
             for n in range(size)]
 
 
+LOGS: list[Path] = []  # every process's output, shown when a wait fails
+
+
+def start(command: str, env: dict[str, str]) -> subprocess.Popen:
+    """`tally COMMAND` as a real process, its output in a file of its own (see `LOGS`)."""
+    handle, name = tempfile.mkstemp(prefix=f"tally-{command}-", suffix=".log")
+    LOGS.append(Path(name))
+    try:
+        return subprocess.Popen([TALLY, command], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        os.close(handle)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_logs() -> Iterator[None]:
+    yield
+    for log in LOGS:
+        log.unlink(missing_ok=True)
+
+
+def outputs() -> str:
+    """The last lines each process started here wrote."""
+    return "\n".join(f"--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                     for log in LOGS if log.exists())
+
+
 @contextlib.contextmanager
 def tally(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     """`tally COMMAND` as a real process; stopped (then killed) on the way out."""
-    process = subprocess.Popen([TALLY, command], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = start(command, env)
     try:
         yield process
     finally:
@@ -79,7 +107,7 @@ def wait_applied(database: Database, usage: UsageLog, seconds: float) -> None:
         if all(found.get(name, 0) >= last for name in names):
             return
         time.sleep(0.1)
-    raise AssertionError(f"the worker did not reach position {last}: {found}")
+    raise AssertionError(f"the worker did not reach position {last}: {found}\n{outputs()}")
 
 
 def reset(database: Database) -> None:
@@ -135,8 +163,7 @@ def test_a_broker_that_comes_back_empty_and_a_killed_worker_lose_nothing(postgre
             assert api.post("/v1/meters", json={"code": "calls", "name": "Calls", "event_name": "call",
                                                 "aggregation": "count"}).status_code == 201
             sender = threading.Thread(target=_send, args=(api, range(0, 30)))
-            worker = subprocess.Popen([TALLY, "worker"], env={**os.environ, **base}, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            worker = start("worker", base)
             try:
                 # Given usage flowing through the relay to a worker
                 sender.start()
@@ -145,9 +172,7 @@ def test_a_broker_that_comes_back_empty_and_a_killed_worker_lose_nothing(postgre
                 services.stop(worker, signal.SIGKILL)
                 broker.close()
                 broker.enter_context(services.tansu(port=port))
-                worker = subprocess.Popen([TALLY, "worker"], env={**os.environ, **base}, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True)
+                worker = start("worker", base)
                 sender.join(60)
                 assert not sender.is_alive()
                 voided = api.post("/v1/events/void", json={"customer": CUSTOMERS[1], "event_ids": ["3-1", "9-8"]})

@@ -19,6 +19,7 @@ from domain.meter import MeterSpec
 from domain.metering import Reading, Running, aggregate
 from domain.subscription import SubscriptionSpec
 from domain.usage import UsageEvent
+from projections.usage_counters import SCAN_LIMIT
 from projections.views import private_id
 
 
@@ -290,11 +291,11 @@ def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_th
                                                  "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
     assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["0", "0"]  # both watched
 
-    def ingest(first: int) -> None:
+    def ingest(first: int, count: int = 6) -> None:
         events = [{"event_id": f"e-{n}", "customer": ("acme", "beta")[n % 2], "event_name": "llm",
                    "timestamp": "2026-01-15T00:00:00Z", "properties": {"tokens": (10, 1)[n % 2]}}
-                  for n in range(first, first + 6)]
-        assert acme.post("/v1/events/batch", json={"events": events}).json()["accepted"] == 6
+                  for n in range(first, first + count)]
+        assert acme.post("/v1/events/batch", json={"events": events}).json()["accepted"] == count
 
     ingest(0)
     assert check(acme, "ai")["used"] == "30"  # its own three entries, before the follower saw them
@@ -308,6 +309,11 @@ def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_th
     ingest(12)
     ledger.counters.follow()
     assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["80", "9"]
+    ingest(18, 2 * SCAN_LIMIT)  # the follower far behind: the check catches everyone up itself
+    assert check(acme, "ai")["used"] == str(80 + 10 * SCAN_LIMIT)
+    ledger.counters.follow()
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == [
+        str(80 + 10 * SCAN_LIMIT), str(9 + SCAN_LIMIT)]
 
 
 def test_another_server_s_changes_count_in_the_very_next_check(acme, ledger, database_url):
