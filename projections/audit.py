@@ -3,7 +3,8 @@ event is shown in (`GET /v1/audit/events`) and published in (Kafka `tally.ledger
 
 The store's events carry their tenant only on the event that created their aggregate, so this read
 model keeps two tables, filled in notification order by the in-process runner:
-- `tally_streams`: each aggregate (stream) with its tenant, kind and customer (if it has one);
+- `tally_streams`: each aggregate (stream) with its tenant, kind, customer (if it has one) and the
+  position of its first event;
 - `tally_audit`: each event's position under its tenant, with its stream and time, so a tenant's
   events are read a page at a time by position, never by scanning other tenants'.
 
@@ -53,7 +54,8 @@ from projections.usage_log import microseconds
 NAME = "audit"
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tally_streams (
-        stream_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, kind TEXT NOT NULL, customer TEXT)""",
+        stream_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, kind TEXT NOT NULL, customer TEXT,
+        position BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS tally_audit (
         tenant_id TEXT NOT NULL, position BIGINT NOT NULL, stream_id TEXT NOT NULL, occurred_us BIGINT NOT NULL,
         PRIMARY KEY (tenant_id, position)) WITHOUT ROWID""",
@@ -148,7 +150,7 @@ class AuditTrail:
         if event.originator_version == 1:
             tenant_id = str(getattr(event, "tenant_id", None) or stream)  # a tenant's own stream is its id
             customer_ = _customer_of(event)
-            self._new.append((stream, tenant_id, _kind(event), customer_))
+            self._new.append((stream, tenant_id, _kind(event), customer_, position))
             self._remember(stream, (tenant_id, customer_))
         else:
             tenant_id = self.stream(cursor, stream)[0]
@@ -156,8 +158,8 @@ class AuditTrail:
 
     def flush(self, cursor: Cursor) -> None:
         if self._new:
-            cursor.execute_many("INSERT INTO tally_streams (stream_id, tenant_id, kind, customer) VALUES (?, ?, ?, ?) "
-                                "ON CONFLICT (stream_id) DO NOTHING", self._new)
+            cursor.execute_many("INSERT INTO tally_streams (stream_id, tenant_id, kind, customer, position) "
+                                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO NOTHING", self._new)
         if self._rows:
             cursor.execute_many("INSERT INTO tally_audit (tenant_id, position, stream_id, occurred_us) "
                                 "VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, position) DO NOTHING", self._rows)
