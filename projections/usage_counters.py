@@ -10,9 +10,11 @@ A weighted_sum is never kept running (its value needs every reading's neighbours
 
 Each process keeps its own counters; they are a cache of the log, never written anywhere, so
 several servers each follow the same log. A serving process follows it in the background
-(`start`), and a check reads only its own customer's entries the follower has not added yet (the
-position range, filtered by the store): a batch of a thousand just ingested is added beside the
-requests, not in the way of one. Memory is bounded: past WATCH_LIMIT customers, all counters are
+(`start`), a hundred entries under the lock at a time. A check reads only its own customer's
+entries the follower has not added yet (a range of positions the store filters), so a batch just
+ingested is added beside the requests, not in the way of one; when the follower is more than
+SCAN_LIMIT entries behind, the check catches everyone up once instead (every check scanning the
+same long stretch costs more). Memory is bounded: past WATCH_LIMIT customers, all counters are
 dropped and counted afresh as checks come.
 """
 
