@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -141,3 +142,37 @@ def created(response: httpx.Response) -> dict[str, Any]:
 def refused(response: httpx.Response, status: int = 422) -> list[str]:
     """The fields a problem+json refusal names."""
     return [error["field"] for error in assert_problem(response, status).get("errors", [])]
+
+
+WALLET = {"customer": "acme", "name": "AI credits", "credit_unit": "credit", "currency": "USD",
+          "conversion_rate": "0.01"}
+
+
+def month_of_business(admin, ledger) -> dict:
+    """A month of business: a plan with an advance fee and tokens, a customer's usage, January's
+    invoices finalized by the clock, a wallet of 105 grants (snapshotted at 100) and a paid top-up."""
+    ledger.subscriptions.clock = lambda: datetime(2026, 1, 20, tzinfo=UTC)
+    created(admin.post("/v1/meters", json={"code": "tokens", "name": "Tokens", "event_name": "llm",
+                                           "aggregation": "sum", "field": "tokens"}))
+    created(admin.post("/v1/plans", json={"code": "pro", "name": "Pro", "currency": "USD", "interval": "month"}))
+    created(admin.post("/v1/plans/pro/versions", json={"prices": [
+        {"type": "flat", "currency": "USD", "amount": "49.99", "pay_in": "advance"},
+        {"type": "per_unit", "meter_code": "tokens", "currency": "USD", "unit_amount": "0.0015"}]}))
+    created(admin.post("/v1/customers", json={"external_id": "acme", "name": "Acme", "currency": "USD",
+                                              "tax_rate": "0.2"}))
+    created(admin.post("/v1/subscriptions", json={"customer": "acme", "plan_code": "pro",
+                                                  "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    events = [{"event_id": f"e-{n}", "customer": "acme", "event_name": "llm",
+               "timestamp": f"2026-01-{1 + n % 19:02d}T10:00:00Z", "properties": {"tokens": 1000 + n}}
+              for n in range(300)]
+    assert admin.post("/v1/events/batch", json={"events": events}).json()["accepted"] == 300
+    wallet = created(admin.post("/v1/wallets", json=WALLET))
+    for _ in range(105):
+        created(admin.post(f"/v1/wallets/{wallet['id']}/grants", json={"amount": "1.5", "kind": "paid"}))
+    bought = created(admin.post(f"/v1/wallets/{wallet['id']}/topups", json={"amount": "100"}))
+    assert admin.post(f"/v1/invoices/{bought['invoice_id']}/pay", json={}).status_code == 200
+    ledger.close_periods(datetime(2026, 2, 3, tzinfo=UTC))
+    ledger.usage_runner.catch_up()
+    invoices = admin.get("/v1/invoices", params={"customer": "acme"}).json()["data"]
+    assert sorted(i["status"] for i in invoices) == ["finalized", "finalized", "finalized", "paid"]
+    return {"wallet": wallet, "invoices": invoices}

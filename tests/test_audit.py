@@ -6,13 +6,17 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import orjson
-from conftest import assert_problem, client, created, open_tenant
+from conftest import (
+    WALLET,
+    assert_problem,
+    client,
+    created,
+    month_of_business,
+    open_tenant,
+)
 
 from projections import audit
 from projections.views import private_id
-
-WALLET = {"customer": "acme", "name": "AI credits", "credit_unit": "credit", "currency": "USD",
-          "conversion_rate": "0.01"}
 
 
 def events(http, **query) -> list[dict]:
@@ -99,43 +103,13 @@ def test_finance_reads_the_audit_and_the_rebuilt_trail_equals_the_live_one(admin
 
 # --- tally audit verify and tally replay ------------------------------------------------------------------------
 
-def _books(admin, ledger) -> dict:
-    """A month of business: a plan with an advance fee and tokens, a customer's usage, January's
-    invoices finalized by the clock, a wallet of 105 grants (snapshotted at 100) and a paid top-up."""
-    ledger.subscriptions.clock = lambda: datetime(2026, 1, 20, tzinfo=UTC)
-    created(admin.post("/v1/meters", json={"code": "tokens", "name": "Tokens", "event_name": "llm",
-                                           "aggregation": "sum", "field": "tokens"}))
-    created(admin.post("/v1/plans", json={"code": "pro", "name": "Pro", "currency": "USD", "interval": "month"}))
-    created(admin.post("/v1/plans/pro/versions", json={"prices": [
-        {"type": "flat", "currency": "USD", "amount": "49.99", "pay_in": "advance"},
-        {"type": "per_unit", "meter_code": "tokens", "currency": "USD", "unit_amount": "0.0015"}]}))
-    created(admin.post("/v1/customers", json={"external_id": "acme", "name": "Acme", "currency": "USD",
-                                              "tax_rate": "0.2"}))
-    created(admin.post("/v1/subscriptions", json={"customer": "acme", "plan_code": "pro",
-                                                  "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
-    events = [{"event_id": f"e-{n}", "customer": "acme", "event_name": "llm",
-               "timestamp": f"2026-01-{1 + n % 19:02d}T10:00:00Z", "properties": {"tokens": 1000 + n}}
-              for n in range(300)]
-    assert admin.post("/v1/events/batch", json={"events": events}).json()["accepted"] == 300
-    wallet = created(admin.post("/v1/wallets", json=WALLET))
-    for _ in range(105):
-        created(admin.post(f"/v1/wallets/{wallet['id']}/grants", json={"amount": "1.5", "kind": "paid"}))
-    bought = created(admin.post(f"/v1/wallets/{wallet['id']}/topups", json={"amount": "100"}))
-    assert admin.post(f"/v1/invoices/{bought['invoice_id']}/pay", json={}).status_code == 200
-    ledger.close_periods(datetime(2026, 2, 3, tzinfo=UTC))
-    ledger.usage_runner.catch_up()
-    invoices = admin.get("/v1/invoices", params={"customer": "acme"}).json()["data"]
-    assert sorted(i["status"] for i in invoices) == ["finalized", "finalized", "finalized", "paid"]
-    return {"wallet": wallet, "invoices": invoices}
-
-
 def _verify(ledger) -> list:
     from ops.verify import verify
     return list(verify(ledger))
 
 
 def test_verify_names_each_broken_row_and_replay_repairs_them(admin, ledger):
-    books = _books(admin, ledger)
+    books = month_of_business(admin, ledger)
     assert _verify(ledger) == []
     # Given read models broken on purpose: a document deleted, an invoice's amount due changed,
     # a usage reading deleted, an audit row moved to another stream, and a wallet's balance in its snapshot
@@ -189,7 +163,7 @@ def _tamper_snapshot(ledger, wallet_id) -> None:
 
 
 def test_verify_recomputes_each_finalized_invoice_byte_for_byte(admin, ledger):
-    books = _books(admin, ledger)
+    books = month_of_business(admin, ledger)
     finalized = [i for i in books["invoices"] if i["status"] in ("finalized", "paid")]
     assert len([ledger.recomputed(private_id("invoices", i["id"])) for i in finalized]) == 4
     assert all(recorded == again for recorded, again in (ledger.recomputed(private_id("invoices", i["id"]))

@@ -7,8 +7,7 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import created
-from test_audit import WALLET, _books
+from conftest import WALLET, created, month_of_business
 from test_cli import tally, tally_env
 
 from ops.export import ExportError, _parquet
@@ -27,7 +26,7 @@ def rows_of(path, fmt: str) -> list[dict]:
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_invoices_usage_and_wallet_transactions_are_exported_exactly(admin, ledger, database_url, tmp_path, fmt):
-    books = _books(admin, ledger)
+    books = month_of_business(admin, ledger)
     out = tmp_path / f"out.{fmt}"
 
     done = run(database_url, "--format", fmt, "--what", "invoices", "--output", str(out))
