@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in SERVICES:
         SERVICES[args.command](settings)
         return
-    ledger = Ledger(settings.database_url)
+    ledger = Ledger(settings.database_url, distributed=settings.kafka_bootstrap is not None)
     try:
         args.run(ledger, args)
     except Refusal as refusal:

@@ -87,10 +87,10 @@ def verify(ledger: Ledger, progress: Progress = lambda step, done, of: None) -> 
 def _bounds(ledger: Ledger) -> dict[str, int]:
     """The position each live model has applied (the usage model: its lowest partition's, distributed)."""
     rows = dict(ledger.database.query("SELECT name, position FROM tally_positions"))
-    usage = [int(position) for name, position in rows.items()
-             if name == usage_readings.IN_PROCESS or name.startswith(f"{usage_readings.IN_PROCESS}:")]
+    usage = [usage_readings.position_name(p) for p in range(usage_readings.PARTITIONS)] if ledger.distributed else [
+        usage_readings.IN_PROCESS]
     return {DOCUMENTS: int(rows.get(DOCUMENTS, 0)), audit.NAME: int(rows.get(audit.NAME, 0)),
-            usage_readings.IN_PROCESS: min(usage, default=0)}
+            usage_readings.IN_PROCESS: min(int(rows.get(name, 0)) for name in usage)}
 
 
 def _rebuild(ledger: Ledger, scratch: Database, bounds: dict[str, int], progress: Progress) -> None:

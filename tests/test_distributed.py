@@ -28,6 +28,7 @@ from api.ledger import Ledger
 from api.usage import decode_event as EVENT
 from domain.tenant import TenantSettings
 from ops import services
+from ops.verify import verify
 from projections import usage_readings
 from projections.drivers.inprocess import UsageRunner
 from projections.store import Database
@@ -141,6 +142,12 @@ def test_the_runner_and_the_worker_build_the_read_model_a_replay_gives(postgres_
         with tally("relay", env), tally("worker", env):
             wait_applied(ledger.database, ledger.usage, 60)
         by_worker = snapshot(ledger.database)
+        # And `tally audit verify` of the distributed store (its partitions' positions) finds nothing
+        distributed = Ledger(postgres_database, distributed=True)
+        try:
+            assert list(verify(distributed)) == []
+        finally:
+            distributed.close()
     finally:
         ledger.close()
     # Then both are the replay of the log, row for row: 1,300 events less the 3 voided
