@@ -17,6 +17,7 @@ the event class (`schemas`), with a version: docs/topics.md is generated from th
 (`python -m projections.audit > docs/topics.md`) and a test keeps it current.
 """
 
+import functools
 import re
 import sys
 import types
@@ -96,6 +97,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+@functools.cache
 def event_type(event_class: type) -> str:
     """`wallet.debited` for `Wallet.Debited`: the aggregate's name, then the event's, in snake case."""
     aggregate, _, name = event_class.__qualname__.rpartition(".")
@@ -115,6 +117,7 @@ def event_classes() -> list[type]:
     return found
 
 
+@functools.cache
 def data_fields(event_class: type) -> dict[str, Any]:
     """The event class's own fields (what `data` holds), with their types; never a key's secret hash."""
     return {name: hint for name, hint in typing.get_type_hints(event_class).items()
