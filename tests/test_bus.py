@@ -100,7 +100,8 @@ def test_every_domain_event_is_published_in_its_documented_envelope_and_alerts_g
     assert [audit.check(message).type for message in alerts if message] == ["wallet.topped_up"]
 
 
-def test_a_killed_relay_and_a_broker_that_comes_back_empty_lose_nothing(postgres_database):
+@pytest.mark.parametrize("listening", ["throughout", "only after the restart"])
+def test_a_killed_relay_and_a_broker_that_comes_back_empty_lose_nothing(postgres_database, listening):
     port = services.free_port()
     bootstrap = f"127.0.0.1:{port}"
     ledger = Ledger(postgres_database)
@@ -123,10 +124,12 @@ def test_a_killed_relay_and_a_broker_that_comes_back_empty_lose_nothing(postgres
     broker = contextlib.ExitStack()
     broker.enter_context(services.tansu(port=port))
     try:
+        if listening == "throughout":
+            consumer.start()
         with relay(postgres_database, bootstrap, "test") as first:
-            # Given domain events the relay published, which the consumer (not started yet) has not applied
+            # Given domain events the relay published (which a consumer started later has not applied)
             register(range(0, 150))
-            while _positions(database, "relay:ledger") < 100:
+            while _positions(database, "relay:ledger" if listening != "throughout" else "ledger:test") < 100:
                 time.sleep(0.05)
             # When the relay is killed mid-stream, and the broker restarts with nothing in it
             sender = threading.Thread(target=register, args=(range(150, 300),))
@@ -135,7 +138,8 @@ def test_a_killed_relay_and_a_broker_that_comes_back_empty_lose_nothing(postgres
             broker.close()
             broker.enter_context(services.tansu(port=port))
         with relay(postgres_database, bootstrap, "test"):
-            consumer.start()
+            if listening != "throughout":
+                consumer.start()
             sender.join(60)
             expected = store_ids(ledger)
             last = ledger.ledger_events(0, 1_000_000)[-1].position
