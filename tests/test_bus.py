@@ -156,6 +156,7 @@ def test_a_killed_relay_and_a_broker_that_comes_back_empty_lose_nothing(postgres
         loop.call_soon_threadsafe(stop.set)
         if consumer.is_alive():
             consumer.join(30)
+        loop.close()
         broker.close()
         database.close()
         ledger.close()
