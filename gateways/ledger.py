@@ -19,12 +19,14 @@ it rewinds to the lowest and sends again; consumers skip what they applied.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from gateways.kafka import Relay
 from projections import audit
@@ -123,7 +125,8 @@ async def consume(bootstrap: str, database: Database, name: str, handle: Callabl
             records = [record for batch in found.values() for record in batch]
             if records:
                 await asyncio.to_thread(_apply, database, name, handle, records)
-                await consumer.commit()
+                with contextlib.suppress(KafkaError):  # offsets only spare re-reading: positions are the truth
+                    await consumer.commit()
     finally:
         await consumer.stop()
 
