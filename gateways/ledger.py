@@ -28,7 +28,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from gateways.kafka import Relay
+from gateways.kafka import Relay, pause
 from projections import audit
 from projections.store import Cursor, Database, lock_position, save_position
 
@@ -115,6 +115,16 @@ async def consume(bootstrap: str, database: Database, name: str, handle: Callabl
     relay resumes from it). What the relay sends again is skipped by its position; a message whose
     `previous` is past what was applied means messages were lost before it: it waits for the relay
     to send them again."""
+    while not stop.is_set():
+        try:
+            await _consume(bootstrap, database, name, handle, stop, topic)
+        except (KafkaError, OSError) as error:  # the broker is away: wait, then read on from the position
+            log.warning("ledger consumer %s: broker unavailable (%s); retrying", name, error)
+            await pause(stop, 1.0)
+
+
+async def _consume(bootstrap: str, database: Database, name: str, handle: Callable[[Cursor, audit.Envelope], None],
+                   stop: asyncio.Event, topic: str) -> None:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"tally-{name}",
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 session_timeout_ms=2_000, heartbeat_interval_ms=300, fetch_max_wait_ms=100)
