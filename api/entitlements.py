@@ -17,7 +17,7 @@ async def check(call: Call) -> Response:
     body: CheckSpec = call.body
     ledger = call.ledger
     found = await call.quick(ledger.check, call.actor, call.tenant_id, body.customer, body.feature_code,
-                                    Decimal(1) if body.quantity is None else body.quantity, ledger.now())
+                             Decimal(1) if body.quantity is None else body.quantity, ledger.now())
     return Response(encoder.encode(found), media_type=JSON)
 
 

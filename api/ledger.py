@@ -52,7 +52,7 @@ from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
 from projections.memo import Memo
-from projections.store import SCHEMA, Database, lock_position, save_position
+from projections.store import SCHEMA, Database, advance_position, positions
 from projections.usage import Read, UsageReport, Window, report
 from projections.usage_counters import UsageCounters
 from projections.usage_log import UsageLog, microseconds, moment_of
@@ -144,8 +144,9 @@ class Ledger:
         self.distributed = distributed
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
         self._immutable: dict[tuple, Any] = {}  # plan versions and meters never change once made
-        self.memo = Memo(self.tenants.recorder, self.runner.applied,
-                         (ApiKey, Customer, CustomerEntitlements, Subscription, Wallet), new_kinds=(Subscription, Wallet))
+        self.memo = Memo(self.tenants.recorder, self.runner.applied, (ApiKey, Customer, CustomerEntitlements,
+                                                                      Subscription, Wallet),
+                         new_kinds=(Subscription, Wallet))
         self.counters = UsageCounters(self.usage, self._window_readings)
         self._next_due: dict[str, tuple[Any, datetime]] = {}  # the clock's: subscription -> (what it saw, when due)
         self._wallets_seen: dict[str, datetime] = {}  # the clock's: wallet -> when it last looked at it
@@ -302,12 +303,15 @@ class Ledger:
     def recomputed(self, invoice_id: UUID) -> tuple[invoice.Invoice, invoice.Invoice] | None:
         """A finalized invoice as recorded, and as computed again from the events recorded by the
         moment it was finalized (None for one never finalized): the two must be the same."""
-        finalized = next((event for event in self.invoicing.repository.event_store.get(invoice_id)
-                          if isinstance(event, IssuedInvoice.Finalized)), None)
+        issued, finalized = None, None
+        for event in self.invoicing.repository.event_store.get(invoice_id):  # up to the finalize, in one read
+            issued = event.mutate(issued)
+            if isinstance(event, IssuedInvoice.Finalized):
+                finalized = event
+                break
         if finalized is None:
             return None
         at = finalized.timestamp
-        issued = self.invoicing.as_of(invoice_id, at)
         if issued.kind == "topup":
             wallet = self.wallets.as_of(issued.subscription_id, at)
             amount = next(topup.amount for topup in wallet.topups if topup.invoice_id == invoice_id)
@@ -597,13 +601,11 @@ class Ledger:
         charged, from its wallets by priority; DEBIT_SAVE customers' debits and charges in one save.
         Returns the entries read. A pass cut short (a crash, a race) is read again and charges
         nothing twice: each customer's charges know the position they reached."""
-        with self.database.transaction() as cursor:
-            row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (DEBITS,)).one()
         paying = self.documents.tenants_with("wallets")
         if not paying:  # no wallet anywhere: nothing to read (a customer's next usage prices its whole period)
-            self._debited_through(self.usage.last_position())
+            advance_position(self.database, DEBITS, self.usage.last_position())
             return 0
-        entries = self.usage.entries(int(row[0]) if row else 0, limit)
+        entries = self.usage.entries(positions(self.database, [DEBITS])[0], limit)
         if not entries:
             return 0
         through, now = entries[-1].position, self.now()
@@ -617,14 +619,9 @@ class Ledger:
                 changed = self._charge(UUID(tenant), chunk, through, now)
                 if changed:  # a pooled wallet is read again by the next chunk, after this one saved it
                     self.wallets.save(*changed, *self._auto_topups(changed, now))
-        self._debited_through(through)
+        advance_position(self.database, DEBITS, through)
         self.runner.catch_up()
         return len(entries)
-
-    def _debited_through(self, position: int) -> None:
-        with self.database.transaction(write=True) as cursor:
-            if position > lock_position(cursor, DEBITS):
-                save_position(cursor, DEBITS, position)
 
     def _charge(self, tenant_id: UUID, moments: dict[str, set[datetime]], through: int, now: datetime) -> list[Any]:
         """These customers' charges and the wallets they debit for their usage up to `through` (unsaved)."""
@@ -854,8 +851,7 @@ class Ledger:
         """The domain events of every tenant after position `after`, in order, at most `limit`, as the
         relay publishes them (up to what the audit trail has applied: it knows each one's tenant)."""
         self.runner.catch_up()
-        with self.database.transaction() as cursor:
-            top = audit.applied(cursor)
+        top = positions(self.database, [audit.NAME])[0]
         notifications = self.tenants.recorder.select_notifications(start=after + 1, limit=limit, stop=top)
         events = [(notification.id, self.tenants.mapper.to_domain_event(notification))
                   for notification in notifications]

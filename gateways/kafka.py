@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from projections.store import Database
+from projections.store import Database, positions
 from projections.usage_log import Entry, UsageLog
 from projections.usage_readings import (
     PARTITIONS,
@@ -54,11 +54,7 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
 
 def applied(database: Database, partitions: int = PARTITIONS) -> list[int]:
     """The log position each partition's consumer has applied."""
-    names = [position_name(p) for p in range(partitions)]
-    with database.transaction() as cursor:
-        found = dict(cursor.execute(
-            f"SELECT name, position FROM tally_positions WHERE name IN ({','.join('?' * partitions)})", names).all())
-    return [int(found.get(name, 0)) for name in names]
+    return positions(database, [position_name(p) for p in range(partitions)])
 
 
 class Relay:

@@ -30,7 +30,14 @@ from aiokafka.errors import KafkaError
 
 from gateways.kafka import Relay, pause
 from projections import audit
-from projections.store import Cursor, Database, lock_position, save_position
+from projections.store import (
+    Cursor,
+    Database,
+    advance_position,
+    lock_position,
+    positions,
+    save_position,
+)
 
 LEDGER_TOPIC, ALERTS_TOPIC = "tally.ledger", "tally.alerts"
 TOPICS = {LEDGER_TOPIC: 1, ALERTS_TOPIC: 1}
@@ -62,12 +69,12 @@ class LedgerRelay(Relay):
 
     def _resume_at(self) -> int:
         low = self._lowest()
-        return low if low is not None else _positions(self.ledger.database, [MARK])[0]
+        return low if low is not None else positions(self.ledger.database, [MARK])[0]
 
     def _lowest(self) -> int | None:
         if not self.consumers:
             return None  # nobody to watch: what the broker acknowledged is all there is to go by
-        return min(_positions(self.ledger.database, [consumer_position(name) for name in self.consumers]))
+        return min(positions(self.ledger.database, [consumer_position(name) for name in self.consumers]))
 
     def _read(self, after: int) -> list[audit.Envelope]:
         return self.ledger.ledger_events(after, BATCH)
@@ -92,20 +99,7 @@ class LedgerRelay(Relay):
             await send(ALERTS_TOPIC, b"", b"mark", last)
         await asyncio.gather(*sends)
         self.sent = last
-        await asyncio.to_thread(_save_mark, self.ledger.database, last)
-
-
-def _positions(database: Database, names: list[str]) -> list[int]:
-    with database.transaction() as cursor:
-        found = dict(cursor.execute(
-            f"SELECT name, position FROM tally_positions WHERE name IN ({','.join('?' * len(names))})", names).all())
-    return [int(found.get(name, 0)) for name in names]
-
-
-def _save_mark(database: Database, position: int) -> None:
-    with database.transaction(write=True) as cursor:
-        if position > lock_position(cursor, MARK):
-            save_position(cursor, MARK, position)
+        await asyncio.to_thread(advance_position, self.ledger.database, MARK, last)
 
 
 async def consume(bootstrap: str, database: Database, name: str, handle: Callable[[Cursor, audit.Envelope], None],

@@ -159,10 +159,16 @@ def _batch(pa: Any, schema: Any, columns: Columns, rows: list[tuple], first: int
     for index, (name, kind) in enumerate(columns):
         values = [row[index] for row in rows]
         if kind == "decimal":
-            for n, value in enumerate(values):
-                if value is not None and -Decimal(value).as_tuple().exponent > SCALE:  # type: ignore[operator]
-                    raise ExportError(f"row {first + n + 1}, {name}: {_text(value)} has more than {SCALE} decimal places "
-                                      "and cannot be written exactly as decimal128(38, 18)")
-            values = [None if value is None else Decimal(value) for value in values]
+            values = _exact(name, values, first)
         arrays.append(pa.array(values, type=schema.field(name).type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _exact(name: str, values: list[Any], first: int) -> list[Decimal | None]:
+    """The column's amounts as plain Decimals; ExportError naming the first that decimal128(38, 18)
+    cannot hold exactly."""
+    for n, value in enumerate(values):
+        if value is not None and -Decimal(value).as_tuple().exponent > SCALE:  # type: ignore[operator]
+            raise ExportError(f"row {first + n + 1}, {name}: {_text(value)} has more than {SCALE} decimal places "
+                              "and cannot be written exactly as decimal128(38, 18)")
+    return [None if value is None else Decimal(value) for value in values]

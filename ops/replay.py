@@ -17,14 +17,14 @@ from api.ledger import Ledger
 from projections import audit
 from projections.drivers.inprocess import CONTEXT, UsageRunner
 from projections.drivers.inprocess import NAME as DOCUMENTS
-from projections.store import Database, lock_position, save_position
+from projections.store import Database, lock_position, positions, save_position
 from projections.usage_log import UsageLog
 from projections.usage_readings import PARTITIONS, position_name
 
-USAGE, SNAPSHOTS = "usage", "snapshots"
+AUDIT, USAGE, SNAPSHOTS = audit.NAME, "usage", "snapshots"
 REPLAY_BATCH = 5_000  # notifications a replay applies in one transaction
 USAGE_REPLAY_BATCH = 100_000  # usage-log entries (measured: 143K entries/s against 116K at 20,000)
-MODELS = (DOCUMENTS, audit.NAME, USAGE, SNAPSHOTS)
+MODELS = (DOCUMENTS, AUDIT, USAGE, SNAPSHOTS)
 Progress = Callable[[str, int, int], None]  # model, position reached, last position
 
 
@@ -63,7 +63,7 @@ def _replay(ledger: Ledger, models: Collection[str], from_scratch: bool, progres
         if usage is not None:
             progress(USAGE, _lowest(ledger, [USAGE]), usage_last)
 
-    store_models = [name for name in (DOCUMENTS, audit.NAME) if name in models]
+    store_models = [name for name in (DOCUMENTS, AUDIT) if name in models]
     if store_models:
         last = ledger.events_recorded()
         started, before = time.perf_counter(), _lowest(ledger, store_models)
@@ -112,14 +112,11 @@ def _replay_usage(views_url: str, usage_url: str, distributed: bool) -> None:
 
 def _lowest(ledger: Ledger, names: list[str]) -> int:
     """The lowest position these models have applied."""
-    rows = ledger.database.query(f"SELECT name, position FROM tally_positions WHERE name IN "  # noqa: S608
-                                 f"({','.join('?' * len(names))})", names)
-    found = dict(rows)
-    return min(int(found.get(name, 0)) for name in names)
+    return min(positions(ledger.database, names))
 
 
-TABLES = {DOCUMENTS: "tally_documents", audit.NAME: "tally_audit", USAGE: "tally_usage_readings"}
-DEFAULT = (DOCUMENTS, audit.NAME, USAGE)  # what a replay with no --model catches up (snapshots never lag)
+TABLES = {DOCUMENTS: "tally_documents", AUDIT: "tally_audit", USAGE: "tally_usage_readings"}
+DEFAULT = (DOCUMENTS, AUDIT, USAGE)  # what a replay with no --model catches up (snapshots never lag)
 
 
 def _rows(ledger: Ledger, model: str) -> int:

@@ -28,7 +28,7 @@ from domain.money import encode_hook
 from projections import audit, usage_readings
 from projections.drivers.inprocess import NAME as DOCUMENTS
 from projections.drivers.inprocess import DocumentModel, Runner, UsageRunner
-from projections.store import SCHEMA, Database
+from projections.store import SCHEMA, Database, positions
 
 PAGE = 1_000
 _encode = msgspec.json.Encoder(enc_hook=encode_hook).encode
@@ -86,11 +86,10 @@ def verify(ledger: Ledger, progress: Progress = lambda step, done, of: None) -> 
 
 def _bounds(ledger: Ledger) -> dict[str, int]:
     """The position each live model has applied (the usage model: its lowest partition's, distributed)."""
-    rows = dict(ledger.database.query("SELECT name, position FROM tally_positions"))
     usage = [usage_readings.position_name(p) for p in range(usage_readings.PARTITIONS)] if ledger.distributed else [
         usage_readings.IN_PROCESS]
-    return {DOCUMENTS: int(rows.get(DOCUMENTS, 0)), audit.NAME: int(rows.get(audit.NAME, 0)),
-            usage_readings.IN_PROCESS: min(int(rows.get(name, 0)) for name in usage)}
+    documents_at, audit_at, *usage_at = positions(ledger.database, [DOCUMENTS, audit.NAME, *usage])
+    return {DOCUMENTS: documents_at, audit.NAME: audit_at, usage_readings.IN_PROCESS: min(usage_at)}
 
 
 def _rebuild(ledger: Ledger, scratch: Database, bounds: dict[str, int], progress: Progress) -> None:

@@ -213,12 +213,6 @@ def streams(cursor: Cursor, stream_ids: Collection[str]) -> dict[str, tuple[str,
     return {stream: (tenant_id, customer_) for stream, tenant_id, customer_ in rows}
 
 
-def applied(cursor: Cursor) -> int:
-    """The notification position the audit trail has applied."""
-    row = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (NAME,)).one()
-    return int(row[0]) if row else 0
-
-
 def envelope(position: int, event: Any, tenant_id: str, customer_: str | None) -> Envelope:
     kind = event_type(type(event))
     return Envelope(
@@ -262,6 +256,7 @@ def _wire(hint: Any) -> Any:
     return hint
 
 
+@functools.cache
 def data_type(event_class: type) -> type[msgspec.Struct]:
     """A msgspec type of the event's `data`: decoding a published `data` with it checks it."""
     return msgspec.defstruct(event_type(event_class).replace(".", "_"),
@@ -269,10 +264,15 @@ def data_type(event_class: type) -> type[msgspec.Struct]:
                              forbid_unknown_fields=True, kw_only=True)
 
 
+@functools.cache
+def _by_type() -> dict[str, type]:
+    return {event_type(cls): cls for cls in event_classes()}
+
+
 def check(message: bytes) -> Envelope:
     """Decode a published envelope and check its `data` against its type's schema (ValueError if not)."""
     found = msgspec.json.decode(message, type=Envelope)
-    classes = {event_type(cls): cls for cls in event_classes()}
+    classes = _by_type()
     if found.type not in classes and found.type not in ALERTS.values():
         raise ValueError(f"unknown type {found.type!r}")
     source = found.type if found.type in classes else next(k for k, v in ALERTS.items() if v == found.type)

@@ -130,6 +130,8 @@ class Database:
         self.local.relaxed = True
         if not self.postgres:
             connection = self._sqlite()
+            before = [(name, connection.execute(f"PRAGMA {name}").fetchone()[0])
+                      for name in ("synchronous", "cache_size")]
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(f"PRAGMA cache_size = -{cache_mib * 1024}")
         try:
@@ -137,8 +139,8 @@ class Database:
         finally:
             self.local.relaxed = False
             if not self.postgres:
-                connection.execute("PRAGMA synchronous=FULL" if self.durable else "PRAGMA synchronous=NORMAL")
-                connection.execute("PRAGMA cache_size = -2000")
+                for name, value in before:  # as they were
+                    connection.execute(f"PRAGMA {name} = {value}")
 
     @contextmanager
     def transaction(self, write: bool = False) -> Iterator[Cursor]:
@@ -246,4 +248,18 @@ def lock_position(cursor: Cursor, name: str) -> int:
 
 def save_position(cursor: Cursor, name: str, position: int) -> None:
     cursor.execute("UPDATE tally_positions SET position = ? WHERE name = ?", (position, name))
+
+
+def positions(database: Database, names: Sequence[str]) -> list[int]:
+    """The position each of `names` has applied (0: none yet), in one read, without locking."""
+    found = dict(database.query(f"SELECT name, position FROM tally_positions WHERE name IN "  # noqa: S608
+                                f"({','.join('?' * len(names))})", list(names)))
+    return [int(found.get(name, 0)) for name in names]
+
+
+def advance_position(database: Database, name: str, position: int) -> None:
+    """Move `name` on to `position`, never back (a slower writer's older position is not kept)."""
+    with database.transaction(write=True) as cursor:
+        if position > lock_position(cursor, name):
+            save_position(cursor, name, position)
 

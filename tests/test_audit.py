@@ -165,9 +165,8 @@ def _tamper_snapshot(ledger, wallet_id) -> None:
 def test_verify_recomputes_each_finalized_invoice_byte_for_byte(admin, ledger):
     books = month_of_business(admin, ledger)
     finalized = [i for i in books["invoices"] if i["status"] in ("finalized", "paid")]
-    assert len([ledger.recomputed(private_id("invoices", i["id"])) for i in finalized]) == 4
-    assert all(recorded == again for recorded, again in (ledger.recomputed(private_id("invoices", i["id"]))
-                                                         for i in finalized))
+    pairs = [ledger.recomputed(private_id("invoices", i["id"])) for i in finalized]
+    assert len(pairs) == 4 and all(recorded == again for recorded, again in pairs)
     # Given a finalized invoice whose recorded amount is not what its inputs give (history rewritten)
     closing = next(i for i in books["invoices"] if i["kind"] == "closing")
     _rewrite_total(ledger, private_id("invoices", closing["id"]), closing["total"])

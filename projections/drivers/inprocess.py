@@ -16,7 +16,7 @@ from typing import Any
 
 from projections import catalogue, documents, usage_readings
 from projections.audit import AuditTrail
-from projections.store import Database, lock_position, save_position
+from projections.store import Database, lock_position, positions, save_position
 from projections.usage_log import UsageLog
 from projections.views import Document
 
@@ -105,26 +105,24 @@ class Runner:
         documents change only with the positions, so unchanged positions mean unchanged documents).
         So another writer of the read models (a usage replay) works while this one computes. The
         position it reached (None: nothing to apply)."""
-        found = dict(self.database.query(f"SELECT name, position FROM tally_positions WHERE name IN "  # noqa: S608
-                                         f"({','.join('?' * len(self.models))})", [m.name for m in self.models]))
-        positions = [int(found.get(model.name, 0)) for model in self.models]
-        self._low = min(positions)
+        applied = positions(self.database, [model.name for model in self.models])
+        self._low = min(applied)
         notifications = self.recorder.select_notifications(start=self._low + 1, limit=size, stop=until)
         if not notifications:
             return None
         with self.database.transaction() as cursor:
             for notification in notifications:
                 event = self.mapper.to_domain_event(notification)
-                for model, position in zip(self.models, positions, strict=True):
+                for model, position in zip(self.models, applied, strict=True):
                     if notification.id > position:
                         model.apply(cursor, notification.id, event)
         last = notifications[-1].id
         with self.database.transaction(write=True) as cursor:
-            if [lock_position(cursor, model.name) for model in self.models] != positions:
+            if [lock_position(cursor, model.name) for model in self.models] != applied:
                 for model in self.models:
                     model.discard()
                 return 0  # another runner applied some meanwhile
-            for model, position in zip(self.models, positions, strict=True):
+            for model, position in zip(self.models, applied, strict=True):
                 model.flush(cursor)
                 save_position(cursor, model.name, max(position, last))
         return last
@@ -141,8 +139,7 @@ class Runner:
 
     def applied(self) -> int:
         """The notification position the documents have applied."""
-        rows = self.database.query("SELECT position FROM tally_positions WHERE name = ?", (NAME,))
-        return int(rows[0][0]) if rows else 0
+        return positions(self.database, [NAME])[0]
 
 
 class UsageRunner:
@@ -162,9 +159,7 @@ class UsageRunner:
         there in between (read again)."""
         with self.lock:
             while True:
-                rows = self.database.query("SELECT position FROM tally_positions WHERE name = ?",
-                                           (usage_readings.IN_PROCESS,))
-                position = int(rows[0][0]) if rows else 0
+                position = positions(self.database, [usage_readings.IN_PROCESS])[0]
                 entries = self.log.entries(position, batch or self.BATCH)
                 if until is not None:
                     entries = [entry for entry in entries if entry.position <= until]
