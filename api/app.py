@@ -60,7 +60,7 @@ def _following(ledger: Ledger, follow: bool) -> Callable[[Starlette], AbstractAs
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if follow:
             ledger.follow_usage()
-        ledger.counters.start()
+        ledger.watch()
         yield
 
     return lifespan

@@ -48,6 +48,7 @@ from domain.tenants import Tenants
 from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
 from projections import audit, usage_readings, wallets
+from projections.board import Board
 from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
@@ -137,9 +138,13 @@ class Ledger:
             self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
             self.subscriptions, self.invoicing, self.wallets = Subscriptions(env), Invoicing(env), Wallets(env)
             self.database.migrate(SCHEMA + usage_readings.SCHEMA + audit.SCHEMA)
-            self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url))
+            # the embedded store's processes share the positions a check reads in memory (projections/board.py)
+            self.board = None if self.database.postgres else Board(Path(f"{self.database.path}-positions"))
+            self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url), self.board)
         self.documents = Documents(self.database)
-        self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database)
+        self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database, board=self.board)
+        if self.board is not None:
+            self.board.follow({inprocess.NAME: self.runner.stored, "usage": self.usage.last_position})
         self.runner.catch_up()
         self.distributed = distributed
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
@@ -174,6 +179,13 @@ class Ledger:
     def now(self) -> datetime:
         """The ledger's clock (the subscriptions' clock, which tests stop)."""
         return self.subscriptions.clock()
+
+    def watch(self) -> None:
+        """While serving: the entitlement counters follow the usage log in the background, and the
+        positions board is set from the store now and then (a check reads both, not the store)."""
+        self.counters.start()
+        if self.board is not None:
+            self.board.start()
 
     def follow_usage(self) -> None:
         """Keep the usage read model up to date beside this server (embedded, or PostgreSQL without
@@ -887,3 +899,5 @@ class Ledger:
         if self.usage.database is not self.database:
             self.usage.database.close()
         self.database.close()
+        if self.board is not None:
+            self.board.close()

@@ -1,7 +1,8 @@
 """Values read from aggregates, kept in memory until one of those aggregates records an event.
 
 The event store's notification log says what changed, so a command served by another process
-counts too: each read first looks at how far the documents have applied the log (one small query)
+counts too: each read first looks at how far the documents have applied the log (in shared memory
+on the embedded store, projections/board.py; one small query on PostgreSQL)
 and, when that moved, at the new notifications of the watched kinds of aggregate. Following the log
 only as far as the documents have applied it, a value read from the documents is never kept past a
 change they did not show yet. A value is dropped when an aggregate it

@@ -1,5 +1,6 @@
 """Entitlement counters: each watched customer's use of a meter in a reset window, kept in memory
-and brought up to date from the usage log at every read, so a check costs one small query.
+and brought up to date from the usage log at every read: a check reads where the log ends (from
+shared memory on the embedded store, projections/board.py) and, only when it moved, its own entries.
 
 A counter starts from the customer's readings (the read model plus the log's tail: `fresh`) up to
 the position its customer's entries are counted to, then adds each later log entry of its customer,
@@ -32,7 +33,7 @@ from projections.usage_log import UsageLog
 
 FOLLOW_SECONDS = 0.005  # the background follower's pause between looks at the log
 FOLLOW_CHUNK = 100  # entries added under the lock at once
-SCAN_LIMIT = 300  # a check reads its own customer's entries when the follower is at most this far behind
+SCAN_LIMIT = 5_000  # a check reads its own customer's entries when the follower is at most this far behind
 FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops the counters instead
 WATCH_LIMIT = 100_000  # customers with counters in one process
 Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
@@ -136,9 +137,9 @@ class UsageCounters:
         if watched is None:
             if len(self._watched) >= WATCH_LIMIT:
                 self._watched.clear()
-            watched = self._watched[tenant, customer] = _Watched(self.log.last_position())
+            watched = self._watched[tenant, customer] = _Watched(self.log.published())
             return watched  # nothing counted yet: its counters start from its readings up to here
-        last = self.log.database.query("SELECT max(position) FROM tally_usage")[0][0] or 0
+        last = self.log.published()
         if last - self._position > SCAN_LIMIT:  # the follower is behind: catch everyone up once, here
             self._add(self._rows_after(self._position))
         if last > watched.through:
@@ -152,6 +153,8 @@ class UsageCounters:
         """Add the log's entries after the position followed to the watched customers' counters (the
         entries a check has counted already skipped), a chunk at a time: a check waits for a chunk
         at most, not for a batch."""
+        if self.log.published() <= self._position:
+            return
         rows = self._rows_after(self._position)
         if len(rows) == FOLLOW_LIMIT:
             with self._lock:

@@ -16,6 +16,7 @@ from typing import Any
 
 from projections import catalogue, documents, usage_readings
 from projections.audit import AuditTrail
+from projections.board import Board
 from projections.store import Database, lock_position, positions, save_position
 from projections.usage_log import UsageLog
 from projections.views import Document
@@ -71,11 +72,12 @@ class Runner:
     catches up while the others skip what they have applied."""
 
     def __init__(self, recorder: Any, mapper: Any, database: Database, models: tuple[Any, ...] | None = None,
-                 batch: int = BATCH) -> None:
+                 batch: int = BATCH, board: Board | None = None) -> None:
         """`models`: each with a `name` (its position's), `tables`, `apply(cursor, position, event)`,
         `flush(cursor)` (a batch's end) and `discard()` (a batch that failed); `batch`: notifications
-        a transaction applies."""
-        self.recorder, self.mapper, self.database = recorder, mapper, database
+        a transaction applies; `board`: where the documents' position is published after each commit
+        (the embedded store; a runner with a board keeps the documents)."""
+        self.recorder, self.mapper, self.database, self.board = recorder, mapper, database, board
         self.models = models if models is not None else (DocumentModel(), AuditTrail())
         self.batch = batch
         self.lock = threading.Lock()
@@ -125,6 +127,8 @@ class Runner:
             for model, position in zip(self.models, applied, strict=True):
                 model.flush(cursor)
                 save_position(cursor, model.name, max(position, last))
+        if self.board is not None:
+            self.board.publish(NAME, last)
         return last
 
     def clear(self, names: Collection[str]) -> None:
@@ -136,9 +140,16 @@ class Runner:
                     for table in model.tables:
                         cursor.execute(f"DELETE FROM {table}")  # noqa: S608 (a name of ours)
                     save_position(cursor, model.name, 0)
+        if self.board is not None:
+            self.board.sync()  # set back
 
     def applied(self) -> int:
-        """The notification position the documents have applied."""
+        """The notification position the documents have applied: from the board when there is one
+        (no query), else from the store."""
+        return self.board.get(NAME) if self.board is not None else self.stored()
+
+    def stored(self) -> int:
+        """The notification position the documents have applied, as the store holds it."""
         return positions(self.database, [NAME])[0]
 
 

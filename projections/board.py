@@ -1,0 +1,110 @@
+"""Positions shared in memory by the processes of one embedded store.
+
+A check must count everything acknowledged before it: so, before each answer, it used to ask the
+database how far the documents have applied the notification log and where the usage log ends (three
+small queries a check, measured at a third of its CPU in `tally serve`). On the embedded store every
+writer is a process of this machine, so each one publishes those positions here, in a small file
+mapped into memory, right after its commit and before it acknowledges anything; a check reads them
+from memory.
+
+What keeps it true:
+- a publish keeps the greater value (a slower writer never takes it back);
+- `sync` sets each value to the database's own, under the same lock (so it is never below a value
+  published: a publish follows its commit). It runs when a process opens the board (a board left by
+  an older store, or a writer that died between its commit and its publish, is put right) and then
+  in the background (`start`), for a position set back (a rebuild) or a writer that never
+  published (one that died before it could);
+- a value is written twice, so a read that meets a write half done reads again.
+
+PostgreSQL servers may run on several machines: there the positions are read from the database.
+"""
+
+import fcntl
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+SLOTS = ("documents", "usage")  # the notification position the documents applied; the usage log's last
+SYNC_SECONDS = 0.05
+_SLOT = struct.Struct("<qq")  # the value, twice
+_TRIES = 100_000  # reads meeting a write half done, at most: more is a damaged board
+_SIZE = 4096
+
+
+class Board:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock = threading.Lock()  # flock excludes other processes, not this one's threads
+        with self._locked():
+            if os.fstat(self._fd).st_size < _SIZE:
+                os.ftruncate(self._fd, _SIZE)
+        self._memory = mmap.mmap(self._fd, _SIZE)
+        self._offsets = {name: index * _SLOT.size for index, name in enumerate(SLOTS)}
+        self._sources: Mapping[str, Callable[[], int]] = {}
+        self._stopped, self._syncer = threading.Event(), None
+
+    def get(self, name: str) -> int:
+        offset = self._offsets[name]
+        for _ in range(_TRIES):
+            value, again = _SLOT.unpack_from(self._memory, offset)
+            if value == again:
+                return value
+        raise RuntimeError(f"the positions board {self.path} is damaged (`sync` writes it afresh)")
+
+    def publish(self, name: str, position: int) -> None:
+        """`position` is committed: raise the value to it (never lower it)."""
+        with self._locked():
+            if position > self.get(name):
+                self._write(name, position)
+
+    def follow(self, sources: Mapping[str, Callable[[], int]]) -> None:
+        """Read each value from the database (`sources[name]()`, the truth) now, and at every `sync`."""
+        self._sources = sources
+        self.sync()
+
+    def sync(self) -> None:
+        with self._locked():
+            for name, read in self._sources.items():
+                self._write(name, read())
+
+    def start(self, every: float = SYNC_SECONDS) -> None:
+        """Sync in a background thread too, until `stop`."""
+        def run() -> None:
+            while not self._stopped.wait(every):
+                try:
+                    self.sync()
+                except Exception:  # noqa: S112 (the store is away for a moment: the next round retries)
+                    continue
+
+        if self._syncer is None:
+            self._stopped.clear()
+            self._syncer = threading.Thread(target=run, name="positions-board", daemon=True)
+            self._syncer.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._syncer is not None:
+            self._syncer.join(5)
+            self._syncer = None
+
+    def close(self) -> None:
+        self.stop()
+        self._memory.close()
+        os.close(self._fd)
+
+    def _write(self, name: str, position: int) -> None:
+        _SLOT.pack_into(self._memory, self._offsets[name], position, position)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
