@@ -29,6 +29,7 @@ from projections.documents import first_tenant
 from projections.views import private_id, public_id
 
 CLI = Actor("system:cli")
+SWITCH_SECONDS = 0.001
 
 
 def bootstrap(ledger: Ledger, api_key: str | None) -> None:
@@ -123,6 +124,9 @@ def _run_api(ledger: Ledger, listening: socket.socket, follow: bool) -> None:
 
     server = uvicorn.Server(uvicorn.Config(create_app(ledger, follow=follow), http=OneWriteProtocol,
                                            log_level="warning", access_log=False))
+    # a background thread (a batch's rows, the counters' follower) holding the GIL keeps the event loop
+    # waiting for at most this long, not Python's 5 ms (measured: a check's p99 under ingest ~25 % lower)
+    sys.setswitchinterval(SWITCH_SECONDS)
     gc.collect()
     gc.freeze()  # what start-up made lives as long as the process: later collections need not scan it
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shut down gracefully, then re-raised it
