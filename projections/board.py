@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from projections.background import Repeating
+
 SLOTS = ("documents", "usage")  # the notification position the documents applied; the usage log's last
 SYNC_SECONDS = 0.05
 _SLOT = struct.Struct("<qq")  # the value, twice
@@ -46,7 +48,7 @@ class Board:
         self._memory = mmap.mmap(self._fd, _SIZE)
         self._offsets = {name: index * _SLOT.size for index, name in enumerate(SLOTS)}
         self._sources: Mapping[str, Callable[[], int]] = {}
-        self._stopped, self._syncer = threading.Event(), None
+        self._syncer = Repeating("positions-board", self.sync)
 
     def get(self, name: str) -> int:
         offset = self._offsets[name]
@@ -74,23 +76,10 @@ class Board:
 
     def start(self, every: float = SYNC_SECONDS) -> None:
         """Sync in a background thread too, until `stop`."""
-        def run() -> None:
-            while not self._stopped.wait(every):
-                try:
-                    self.sync()
-                except Exception:  # noqa: S112 (the store is away for a moment: the next round retries)
-                    continue
-
-        if self._syncer is None:
-            self._stopped.clear()
-            self._syncer = threading.Thread(target=run, name="positions-board", daemon=True)
-            self._syncer.start()
+        self._syncer.start(every)
 
     def stop(self) -> None:
-        self._stopped.set()
-        if self._syncer is not None:
-            self._syncer.join(5)
-            self._syncer = None
+        self._syncer.stop()
 
     def close(self) -> None:
         self.stop()

@@ -8,11 +8,8 @@ from there, so a crash between the two is repaired by the next catch-up (nothing
 SQL is written once with `?` placeholders; on PostgreSQL they become `%s`.
 """
 
-import contextlib
 import fcntl
-import os
 import sqlite3
-import sys
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
@@ -258,16 +255,6 @@ def positions(database: Database, names: Sequence[str]) -> list[int]:
     found = dict(database.query(f"SELECT name, position FROM tally_positions WHERE name IN "  # noqa: S608
                                 f"({','.join('?' * len(names))})", list(names)))
     return [int(found.get(name, 0)) for name in names]
-
-
-def background_priority(niceness: int) -> None:
-    """Lower the calling thread's CPU priority by `niceness` (Linux gives each thread its own nice
-    value), so the threads answering requests win the cores when they are contended. Elsewhere, or
-    when not allowed: nothing."""
-    if sys.platform.startswith("linux"):
-        thread = threading.get_native_id()
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
 
 
 def advance_position(database: Database, name: str, position: int) -> None:

@@ -19,7 +19,6 @@ same long stretch costs more). Memory is bounded: past WATCH_LIMIT customers, al
 dropped and counted afresh as checks come.
 """
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,18 +28,20 @@ import msgspec
 
 from domain.meter import MeterSpec
 from domain.metering import Reading, Running, matches
+from projections.background import Repeating
 from projections.usage_log import UsageLog
 
 FOLLOW_SECONDS = 0.005  # the background follower's pause between looks at the log
 FOLLOW_CHUNK = 100  # entries added under the lock at once
-SCAN_LIMIT = 5_000  # a check reads its own customer's entries when the follower is at most this far behind
+# a check reads its own customer's entries when the follower is at most this far behind (a few batches: with 300,
+# a check right after a batch of 1,000 added everybody's entries itself, holding up the requests behind it)
+SCAN_LIMIT = 5_000
 FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops the counters instead
 WATCH_LIMIT = 100_000  # customers with counters in one process
 Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
 ReadingsOf = Callable[[str, str, MeterSpec, int, int], list[Reading]]  # tenant, customer, meter, start, end
 _properties = msgspec.json.Decoder(dict)
 _BARE: dict = {}
-log = logging.getLogger("tally.projections")
 
 
 class _Watched:
@@ -85,7 +86,7 @@ class UsageCounters:
         self._lock = threading.Lock()
         self._position = log.last_position()
         self._watched: dict[tuple[str, str], _Watched] = {}
-        self._stopped, self._follower = threading.Event(), None
+        self._follower = Repeating("usage-counters", self.follow)
         unindexed = "" if log.database.postgres else "+"  # SQLite: scan the position range, not the customer's rows
         self._own = ("SELECT position, event_name, timestamp_us, event_id, properties, kind FROM tally_usage "
                      f"WHERE position > ? AND position <= ? AND {unindexed}tenant_id = ? AND {unindexed}customer = ? "
@@ -93,22 +94,10 @@ class UsageCounters:
 
     def start(self, every: float = FOLLOW_SECONDS) -> None:
         """Follow the log in a background thread too, until `stop`."""
-        def run() -> None:
-            while not self._stopped.wait(every):
-                try:
-                    self.follow()
-                except Exception:  # the store is away for a moment: the next round (or check) retries
-                    log.exception("usage counters: following the log failed; retrying")
-                    self._stopped.wait(1)
-
-        self._stopped.clear()
-        self._follower = threading.Thread(target=run, name="usage-counters", daemon=True)
-        self._follower.start()
+        self._follower.start(every)
 
     def stop(self) -> None:
-        self._stopped.set()
-        if self._follower is not None:
-            self._follower.join(5)
+        self._follower.stop()
 
     def used(self, tenant: str, customer: str, meter: MeterSpec, start_us: int, end_us: int) -> Decimal:
         """The meter's value over [start_us, end_us) for the customer, counting every event logged."""

@@ -25,8 +25,9 @@ import msgspec
 
 from domain.money import encode_hook
 from domain.usage import UsageEvent
+from projections.background import background_priority
 from projections.board import Board
-from projections.store import Cursor, Database, background_priority
+from projections.store import Cursor, Database
 
 COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
 SCHEMA = (

@@ -1,0 +1,49 @@
+"""Work done beside the requests: a thread repeating a task, and a lower CPU priority for such a thread."""
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("tally.projections")
+
+
+class Repeating:
+    """`work()` in a daemon thread every `every` seconds, from `start` until `stop`; a failure (the
+    store away for a moment) is logged and retried a second later."""
+
+    def __init__(self, name: str, work: Callable[[], None]) -> None:
+        self.name, self.work = name, work
+        self._stopped, self._thread = threading.Event(), None
+
+    def start(self, every: float) -> None:
+        def run() -> None:
+            while not self._stopped.wait(every):
+                try:
+                    self.work()
+                except Exception:
+                    log.exception("%s failed; retrying", self.name)
+                    self._stopped.wait(1)
+
+        if self._thread is None:
+            self._stopped.clear()
+            self._thread = threading.Thread(target=run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+
+def background_priority(niceness: int) -> None:
+    """Lower the calling thread's CPU priority by `niceness` (Linux gives each thread its own nice
+    value), so the threads answering requests win the cores when they are contended. Elsewhere, or
+    when not allowed: nothing."""
+    if sys.platform.startswith("linux"):
+        thread = threading.get_native_id()
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
