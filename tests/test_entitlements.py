@@ -3,14 +3,17 @@ windows, soft vs hard limits, boolean and config features, and usage counted the
 acknowledged."""
 
 import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
+import httpx
 import pytest
 from conftest import assert_problem, client, created
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cli import listeners, serving, tally_env
 
 from api.ledger import Ledger
 from domain.aggregate import Actor
@@ -19,6 +22,8 @@ from domain.meter import MeterSpec
 from domain.metering import Reading, Running, aggregate
 from domain.subscription import SubscriptionSpec
 from domain.usage import UsageEvent
+from ops.bench.entitlements import customer as bench_customer
+from ops.bench.entitlements import set_up_http
 from projections.usage_counters import SCAN_LIMIT
 from projections.views import private_id
 
@@ -314,6 +319,43 @@ def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_th
     ledger.counters.follow()
     assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == [
         str(80 + 10 * SCAN_LIMIT), str(9 + SCAN_LIMIT)]
+
+
+def test_across_serving_processes_a_check_counts_every_event_acknowledged_before_it(database_url, tmp_path):
+    """`tally serve` with TALLY_WORKERS=2, each request on a fresh connection (so the kernel hands it
+    to either process): 4 lanes each ingest 7 tokens, then check; every check counts at least every
+    event acknowledged before it began, whichever process took the event and whichever answers."""
+    env = tally_env(database_url, TALLY_API_KEY="freshness-test-admin-key", TALLY_WORKERS="2")
+    with serving(env, tmp_path) as server:
+        port = int(server.base_url.rpartition(":")[2])
+        deadline = time.monotonic() + 30
+        while listeners(port) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert listeners(port) == 2
+        set_up_http(server.base_url, "freshness-test-admin-key", 1)
+        headers = {"Authorization": "Bearer freshness-test-admin-key"}
+        lock, acknowledged, wrong = threading.Lock(), [0], []
+
+        def run(lane: int) -> None:
+            for n in range(25):
+                event = {"event_id": f"lane-{lane}-{n}", "customer": bench_customer(0), "event_name": "llm",
+                         "timestamp": datetime.now(UTC).isoformat(), "properties": {"tokens": 7}}
+                assert httpx.post(f"{server.base_url}/v1/events", json=event, headers=headers).status_code == 202
+                with lock:
+                    acknowledged[0] += 1
+                    before = acknowledged[0]
+                found = httpx.post(f"{server.base_url}/v1/entitlements/check", headers=headers,
+                                   json={"customer": bench_customer(0), "feature_code": "ai"}).json()
+                if Decimal(found["used"]) < 7 * before:
+                    wrong.append((before, found["used"]))
+
+        lanes = [threading.Thread(target=run, args=(lane,)) for lane in range(4)]
+        for lane in lanes:
+            lane.start()
+        for lane in lanes:
+            lane.join()
+        assert wrong == []
+        assert acknowledged[0] == 100
 
 
 def test_another_server_s_changes_count_in_the_very_next_check(acme, ledger, database_url):
