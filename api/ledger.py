@@ -889,6 +889,8 @@ class Ledger:
 
     def close(self) -> None:
         self.counters.stop()
+        if self.board is not None:
+            self.board.stop()  # no sync while the stores close
         if self._follower is not None:
             self._follower.terminate()  # between transactions or inside one: either way nothing half-done stays
             self._follower.join(10)
