@@ -66,7 +66,7 @@ class Call:
         self.body: Any = None
         self.raw = b""  # the body as sent
         # the request's headers, read once (the first of a repeated name): a hot path reads three
-        self._headers = {name: value for name, value in reversed(request.scope["headers"])}
+        self._headers = dict(reversed(request.scope["headers"]))
 
     def header(self, name: bytes) -> str | None:
         """A request header by its lower-case name, or None."""
