@@ -18,7 +18,7 @@ from projections import catalogue, documents, usage_readings
 from projections.audit import AuditTrail
 from projections.board import Board
 from projections.store import Database, lock_position, positions, save_position
-from projections.usage_log import UsageLog
+from projections.usage_log import CHECKPOINT_PAGES, WRITER_CACHE_MIB, UsageLog
 from projections.views import Document
 
 NAME = "documents"
@@ -198,7 +198,12 @@ def follow(views_url: str, usage_url: str, changed: Any, parent: int) -> None:
     """The usage runner's loop, in a process of its own (see `spawn`): woken by the server's commits,
     polling for other processes'; it ends with the server."""
     os.nice(FOLLOWER_NICENESS)  # answers first: reads count the log's tail, so the model may trail a moment
-    runner = UsageRunner(UsageLog(Database(usage_url)), Database(views_url, durable=False))
+    views = Database(views_url, durable=False)
+    # like the usage log's writer: the readings' key takes rows all over its index, so a page cache
+    # keeps its pages and a checkpoint every 80 MiB of WAL writes a page many commits changed once
+    # (measured at 10,000 events/s: 0.22-0.24 -> 0.13-0.15 cores)
+    views.tune(WRITER_CACHE_MIB, CHECKPOINT_PAGES)
+    runner = UsageRunner(UsageLog(Database(usage_url)), views)
     while os.getppid() == parent:
         changed.wait(POLL_SECONDS)
         changed.clear()
