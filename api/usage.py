@@ -22,7 +22,7 @@ from api.http import JSON, Call, Deferred, Operation, decode_body, encoder
 from domain.codes import ExternalId
 from domain.money import decode_hook
 from domain.usage import EventBatch, EventId, UsageEvent, too_far_ahead
-from projections.usage_log import rows_of
+from projections.usage_log import Row, rows_of
 
 INGEST = frozenset({"admin", "ingest"})
 MAX_EVENTS = 10_000
@@ -31,7 +31,6 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 # here: with a float_hook, msgspec would also let a JSON number into an `Amount` field.
 decode_event = msgspec.json.Decoder(UsageEvent, dec_hook=decode_hook, float_hook=Decimal)
 
-INLINE_ROWS = 100  # a batch up to this many events is turned into rows on the event loop
 
 
 class _ValidBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -68,38 +67,31 @@ async def ingest_one(call: Call) -> Response:
     if too_far_ahead(event, now):
         error = _future_error(event)
         raise ApiError(422, f"timestamp: {error.message}", [error])
-    _, refused = await _open_periods(call, [(0, event)], now)
+    rows, refused = await run_in_threadpool(_admitted, call, [(0, event)], [], now)
     if refused:
         raise ApiError(422, f"timestamp: {refused[0].errors[0].message}", refused[0].errors)
-    accepted = await _record(call, [event], now)
+    accepted = await asyncio.wrap_future(call.ledger.usage.submit(rows))
     return Response(encoder.encode(Ingested(accepted, 1 - accepted)), 202, media_type=JSON)
-
-
-async def _record(call: Call, events: list[UsageEvent], now: datetime) -> int:
-    """Hand the events to the group commit; how many were new, once durable."""
-    rows = rows_of(str(call.tenant_id), events, now) if len(events) < INLINE_ROWS else await run_in_threadpool(
-        rows_of, str(call.tenant_id), events, now)  # a big batch's rows are made off the event loop: checks go on
-    return await asyncio.wrap_future(call.ledger.usage.submit(rows))
 
 
 async def ingest_batch(call: Call) -> Response:
     now = call.ledger.now()
-    indexed, rejected = await run_in_threadpool(_decode, call.raw, now)  # off the event loop, as its rows
-    events, refused = await _open_periods(call, indexed, now)
-    if refused:
-        rejected = sorted(rejected + refused, key=lambda r: r.index)
-    accepted = await _record(call, events, now)
-    answer = BatchIngested(accepted, len(events) - accepted, rejected)
+    rows, rejected = await run_in_threadpool(_admitted_batch, call, now)  # a thousand events: off the event loop
+    accepted = await asyncio.wrap_future(call.ledger.usage.submit(rows))
+    answer = BatchIngested(accepted, len(rows) - accepted, rejected)
     return Response(encoder.encode(answer), 202, media_type=JSON)
 
 
-async def _open_periods(call: Call, indexed: list[tuple[int, UsageEvent]],
-                        now: datetime) -> tuple[list[UsageEvent], list[Rejected]]:
-    """The events whose period is still open to usage, and the others, refused with the reason."""
+def _admitted_batch(call: Call, now: datetime) -> tuple[list[Row], list[Rejected]]:
+    return _admitted(call, *_decode(call.raw, now), now)
+
+
+def _admitted(call: Call, indexed: list[tuple[int, UsageEvent]], rejected: list[Rejected],
+              now: datetime) -> tuple[list[Row], list[Rejected]]:
+    """The log rows of the events whose period is still open to usage, and every event refused
+    (`rejected`, and those of a closed period, with the reason), by index."""
     customers = {event.customer for _, event in indexed}
-    cutoffs = await run_in_threadpool(call.ledger.usage_cutoffs, call.tenant_id, customers, now) if indexed else {}
-    if not cutoffs:
-        return [event for _, event in indexed], []
+    cutoffs = call.ledger.usage_cutoffs(call.tenant_id, customers, now) if indexed else {}
     events, refused = [], []
     for index, event in indexed:
         cutoff = cutoffs.get(event.customer)
@@ -109,7 +101,9 @@ async def _open_periods(call: Call, indexed: list[tuple[int, UsageEvent]],
                 f"since {cutoff.closed_at.isoformat()} (its grace period ended)"))]))
         else:
             events.append(event)
-    return events, refused
+    if refused:
+        rejected = sorted(rejected + refused, key=lambda r: r.index)
+    return rows_of(str(call.tenant_id), events, now), rejected
 
 
 def _decode(body: bytes, now: datetime) -> tuple[list[tuple[int, UsageEvent]], list[Rejected]]:
