@@ -14,7 +14,8 @@ What keeps it true:
   an older store, or a writer that died between its commit and its publish, is put right) and then
   in the background (`start`), for a position set back (a rebuild) or a writer that never
   published (one that died before it could);
-- a value is written twice, so a read that meets a write half done reads again.
+- a value is written as two 8-byte words, each copied whole; a read that finds them different (it
+  met a write half done) reads again.
 
 PostgreSQL servers may run on several machines: there the positions are read from the database.
 """
@@ -22,7 +23,6 @@ PostgreSQL servers may run on several machines: there the positions are read fro
 import fcntl
 import mmap
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,7 +32,6 @@ from projections.background import Repeating
 
 SLOTS = ("documents", "usage")  # the notification position the documents applied; the usage log's last
 SYNC_SECONDS = 0.05
-_SLOT = struct.Struct("<qq")  # the value, twice
 _TRIES = 100_000  # reads meeting a write half done, at most: more is a damaged board
 _SIZE = 4096
 
@@ -46,14 +45,17 @@ class Board:
             if os.fstat(self._fd).st_size < _SIZE:
                 os.ftruncate(self._fd, _SIZE)
         self._memory = mmap.mmap(self._fd, _SIZE)
-        self._offsets = {name: index * _SLOT.size for index, name in enumerate(SLOTS)}
+        # 8-byte words, each read and written by one aligned copy (so never seen half written); not
+        # `struct.pack_into`, which zeroes the bytes before it fills them
+        self._words = memoryview(self._memory).cast("q")
+        self._offsets = {name: 2 * index for index, name in enumerate(SLOTS)}  # a value is two words
         self._sources: Mapping[str, Callable[[], int]] = {}
         self._syncer = Repeating("positions-board", self.sync)
 
     def get(self, name: str) -> int:
-        offset = self._offsets[name]
+        first = self._offsets[name]
         for _ in range(_TRIES):
-            value, again = _SLOT.unpack_from(self._memory, offset)
+            value, again = self._words[first], self._words[first + 1]
             if value == again:
                 return value
         raise RuntimeError(f"the positions board {self.path} is damaged (`sync` writes it afresh)")
@@ -83,11 +85,14 @@ class Board:
 
     def close(self) -> None:
         self.stop()
+        self._words.release()
         self._memory.close()
         os.close(self._fd)
 
     def _write(self, name: str, position: int) -> None:
-        _SLOT.pack_into(self._memory, self._offsets[name], position, position)
+        first = self._offsets[name]
+        self._words[first] = position
+        self._words[first + 1] = position
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

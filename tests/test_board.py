@@ -15,7 +15,7 @@ from projections.board import Board
 from projections.drivers.inprocess import NAME
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
-WRITERS, EACH = 3, 3_000
+WRITERS, EACH = 3, 200_000  # enough writes that a reader meets many half done
 
 
 def _publish(path: str, first: int, start: "multiprocessing.synchronize.Event") -> None:
