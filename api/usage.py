@@ -32,7 +32,6 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 decode_event = msgspec.json.Decoder(UsageEvent, dec_hook=decode_hook, float_hook=Decimal)
 
 
-
 class _ValidBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     events: list[UsageEvent]
 

@@ -154,7 +154,7 @@ class AuditTrail:
             tenant_id = str(getattr(event, "tenant_id", None) or stream)  # a tenant's own stream is its id
             customer_ = _customer_of(event)
             self._new.append((stream, tenant_id, _kind(event), customer_, position))
-            self._remember(stream, (tenant_id, customer_))
+            self._streams[stream] = (tenant_id, customer_)
         else:
             tenant_id = self.stream(cursor, stream)[0]
         self._rows.append((tenant_id, position, stream, microseconds(event.timestamp)))
@@ -173,9 +173,6 @@ class AuditTrail:
     def discard(self) -> None:
         self._new, self._rows = [], []
 
-    def _remember(self, stream: str, owner: tuple[str, str | None]) -> None:
-        self._streams[stream] = owner
-
     def stream(self, cursor: Cursor, stream: str) -> tuple[str, str | None]:
         """The stream's tenant and customer."""
         found = self._streams.get(stream)
@@ -183,8 +180,7 @@ class AuditTrail:
             row = cursor.execute("SELECT tenant_id, customer FROM tally_streams WHERE stream_id = ?", (stream,)).one()
             if row is None:
                 raise LookupError(f"event of stream {stream} before the event that created it")
-            found = (row[0], row[1])
-            self._remember(stream, found)
+            found = self._streams[stream] = (row[0], row[1])
         return found
 
 

@@ -4,6 +4,7 @@ acknowledged."""
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
@@ -256,6 +257,25 @@ def test_a_wallet_gated_feature_is_denied_while_no_wallet_paying_for_it_has_cred
     assert check(prepaid, "ai")["reason"] == "wallet_empty"
 
 
+def in_lanes(count: int, run: Callable[[int], None]) -> None:
+    """`run(lane)` in `count` threads at once; once all have ended, the first failure of any is raised."""
+    failures: list[BaseException] = []
+
+    def lane(n: int) -> None:
+        try:
+            run(n)
+        except BaseException as error:  # noqa: BLE001 (raised again below, in the test's thread)
+            failures.append(error)
+
+    threads = [threading.Thread(target=lane, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
 def test_concurrent_ingest_then_check_never_over_allows(acme, ledger, base_url):
     """8 threads each ingest 10 tokens and at once check for 10 more, 15 times: every check counts at
     least every event acknowledged before it began, and allows only what the limit leaves; one
@@ -276,11 +296,7 @@ def test_concurrent_ingest_then_check_never_over_allows(acme, ledger, base_url):
                 if used < 10 * before or found["allowed"] != (used + 10 <= 1200):
                     wrong.append((before, found))
 
-    threads = [threading.Thread(target=run, args=(lane,)) for lane in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_lanes(8, run)
     assert wrong == []
     assert check(acme, "ai", "0")["used"] == "1200"
     assert [(c.feature_code, c.limit) for c in _crossings(ledger)] == [("ai", 1000)]
@@ -349,11 +365,7 @@ def test_across_serving_processes_a_check_counts_every_event_acknowledged_before
                 if Decimal(found["used"]) < 7 * before:
                     wrong.append((before, found["used"]))
 
-        lanes = [threading.Thread(target=run, args=(lane,)) for lane in range(4)]
-        for lane in lanes:
-            lane.start()
-        for lane in lanes:
-            lane.join()
+        in_lanes(4, run)
         assert wrong == []
         assert acknowledged[0] == 100
 
