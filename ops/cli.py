@@ -156,7 +156,8 @@ def worker(settings: config.Config) -> None:
         job.start()
     print(f"Tally worker: {bootstrap} -> {_safe(settings.database_url)}", flush=True)
     try:
-        Worker(create_worker(bootstrap, ledger.database), loglevel="WARNING").execute_from_commandline()
+        app = create_worker(bootstrap, ledger.database, settings.data_dir / "faust")
+        Worker(app, loglevel="WARNING").execute_from_commandline()
     finally:
         for job in jobs:
             job.stop()

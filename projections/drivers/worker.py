@@ -9,6 +9,7 @@ partitions through Faust's consumer group.
 
 import asyncio
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -25,9 +26,14 @@ FETCH_MAX_WAIT_MS = 100  # Faust fixes 1,500 ms; Tansu holds a fetch that long, 
 _decode = msgspec.json.Decoder(Entry).decode
 
 
-def create_worker(bootstrap: str, database: Database) -> faust.App:
-    """The Faust app, with the settings the Tansu broker needs (see DEVELOPERS.md)."""
+def create_worker(bootstrap: str, database: Database, datadir: Path) -> faust.App:
+    """The Faust app, with the settings the Tansu broker needs (see DEVELOPERS.md).
+
+    Faust keeps nothing of ours in datadir (the read model and its positions live in the database), but it
+    creates the folder: under Tally's data dir, not wherever the worker was started.
+    """
     database.migrate(usage_readings.SCHEMA)
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
     app = faust.App(
         "tally-usage",
         broker=f"kafka://{bootstrap}",
@@ -36,6 +42,7 @@ def create_worker(bootstrap: str, database: Database) -> faust.App:
         consumer_auto_offset_reset="earliest",
         topic_partitions=usage_readings.PARTITIONS,
         web_enabled=False,
+        datadir=str(datadir),
         value_serializer="raw",
         key_serializer="raw",
     )
