@@ -40,6 +40,7 @@ FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops th
 WATCH_LIMIT = 100_000  # customers with counters in one process
 Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
 ReadingsOf = Callable[[str, str, MeterSpec, int, int], list[Reading]]  # tenant, customer, meter, start, end
+OWN = "position, event_name, timestamp_us, event_id, properties, kind"  # a check's own entries
 _properties = msgspec.json.Decoder(dict)
 _BARE: dict = {}
 
@@ -88,9 +89,8 @@ class UsageCounters:
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._follower = Repeating("usage-counters", self.follow)
         unindexed = "" if log.database.postgres else "+"  # SQLite: scan the position range, not the customer's rows
-        self._own = ("SELECT position, event_name, timestamp_us, event_id, properties, kind FROM tally_usage "
-                     f"WHERE position > ? AND position <= ? AND {unindexed}tenant_id = ? AND {unindexed}customer = ? "
-                     "ORDER BY position")
+        self._own = (f"FROM tally_usage WHERE position > ? AND position <= ? AND {unindexed}tenant_id = ? "
+                     f"AND {unindexed}customer = ? ORDER BY position")
 
     def start(self, every: float = FOLLOW_SECONDS) -> None:
         """Follow the log in a background thread too, until `stop`."""
@@ -133,7 +133,7 @@ class UsageCounters:
             self._add(self._rows_after(self._position))
         if last > watched.through:
             after = max(watched.through, self._position)  # what the follower added is counted
-            for row in self.log.database.query(self._own, (after, last, tenant, customer)):
+            for row in self.log.database.query_rows(OWN, self._own, (after, last, tenant, customer)):
                 watched.add(*row)
             watched.through = last
         return watched
@@ -142,8 +142,14 @@ class UsageCounters:
         """Add the log's entries after the position followed to the watched customers' counters (the
         entries a check has counted already skipped), a chunk at a time: a check waits for a chunk
         at most, not for a batch."""
-        if self.log.published() <= self._position:
+        last = self.log.published()
+        if last <= self._position:
             return
+        if not self._watched:  # nobody's counters to add to (a server that only ingests): skip the entries
+            with self._lock:
+                if not self._watched:
+                    self._position = max(self._position, last)
+                    return
         rows = self._rows_after(self._position)
         if len(rows) == FOLLOW_LIMIT:
             with self._lock:
@@ -155,8 +161,8 @@ class UsageCounters:
             time.sleep(0)  # a waiting check goes first
 
     def _rows_after(self, position: int) -> list[tuple]:
-        return self.log.database.query(
-            "SELECT position, tenant_id, customer, event_name, timestamp_us, event_id, properties, kind "
+        return self.log.database.query_rows(
+            "position, tenant_id, customer, event_name, timestamp_us, event_id, properties, kind",
             "FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?", (position, FOLLOW_LIMIT))
 
     def _add(self, rows: list[tuple]) -> None:
