@@ -5,10 +5,17 @@ events are handed to the usage log's group commit and the request waits for it w
 thread, so many concurrent batches share one transaction.
 
 A batch is decoded in one call when every event is valid (the usual case); only a batch with a bad
-event is decoded event by event, to reject that one alone.
+event is decoded event by event, to reject that one alone. Batches are decoded, checked and turned
+into log rows in a process of their own (one per serving process, started at the first batch): that
+work holds the GIL for milliseconds a batch, and in the serving process it kept the usage log's writer
+(which takes the GIL back at every row it inserts) and the event loop waiting for it.
 """
 
 import asyncio
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
@@ -22,9 +29,10 @@ from api.http import JSON, Call, Deferred, Operation, decode_body, encoder
 from domain.codes import ExternalId
 from domain.money import decode_hook
 from domain.usage import EventBatch, EventId, UsageEvent, too_far_ahead
-from projections.usage_log import Row, rows_of
+from projections.usage_log import Row, microseconds, moment_of, rows_of
 
 INGEST = frozenset({"admin", "ingest"})
+DECODER_NICENESS = 10  # the decoding process yields the cores to the serving processes' event loops
 MAX_EVENTS = 10_000
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 # Numbers in properties are read as Decimal from their text (float_hook), never through float. Only
@@ -66,7 +74,7 @@ async def ingest_one(call: Call) -> Response:
     if too_far_ahead(event, now):
         error = _future_error(event)
         raise ApiError(422, f"timestamp: {error.message}", [error])
-    rows, refused = await run_in_threadpool(_admitted, call, [(0, event)], [], now)
+    rows, refused = await call.quick(_admitted, call, [0], rows_of(str(call.tenant_id), [event], now), [], now)
     if refused:
         raise ApiError(422, f"timestamp: {refused[0].errors[0].message}", refused[0].errors)
     accepted = await asyncio.wrap_future(call.ledger.usage.submit(rows))
@@ -74,35 +82,71 @@ async def ingest_one(call: Call) -> Response:
 
 
 async def ingest_batch(call: Call) -> Response:
-    now = call.ledger.now()
-    rows, rejected = await run_in_threadpool(_admitted_batch, call, now)  # a thousand events: off the event loop
+    now, tenant = call.ledger.now(), str(call.tenant_id)
+    decoded = await _decoding.run(call.raw, tenant, now)
+    if decoded is None:  # refused whole (or no decoding process): decoded here, to say why
+        decoded = await run_in_threadpool(_decoded, call.raw, tenant, now, True)
+    assert decoded is not None
+    rows, rejected = await call.quick(_admitted, call, *decoded, now)
     accepted = await asyncio.wrap_future(call.ledger.usage.submit(rows))
     answer = BatchIngested(accepted, len(rows) - accepted, rejected)
     return Response(encoder.encode(answer), 202, media_type=JSON)
 
 
-def _admitted_batch(call: Call, now: datetime) -> tuple[list[Row], list[Rejected]]:
-    return _admitted(call, *_decode(call.raw, now), now)
+Decoded = tuple[list[int], list[Row], list[Rejected]]
 
 
-def _admitted(call: Call, indexed: list[tuple[int, UsageEvent]], rejected: list[Rejected],
+def _decoded(body: bytes, tenant: str, now: datetime, refuse: bool = False) -> Decoded | None:
+    """A batch's good events as log rows, with their indexes, and its rejected events. A batch refused
+    whole (malformed, too many events) raises the error when `refuse`, else gives None."""
+    try:
+        indexed, rejected = _decode(body, now)
+    except Exception:
+        if refuse:
+            raise
+        return None
+    return [index for index, _ in indexed], rows_of(tenant, [event for _, event in indexed], now), rejected
+
+
+class _Decoding:
+    """The process decoding this serving process's batches (`_decoded`), started at the first."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def run(self, body: bytes, tenant: str, now: datetime) -> Decoded | None:
+        """`_decoded` in the decoding process; None for a batch it refused whole, or when the process
+        could not run it (it died: the next batch starts another)."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=os.nice, initargs=(DECODER_NICENESS,))
+        try:
+            return await asyncio.wrap_future(self._pool.submit(_decoded, body, tenant, now))
+        except BrokenProcessPool:
+            self._pool = None
+            return None
+
+
+_decoding = _Decoding()
+
+
+def _admitted(call: Call, indexes: list[int], rows: list[Row], rejected: list[Rejected],
               now: datetime) -> tuple[list[Row], list[Rejected]]:
-    """The log rows of the events whose period is still open to usage, and every event refused
+    """The rows of the events whose period is still open to usage, and every event refused
     (`rejected`, and those of a closed period, with the reason), by index."""
-    customers = {event.customer for _, event in indexed}
-    cutoffs = call.ledger.usage_cutoffs(call.tenant_id, customers, now) if indexed else {}
-    events, refused = [], []
-    for index, event in indexed:
-        cutoff = cutoffs.get(event.customer)
-        if cutoff is not None and event.timestamp < cutoff.before:
+    cutoffs = call.ledger.usage_cutoffs(call.tenant_id, {row[1] for row in rows}, now) if rows else {}
+    if not cutoffs:
+        return rows, rejected
+    kept, refused = [], []
+    for index, row in zip(indexes, rows, strict=True):
+        cutoff = cutoffs.get(row[1])
+        if cutoff is not None and row[4] < microseconds(cutoff.before):
             refused.append(Rejected(index, [FieldError("timestamp", (
-                f"{event.timestamp.isoformat()} falls in a period invoiced on {cutoff.number}, closed to usage "
+                f"{moment_of(row[4]).isoformat()} falls in a period invoiced on {cutoff.number}, closed to usage "
                 f"since {cutoff.closed_at.isoformat()} (its grace period ended)"))]))
         else:
-            events.append(event)
-    if refused:
-        rejected = sorted(rejected + refused, key=lambda r: r.index)
-    return rows_of(str(call.tenant_id), events, now), rejected
+            kept.append(row)
+    return kept, sorted(rejected + refused, key=lambda r: r.index)
 
 
 def _decode(body: bytes, now: datetime) -> tuple[list[tuple[int, UsageEvent]], list[Rejected]]:

@@ -63,7 +63,8 @@ def serve(settings: config.Config) -> None:
           f"{f', {settings.workers} processes' if settings.workers > 1 else ''})", flush=True)
     listening = _listen(settings)  # before the others start: a port in use stops this one, with the reason
     context = multiprocessing.get_context("spawn")
-    others = [context.Process(target=_serve_more, args=(settings,), name=f"tally-serve-{n}", daemon=True)
+    # not daemonic: a serving process starts one of its own to decode usage batches (api/usage.py); stopped below
+    others = [context.Process(target=_serve_more, args=(settings,), name=f"tally-serve-{n}")
               for n in range(1, settings.workers)]
     for process in others:
         process.start()
