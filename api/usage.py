@@ -29,6 +29,7 @@ from api.http import JSON, Call, Deferred, Operation, decode_body, encoder
 from domain.codes import ExternalId
 from domain.money import decode_hook
 from domain.usage import EventBatch, EventId, UsageEvent, too_far_ahead
+from projections.background import end_with
 from projections.usage_log import Row, microseconds, moment_of, rows_of
 
 INGEST = frozenset({"admin", "ingest"})
@@ -87,7 +88,7 @@ async def ingest_batch(call: Call) -> Response:
     if decoded is None:  # refused whole (or no decoding process): decoded here, to say why
         decoded = await run_in_threadpool(_decoded, call.raw, tenant, now, True)
     assert decoded is not None
-    rows, rejected = await call.quick(_admitted, call, *decoded, now)
+    rows, rejected = await run_in_threadpool(_admitted, call, *decoded, now)
     accepted = await asyncio.wrap_future(call.ledger.usage.submit(rows))
     answer = BatchIngested(accepted, len(rows) - accepted, rejected)
     return Response(encoder.encode(answer), 202, media_type=JSON)
@@ -119,7 +120,7 @@ class _Decoding:
         could not run it (it died: the next batch starts another)."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=os.nice, initargs=(DECODER_NICENESS,))
+                                             initializer=_decoder_started, initargs=(os.getpid(),))
         try:
             return await asyncio.wrap_future(self._pool.submit(_decoded, body, tenant, now))
         except BrokenProcessPool:
@@ -128,6 +129,11 @@ class _Decoding:
 
 
 _decoding = _Decoding()
+
+
+def _decoder_started(parent: int) -> None:
+    os.nice(DECODER_NICENESS)
+    end_with(parent)  # its server killed outright: nothing else would stop it
 
 
 def _admitted(call: Call, indexes: list[int], rows: list[Row], rejected: list[Rejected],

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,6 +24,7 @@ from domain.money import trap_floats
 from domain.periods import parse_instant
 from domain.tenant import TenantSettings
 from ops import config
+from projections.background import end_with
 from projections.documents import first_tenant
 from projections.views import private_id, public_id
 
@@ -102,14 +102,8 @@ def _listen(settings: config.Config) -> socket.socket:
 def _serve_more(settings: config.Config) -> None:
     """One more serving process (TALLY_WORKERS): the API only."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the first process stops us
-    parent = os.getppid()
-
-    def orphaned() -> None:  # the first process was killed outright: stop as it would have stopped us
-        while os.getppid() == parent:
-            time.sleep(1)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=orphaned, name="orphan-watch", daemon=True).start()
+    # the first process was killed outright: stop as it would have stopped us
+    end_with(os.getppid(), lambda: os.kill(os.getpid(), signal.SIGTERM))
     ledger = Ledger(settings.database_url, distributed=settings.kafka_bootstrap is not None)
     try:
         _run_api(ledger, _listen(settings), follow=False)

@@ -1,10 +1,12 @@
-"""Work done beside the requests: a thread repeating a task, and a lower CPU priority for such a thread."""
+"""Work done beside the requests: a thread repeating a task, a lower CPU priority for such a thread,
+and a helper process that ends with the process that started it."""
 
 import contextlib
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("tally.projections")
@@ -47,3 +49,15 @@ def background_priority(niceness: int) -> None:
         thread = threading.get_native_id()
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+
+
+def end_with(parent: int, end: Callable[[], None] = lambda: os._exit(0)) -> None:
+    """Call `end` (default: exit at once) when process `parent` is gone, from a daemon thread: a
+    process it started is not stopped by the kernel when it is killed outright (SIGKILL)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        end()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

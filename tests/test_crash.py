@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -88,6 +88,24 @@ def serving(database_url: str, folder: Path, name: str) -> Iterator[Server]:
         if process.poll() is None:
             process.kill()
         process.wait(10)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def state(pid: int) -> str:
+    """A process's state letter (Z: ended, not yet reaped), or "Z" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "Z"
 
 
 def api(server: Server) -> httpx.Client:
@@ -188,9 +206,16 @@ def test_a_kill_9_during_concurrent_ingestion_loses_no_acknowledged_event_and_a_
             time.sleep(0.002)
         kill_at = time.monotonic() - started
         in_flight = load.in_flight
+        helpers = children(first.process.pid)  # the usage read model's follower, the batches' decoding process
         os.kill(first.process.pid, signal.SIGKILL)
         assert first.process.wait(10) == -signal.SIGKILL
         join(threads, 20)
+        # and its helper processes end with it
+        assert len(helpers) >= 2, helpers
+        deadline = time.monotonic() + 10
+        while any(state(pid) != "Z" for pid in helpers):
+            assert time.monotonic() < deadline, f"helpers outlived the server: {helpers}"
+            time.sleep(0.1)
 
     acked, attempted = set(load.acked), set(load.acked) | set(load.failed)
     print(f"killed after {kill_at:.2f}s: {len(acked)} batches acknowledged, {in_flight} in flight,"
