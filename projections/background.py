@@ -1,10 +1,8 @@
-"""Work done beside the requests: a thread repeating a task, a lower CPU priority for such a thread,
-and a helper process that ends with the process that started it."""
+"""Work done beside the requests: a thread repeating a task, and a helper process that ends with the
+process that started it."""
 
-import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,16 +37,6 @@ class Repeating:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
-
-
-def background_priority(niceness: int) -> None:
-    """Lower the calling thread's CPU priority by `niceness` (Linux gives each thread its own nice
-    value), so the threads answering requests win the cores when they are contended. Elsewhere, or
-    when not allowed: nothing."""
-    if sys.platform.startswith("linux"):
-        thread = threading.get_native_id()
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
 
 
 def end_with(parent: int, end: Callable[[], None] = lambda: os._exit(0)) -> None:

@@ -25,7 +25,6 @@ import msgspec
 
 from domain.money import encode_hook
 from domain.usage import UsageEvent
-from projections.background import background_priority
 from projections.board import Board
 from projections.store import Cursor, Database
 
@@ -47,9 +46,6 @@ MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds 
 # index; a page cache keeps its pages, and a checkpoint every 80 MiB of WAL (not 4) writes a page
 # changed by many commits once
 WRITER_CACHE_MIB = 64
-# on SQLite the writer yields the cores to the threads answering requests when they are contended
-# (measured: ~half the event-loop stalls over 4 ms under ingest, and more events/s ingested)
-WRITER_NICENESS = 10
 CHECKPOINT_PAGES = 20_000
 _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
 
@@ -126,8 +122,6 @@ class UsageLog:
         return future
 
     def _write_groups(self) -> None:
-        if not self.database.postgres:  # there it would yield to PostgreSQL's own processes (measured: ~5 % slower)
-            background_priority(WRITER_NICENESS)
         self.database.tune(WRITER_CACHE_MIB, CHECKPOINT_PAGES)
         while (first := self._waiting.get()) is not None:
             group, size = [first], len(first[0])
