@@ -166,16 +166,19 @@ class UsageCounters:
             "FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?", (position, FOLLOW_LIMIT))
 
     def _add(self, rows: list[tuple]) -> None:
-        """Add these entries (the lock held), those a check counted already skipped; FOLLOW_LIMIT of
-        them (the log far ahead) drop the counters instead."""
+        """Add these entries (the lock held, in log order), skipping those added already (the
+        follower's chunks read before a check caught everyone up) and those a check counted; FOLLOW_LIMIT
+        of them (the log far ahead) drop the counters instead."""
         if len(rows) == FOLLOW_LIMIT:  # far behind: count afresh what is asked for next, from here
             self._watched.clear()
             self._position = max(self.log.last_position(), rows[-1][0])
             return
-        watched_of = self._watched.get
+        watched_of, followed = self._watched.get, self._position
         for position, tenant, customer, *entry in rows:
+            if position <= followed:  # added already: a check caught everyone up since these were read
+                continue
             watched = watched_of((tenant, customer))
             if watched is not None and position > watched.through:
                 watched.add(position, *entry)
-            if position > self._position:
-                self._position = position
+        if rows and rows[-1][0] > followed:
+            self._position = rows[-1][0]

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from uuid import UUID
 
 import httpx
@@ -25,6 +26,7 @@ from domain.subscription import SubscriptionSpec
 from domain.usage import UsageEvent
 from ops.bench.entitlements import customer as bench_customer
 from ops.bench.entitlements import set_up_http
+from projections import usage_counters
 from projections.usage_counters import SCAN_LIMIT
 from projections.views import private_id
 
@@ -302,7 +304,8 @@ def test_concurrent_ingest_then_check_never_over_allows(acme, ledger, base_url):
     assert [(c.feature_code, c.limit) for c in _crossings(ledger)] == [("ai", 1000)]
 
 
-def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_them_again(acme, ledger):
+def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_them_again(acme, ledger,
+                                                                                        monkeypatch):
     """A check reads only its customer's entries the counters have not followed yet; the follower,
     coming later over the same stretch of the log, adds the others' and skips what the check counted."""
     ledger.counters.stop()  # the follower runs when this test says
@@ -335,6 +338,20 @@ def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_th
     ledger.counters.follow()
     assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == [
         str(80 + 10 * SCAN_LIMIT), str(9 + SCAN_LIMIT)]
+    # the follower far behind again, and while it adds what it read, a chunk at a time, a check
+    # catches everyone up: the follower's later chunks hold nothing new
+    ingest(18 + 2 * SCAN_LIMIT, 2 * SCAN_LIMIT)
+    between: list[str] = []
+
+    def a_check_between_chunks(_: float) -> None:
+        if not between:
+            between.append(check(acme, "ai", customer="beta")["used"])
+
+    monkeypatch.setattr(usage_counters, "time", SimpleNamespace(sleep=a_check_between_chunks))
+    ledger.counters.follow()
+    assert between == [str(9 + 2 * SCAN_LIMIT)]
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == [
+        str(80 + 20 * SCAN_LIMIT), str(9 + 2 * SCAN_LIMIT)]
 
 
 def test_across_serving_processes_a_check_counts_every_event_acknowledged_before_it(database_url, tmp_path):
