@@ -5,10 +5,11 @@ events are handed to the usage log's group commit and the request waits for it w
 thread, so many concurrent batches share one transaction.
 
 A batch is decoded in one call when every event is valid (the usual case); only a batch with a bad
-event is decoded event by event, to reject that one alone. Batches are decoded, checked and turned
+event is decoded event by event, to reject that one alone. Batches are decoded, validated and turned
 into log rows in a process of their own (one per serving process, started at the first batch): that
 work holds the GIL for milliseconds a batch, and in the serving process it kept the usage log's writer
-(which takes the GIL back at every row it inserts) and the event loop waiting for it.
+(which takes the GIL back at every row it inserts) and the event loop waiting for it. The serving
+process then refuses the events of closed periods and queues the rest for the group commit.
 """
 
 import asyncio
