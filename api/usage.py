@@ -13,8 +13,10 @@ process then refuses the events of closed periods and queues the rest for the gr
 """
 
 import asyncio
+import logging
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
@@ -34,6 +36,8 @@ from projections.background import end_with
 from projections.usage_log import Row, microseconds, moment_of, rows_of
 
 INGEST = frozenset({"admin", "ingest"})
+log = logging.getLogger("tally.api")
+RETRY_SECONDS = 5  # after the decoding process failed, the serving process decodes batches this long
 MAX_EVENTS = 10_000
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 # Numbers in properties are read as Decimal from their text (float_hook), never through float. Only
@@ -114,18 +118,28 @@ class _Decoding:
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
+        self._retry_at = 0.0  # after a failure, batches are decoded in the serving process until then
 
     async def run(self, body: bytes, tenant: str, now: datetime) -> Decoded | None:
-        """`_decoded` in the decoding process; None for a batch it refused whole, or when the process
-        could not run it (it died: the next batch starts another)."""
+        """`_decoded` in the decoding process; None for a batch it refused whole, or when no process
+        could run it (it died, or none could be started: another is tried RETRY_SECONDS later)."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_decoder_started, initargs=(os.getpid(),))
+            if time.monotonic() < self._retry_at:
+                return None
+            try:
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_decoder_started, initargs=(os.getpid(),))
+            except OSError:
+                return self._failed()
         try:
             return await asyncio.wrap_future(self._pool.submit(_decoded, body, tenant, now))
-        except BrokenProcessPool:
-            self._pool = None
-            return None
+        except (BrokenProcessPool, OSError):
+            return self._failed()
+
+    def _failed(self) -> None:
+        log.warning("usage: the batch decoding process is gone or could not start; batches are decoded in the "
+                    "serving process, another decoding process is tried in %d s", RETRY_SECONDS, exc_info=True)
+        self._pool, self._retry_at = None, time.monotonic() + RETRY_SECONDS
 
 
 _decoding = _Decoding()

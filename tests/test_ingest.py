@@ -151,24 +151,32 @@ def test_acknowledged_events_are_durable_for_another_process(admin, database_url
         reopened.close()
 
 
-def test_a_batch_is_decoded_apart_and_a_dead_decoding_process_loses_nothing(admin, ledger):
+def test_a_batch_is_decoded_apart_and_a_dead_decoding_process_loses_nothing(admin, ledger, monkeypatch, caplog):
+    def send(round_: str) -> tuple[int, dict]:
+        answer = admin.post("/v1/events/batch", json={"events": [event(f"{round_}-{n}") for n in range(20)]})
+        return answer.status_code, answer.json()
+
+    full = (202, {"accepted": 20, "duplicates": 0, "rejected": []})
     # Given a batch acknowledged: decoded in the serving process's decoding process
-    assert admin.post("/v1/events/batch", json={"events": [event(f"a-{n}") for n in range(20)]}).status_code == 202
+    assert send("a") == full
     pool = usage._decoding._pool
     assert pool is not None and len(pool._processes) == 1  # type: ignore[attr-defined]
     decoder = next(iter(pool._processes.values()))  # type: ignore[attr-defined]
     assert decoder.pid != os.getpid() and decoder.is_alive()
     # When that process is killed outright, and batches keep coming
+    monkeypatch.setattr(usage, "RETRY_SECONDS", 3600)
     os.kill(decoder.pid, signal.SIGKILL)
     decoder.join(10)
-    answers = [admin.post("/v1/events/batch", json={"events": [event(f"{round_}-{n}") for n in range(20)]})
-               for round_ in ("b", "c")]
-    # Then each is acknowledged in full (the first decoded in the serving process, the next by a new
-    # decoding process), and the log holds every event once
-    full = (202, {"accepted": 20, "duplicates": 0, "rejected": []})
-    assert [(answer.status_code, answer.json()) for answer in answers] == [full, full]
+    # Then each is acknowledged in full, decoded in the serving process meanwhile, and the loss is logged
+    assert [send("b"), send("c")] == [full, full]
+    assert usage._decoding._pool is None
+    assert any("decoding process is gone" in record.getMessage() for record in caplog.records)
+    # and once the retry time has come, the next batch starts a new decoding process
+    usage._decoding._retry_at = 0.0
+    assert send("d") == full
     assert usage._decoding._pool is not None and usage._decoding._pool is not pool
-    assert sorted(row[2] for row in stored(ledger)) == sorted(f"{r}-{n}" for r in "abc" for n in range(20))
+    # and the log holds every event once
+    assert sorted(row[2] for row in stored(ledger)) == sorted(f"{r}-{n}" for r in "abcd" for n in range(20))
 
 
 def test_events_of_a_customer_not_yet_known_are_kept(admin, ledger):
