@@ -133,8 +133,9 @@ class UsageCounters:
             self._add(self._rows_after(self._position))
         if last > watched.through:
             after = max(watched.through, self._position)  # what the follower added is counted
-            for row in self.log.database.query_rows(OWN, self._own, (after, last, tenant, customer)):
-                watched.add(*row)
+            if after < last:  # else the follower added them all: no query (a query's GIL hand-overs cost ms)
+                for row in self.log.database.query_rows(OWN, self._own, (after, last, tenant, customer)):
+                    watched.add(*row)
             watched.through = last
         return watched
 
