@@ -14,8 +14,9 @@ What keeps it true:
   an older store, or a writer that died between its commit and its publish, is put right) and then
   in the background (`start`), for a position set back (a rebuild) or a writer that never
   published (one that died before it could);
-- a value is written as two 8-byte words, each copied whole; a read that finds them different (it
-  met a write half done) reads again.
+- a value is written as two 8-byte words, each copied whole, under the lock; a read that finds them
+  different (it met a write half done) reads again, and after a while waits for the lock (the writer
+  was descheduled halfway). Different under the lock, they are damage.
 
 PostgreSQL servers may run on several machines: there the positions are read from the database.
 """
@@ -32,7 +33,9 @@ from projections.background import Repeating
 
 SLOTS = ("documents", "usage")  # the notification position the documents applied; the usage log's last
 SYNC_SECONDS = 0.05
-_TRIES = 100_000  # reads meeting a write half done, at most: more is a damaged board
+# reads meeting a write half done before waiting for the writer's lock: a write is two stores, but its
+# writer may be descheduled between them (on a busy machine, for milliseconds)
+_SPINS = 1_000
 _SIZE = 4096
 
 
@@ -54,10 +57,14 @@ class Board:
 
     def get(self, name: str) -> int:
         first = self._offsets[name]
-        for _ in range(_TRIES):
+        for _ in range(_SPINS):
             value, again = self._words[first], self._words[first + 1]
             if value == again:
                 return value
+        with self._locked():  # a writer stopped halfway (descheduled, on a busy machine): wait for it
+            value, again = self._words[first], self._words[first + 1]
+        if value == again:
+            return value
         raise RuntimeError(f"the positions board {self.path} is damaged (`sync` writes it afresh)")
 
     def publish(self, name: str, position: int) -> None:

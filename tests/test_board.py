@@ -3,6 +3,7 @@ how far the documents have applied the notification log and where the usage log 
 reads them without a query. (PostgreSQL reads them from the database: it has no board.)"""
 
 import multiprocessing
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +62,32 @@ def test_concurrent_publishes_keep_the_greatest_position_and_a_reader_never_sees
 
 def _event(n: int) -> UsageEvent:
     return UsageEvent(event_id=f"e-{n}", customer="acme", event_name="llm", timestamp=NOW, properties={"tokens": n})
+
+
+def test_a_reader_waits_for_a_write_a_descheduled_writer_left_half_done(tmp_path):
+    # Given a board, and a writer that wrote the first word of a value and was then descheduled
+    board, writer = Board(tmp_path / "board"), Board(tmp_path / "board")
+    board.publish("usage", 5)
+    halfway = threading.Event()
+
+    def stalled() -> None:
+        with writer._locked():
+            writer._words[writer._offsets["usage"]] = 9
+            halfway.set()
+            time.sleep(0.3)  # longer than a reader spins
+            writer._words[writer._offsets["usage"] + 1] = 9
+
+    thread = threading.Thread(target=stalled)
+    thread.start()
+    halfway.wait()
+    # When a check reads the value meanwhile
+    # Then it waits for the write to end and reads the new value (it used to call the board damaged)
+    try:
+        assert board.get("usage") == 9
+    finally:
+        thread.join()
+        board.close()
+        writer.close()
 
 
 def test_a_board_left_behind_is_set_to_the_store_s_positions_when_a_ledger_opens(tmp_path):
