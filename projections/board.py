@@ -69,9 +69,11 @@ class Board:
 
     def publish(self, name: str, position: int) -> None:
         """`position` is committed: raise the value to it (never lower it)."""
-        with self._locked():
-            if position > self.get(name):
-                self._write(name, position)
+        with self._locked():  # so no write is half done, unless its writer died halfway (after its commit)
+            first = self._offsets[name]
+            value, again = self._words[first], self._words[first + 1]
+            if position > value or value != again:  # a value left half written is repaired
+                self._write(name, max(position, value, again))
 
     def follow(self, sources: Mapping[str, Callable[[], int]]) -> None:
         """Read each value from the database (`sources[name]()`, the truth) now, and at every `sync`."""

@@ -8,6 +8,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from api.ledger import Ledger
 from domain.aggregate import Actor
 from domain.tenant import TenantSettings
@@ -62,6 +64,25 @@ def test_concurrent_publishes_keep_the_greatest_position_and_a_reader_never_sees
 
 def _event(n: int) -> UsageEvent:
     return UsageEvent(event_id=f"e-{n}", customer="acme", event_name="llm", timestamp=NOW, properties={"tokens": n})
+
+
+def test_a_value_a_writer_left_half_written_as_it_died_is_repaired_by_the_next_publish(tmp_path):
+    # Given a value a writer left half written as it died (its position, 9, was committed)
+    board = Board(tmp_path / "board")
+    board.publish("usage", 5)
+    board._words[board._offsets["usage"]] = 9
+    # Then a read calls it damaged
+    with pytest.raises(RuntimeError, match="damaged"):
+        board.get("usage")
+    # When another writer publishes an older position (in a thread: a publish that waited for its own
+    # lock would hang)
+    publishing = threading.Thread(target=board.publish, args=("usage", 7), daemon=True)
+    publishing.start()
+    publishing.join(10)
+    # Then the value is whole again, at the greatest committed position
+    assert not publishing.is_alive()
+    assert board.get("usage") == 9
+    board.close()
 
 
 def test_a_reader_waits_for_a_write_a_descheduled_writer_left_half_done(tmp_path):
