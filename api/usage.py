@@ -90,8 +90,7 @@ async def ingest_batch(call: Call) -> Response:
     now, tenant = call.ledger.now(), str(call.tenant_id)
     decoded = await _decoding.run(call.raw, tenant, now)
     if decoded is None:  # refused whole (or no decoding process): decoded here, to say why
-        decoded = await run_in_threadpool(_decoded, call.raw, tenant, now, True)
-    assert decoded is not None
+        decoded = await run_in_threadpool(_decoded, call.raw, tenant, now)
     rows, rejected = await run_in_threadpool(_admitted, call, *decoded, now)
     accepted = await asyncio.wrap_future(call.ledger.usage.submit(rows))
     answer = BatchIngested(accepted, len(rows) - accepted, rejected)
@@ -101,16 +100,20 @@ async def ingest_batch(call: Call) -> Response:
 Decoded = tuple[list[int], list[Row], list[Rejected]]
 
 
-def _decoded(body: bytes, tenant: str, now: datetime, refuse: bool = False) -> Decoded | None:
-    """A batch's good events as log rows, with their indexes, and its rejected events. A batch refused
-    whole (malformed, too many events) raises the error when `refuse`, else gives None."""
-    try:
-        indexed, rejected = _decode(body, now)
-    except Exception:
-        if refuse:
-            raise
-        return None
+def _decoded(body: bytes, tenant: str, now: datetime) -> Decoded:
+    """A batch's good events as log rows, with their indexes, and its rejected events; a batch refused
+    whole (malformed, too many events) raises the error."""
+    indexed, rejected = _decode(body, now)
     return [index for index, _ in indexed], rows_of(tenant, [event for _, event in indexed], now), rejected
+
+
+def _decoded_apart(body: bytes, tenant: str, now: datetime) -> Decoded | None:
+    """`_decoded` in the decoding process: None for a batch refused whole (the serving process
+    decodes it again to answer the error, which then need not cross processes)."""
+    try:
+        return _decoded(body, tenant, now)
+    except Exception:
+        return None
 
 
 class _Decoding:
@@ -127,12 +130,15 @@ class _Decoding:
             if time.monotonic() < self._retry_at:
                 return None
             try:
+                # it ends with its server, even one killed outright (nothing else would stop it). Not at a
+                # lower priority: on a busy machine it then fell behind and sent the batches on in bursts
+                # (a check's p99 under ingest 25-288 ms against 11-14)
                 self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_decoder_started, initargs=(os.getpid(),))
+                                                 initializer=end_with, initargs=(os.getpid(),))
             except OSError:
                 return self._failed()
         try:
-            return await asyncio.wrap_future(self._pool.submit(_decoded, body, tenant, now))
+            return await asyncio.wrap_future(self._pool.submit(_decoded_apart, body, tenant, now))
         except (BrokenProcessPool, OSError):
             return self._failed()
 
@@ -143,12 +149,6 @@ class _Decoding:
 
 
 _decoding = _Decoding()
-
-
-def _decoder_started(parent: int) -> None:
-    # its server killed outright: nothing else would stop it. Not at a lower priority: on a busy machine
-    # it then fell behind and sent the batches on in bursts (a check's p99 under ingest 25-288 ms against 11-14)
-    end_with(parent)
 
 
 def _admitted(call: Call, indexes: list[int], rows: list[Row], rejected: list[Rejected],

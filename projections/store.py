@@ -14,6 +14,7 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,6 @@ SCHEMA = (  # the documents, their positions, and kept Idempotency-Key answers
         body BYTEA, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (tenant_id, key))""",
 )
 _json_rows = msgspec.json.Decoder(list[tuple])
-
-
-def _first(row: tuple) -> Any:
-    return row[0]
 
 
 class Cursor:
@@ -202,7 +199,7 @@ class Database:
         found = self._sqlite().execute(f"SELECT json_group_array(json_array({columns})) FROM "
                                        f"(SELECT {columns} {source})", params).fetchone()[0]
         rows = _json_rows.decode(found)
-        rows.sort(key=_first)  # SQLite keeps the inner order in practice, but does not promise it
+        rows.sort(key=itemgetter(0))  # SQLite keeps the inner order in practice, but does not promise it
         return rows
 
     @contextmanager

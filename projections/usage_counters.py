@@ -146,11 +146,10 @@ class UsageCounters:
         last = self.log.published()
         if last <= self._position:
             return
-        if not self._watched:  # nobody's counters to add to (a server that only ingests): skip the entries
-            with self._lock:
-                if not self._watched:
-                    self._position = max(self._position, last)
-                    return
+        with self._lock:
+            if not self._watched:  # nobody's counters to add to (a server that only ingests): skip the entries
+                self._position = max(self._position, last)
+                return
         rows = self._rows_after(self._position)
         if len(rows) == FOLLOW_LIMIT:
             with self._lock:

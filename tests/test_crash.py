@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from api.ledger import Ledger
-from ops.services import free_port
+from ops.services import children, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TALLY = Path(sys.executable).parent / "tally"
@@ -88,16 +88,6 @@ def serving(database_url: str, folder: Path, name: str) -> Iterator[Server]:
         if process.poll() is None:
             process.kill()
         process.wait(10)
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 def state(pid: int) -> str:

@@ -60,6 +60,7 @@ from domain.price import Entitlement, FlatPrice
 from domain.subscription import SubscriptionSpec
 from domain.tenant import TenantSettings
 from domain.usage import UsageEvent
+from ops import services
 from ops.bench import freshness
 from ops.bench import ingest as ingest_bench
 from ops.bench.ingest import Server, serving
@@ -197,18 +198,10 @@ def ingest(port: int, key: str, customers: int, rate: int, seconds: float, out: 
 def cpu_seconds(server: int, others: dict[str, int | None]) -> dict[str, float]:
     """CPU seconds of the server, of its child processes (serving processes and the usage read model's
     follower) together, and of the other processes named."""
-    children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
-                if _parent(stat) == server]
     found = {"server": ingest_bench.cpu_seconds(server),
-             "server's children": sum(ingest_bench.cpu_seconds(pid) for pid in children if _alive(pid))}
+             "server's children": sum(ingest_bench.cpu_seconds(pid) for pid in services.children(server)
+                                      if _alive(pid))}
     return found | {name: ingest_bench.cpu_seconds(pid) for name, pid in others.items() if pid and _alive(pid)}
-
-
-def _parent(stat: Path) -> int | None:
-    try:
-        return int(stat.read_text().rpartition(")")[2].split()[1])
-    except (OSError, ValueError):
-        return None
 
 
 def _alive(pid: int) -> bool:

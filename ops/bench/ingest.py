@@ -238,15 +238,8 @@ def cpu_seconds(pid: int | None = None) -> float:
 def family_cpu_seconds(pid: int) -> float:
     """CPU time of a process and of its living child processes (a server's decoding process and
     usage read model follower)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-        except (OSError, ValueError):  # gone meanwhile
-            continue
     total = cpu_seconds(pid)
-    for child in children:
+    for child in services.children(pid):
         with contextlib.suppress(OSError):
             total += cpu_seconds(child)
     return total
