@@ -10,12 +10,14 @@ visible in order). A void of a watched customer drops its counters, which are th
 A weighted_sum is never kept running (its value needs every reading's neighbours).
 
 Each process keeps its own counters; they are a cache of the log, never written anywhere, so
-several servers each follow the same log. A serving process follows it in the background
-(`start`), a hundred entries under the lock at a time. A check reads only its own customer's
-entries the follower has not added yet (a range of positions the store filters), so a batch just
-ingested is added beside the requests, not in the way of one; when the follower is more than
-SCAN_LIMIT entries behind, the check catches everyone up once instead (every check scanning the
-same long stretch costs more). Memory is bounded: past WATCH_LIMIT customers, all counters are
+several servers each follow the same log. The usage log's writer in the process hands over each
+group it commits before anyone is told (`committed`), so a check after a batch this process took
+reads nothing from the log: under load any store call from the event loop waits milliseconds for
+the GIL. What others write (another serving process or server, a void) a serving process follows
+in the background (`start`), a hundred entries under the lock at a time; a check reads only its own
+customer's entries the follower has not added yet (a range of positions the store filters), and
+when the follower is more than SCAN_LIMIT entries behind, catches everyone up once instead (every
+check scanning the same long stretch costs more). Memory is bounded: past WATCH_LIMIT customers, all counters are
 dropped and counted afresh as checks come.
 """
 
@@ -29,7 +31,7 @@ import msgspec
 from domain.meter import MeterSpec
 from domain.metering import Reading, Running, matches
 from projections.background import Repeating
-from projections.usage_log import UsageLog
+from projections.usage_log import Row, UsageLog
 
 FOLLOW_SECONDS = 0.005  # the background follower's pause between looks at the log
 FOLLOW_CHUNK = 100  # entries added under the lock at once
@@ -88,6 +90,7 @@ class UsageCounters:
         self._position = log.last_position()
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._follower = Repeating("usage-counters", self.follow)
+        log.on_commit = self.committed  # this process's own writes are added as they commit
         unindexed = "" if log.database.postgres else "+"  # SQLite: scan the position range, not the customer's rows
         self._own = (f"FROM tally_usage WHERE position > ? AND position <= ? AND {unindexed}tenant_id = ? "
                      f"AND {unindexed}customer = ? ORDER BY position")
@@ -126,8 +129,10 @@ class UsageCounters:
         if watched is None:
             if len(self._watched) >= WATCH_LIMIT:
                 self._watched.clear()
-            watched = self._watched[tenant, customer] = _Watched(self.log.published())
-            return watched  # nothing counted yet: its counters start from its readings up to here
+            # nothing counted yet: its counters start from its readings up to here (the entries the process
+            # has followed too: it may have followed entries committed but not published yet)
+            watched = self._watched[tenant, customer] = _Watched(max(self.log.published(), self._position))
+            return watched
         last = self.log.published()
         if last - self._position > SCAN_LIMIT:  # the follower is behind: catch everyone up once, here
             self._add(self._rows_after(self._position))
@@ -159,6 +164,28 @@ class UsageCounters:
             with self._lock:
                 self._add(rows[first:first + FOLLOW_CHUNK])
             time.sleep(0)  # a waiting check goes first
+
+    def committed(self, first: int, batches: list[list[Row]]) -> None:
+        """The usage log's writer in this process committed these rows, at positions `first`, `first + 1`,
+        ... (before anyone is told): add them now, a batch under the lock at a time, so that no check
+        reads them from the log. Entries between what is followed and `first` (another process's, a
+        void) are not here: then the follower reads these with them."""
+        position = first
+        for rows in batches:
+            with self._lock:
+                followed = self._position
+                if position > followed + 1:
+                    return
+                if self._watched:
+                    watched_of = self._watched.get
+                    for tenant, customer, event_id, name, timestamp_us, _, properties in rows:
+                        if position > followed and (watched := watched_of((tenant, customer))) is not None \
+                                and position > watched.through:
+                            watched.add(position, name, timestamp_us, event_id, properties, "event")
+                        position += 1
+                else:
+                    position += len(rows)
+                self._position = max(followed, position - 1)
 
     def _rows_after(self, position: int) -> list[tuple]:
         return self.log.database.query_rows(

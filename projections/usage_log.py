@@ -13,10 +13,11 @@ smaller one appear later. On SQLite the log has a file of its own, so ingesting 
 the event store or the read models.
 """
 
+import logging
 import multiprocessing
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +48,7 @@ MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds 
 # changed by many commits once
 WRITER_CACHE_MIB = 64
 CHECKPOINT_PAGES = 20_000
+log = logging.getLogger("tally.projections")
 _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
 
 Row = tuple[str, str, str, str, int, int, str]
@@ -102,6 +104,9 @@ class UsageLog:
         self._start = threading.Lock()
         # set after each commit here, so a follower (another process too) need not poll
         self.changed = multiprocessing.get_context("spawn").Event()
+        # told of each group committed here whose rows all were new, before anyone is told: the first
+        # position and the batches' rows, at that position and the next ones in order
+        self.on_commit: Callable[[int, list[list[Row]]], None] | None = None
 
     def append(self, tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> int:
         """Record the events not recorded before; returns how many were new, once they are durable."""
@@ -141,6 +146,7 @@ class UsageLog:
         try:
             with self.database.transaction(write=True) as cursor:
                 _lock(cursor)
+                before = self._last(cursor)
                 counts = _insert_copy(cursor, group) if cursor.postgres else [
                     cursor.execute_many(INSERT, rows) for rows, _ in group]
                 last = self._last(cursor)
@@ -148,6 +154,13 @@ class UsageLog:
             for _, future in group:
                 future.set_exception(error)
             return
+        batches = [rows for rows, _ in group]
+        # every row new, and as many positions taken as rows: they are before + 1, before + 2, ... in order
+        if self.on_commit is not None and last - before == sum(counts) == sum(map(len, batches)):
+            try:
+                self.on_commit(before + 1, batches)
+            except Exception:  # the rows are durable all the same: the callers are told
+                log.exception("the usage log's commit listener failed")
         self._published(last)
         for (_, future), count in zip(group, counts, strict=True):
             future.set_result(count)
@@ -175,8 +188,9 @@ class UsageLog:
         return voided, [event_id for event_id in event_ids if event_id not in known]
 
     def _last(self, cursor: Cursor) -> int:
-        """The last position, within the transaction that wrote it (0: not needed, no board)."""
-        return int(cursor.execute(LAST).one()[0] or 0) if self.board is not None else 0  # type: ignore[index]
+        """The last position, within the transaction that wrote it (0: not needed, no board or listener)."""
+        needed = self.board is not None or self.on_commit is not None
+        return int(cursor.execute(LAST).one()[0] or 0) if needed else 0  # type: ignore[index]
 
     def _published(self, last: int) -> None:
         """After a commit, before anyone is told: publish where the log ends, wake the follower."""
