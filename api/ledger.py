@@ -49,6 +49,7 @@ from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
 from projections import audit, usage_readings, wallets
 from projections.board import Board
+from projections.recent import Recent
 from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
@@ -140,11 +141,13 @@ class Ledger:
             self.database.migrate(SCHEMA + usage_readings.SCHEMA + audit.SCHEMA)
             # the embedded store's processes share the positions a check reads in memory (projections/board.py)
             self.board = None if self.database.postgres else Board(Path(f"{self.database.path}-positions"))
-            self.usage = UsageLog(self.database if usage_url == views_url else Database(usage_url), self.board)
+            usage = self.database if usage_url == views_url else Database(usage_url)
+            # and the usage rows just committed (projections/recent.py)
+            self.usage = UsageLog(usage, self.board, None if usage.postgres else Recent(Path(f"{usage.path}-recent")))
         self.documents = Documents(self.database)
         self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database, board=self.board)
         if self.board is not None:
-            self.board.follow({inprocess.NAME: self.runner.stored, "usage": self.usage.last_position})
+            self.board.follow({inprocess.NAME: self.runner.stored, "usage": self.usage.settled})
         self.runner.catch_up()
         self.distributed = distributed
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
@@ -895,6 +898,8 @@ class Ledger:
             self._follower.terminate()  # between transactions or inside one: either way nothing half-done stays
             self._follower.join(10)
         self.usage.close()
+        if self.usage.recent is not None:
+            self.usage.recent.close()
         for application in (self.tenants, self.catalogue, self.customers, self.subscriptions, self.invoicing,
                             self.wallets):
             application.close()

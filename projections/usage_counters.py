@@ -87,10 +87,10 @@ class UsageCounters:
         meter's event name in the window, every acknowledged one (the read model and the log's tail)."""
         self.log, self.readings_of = log, readings_of
         self._lock = threading.Lock()
+        self._ring_at = log.recent.head() or 0 if log.recent is not None else 0  # where it reads the ring
         self._position = log.last_position()
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._follower = Repeating("usage-counters", self.follow)
-        log.on_commit = self.committed  # this process's own writes are added as they commit
         unindexed = "" if log.database.postgres else "+"  # SQLite: scan the position range, not the customer's rows
         self._own = (f"FROM tally_usage WHERE position > ? AND position <= ? AND {unindexed}tenant_id = ? "
                      f"AND {unindexed}customer = ? ORDER BY position")
@@ -134,6 +134,8 @@ class UsageCounters:
             watched = self._watched[tenant, customer] = _Watched(max(self.log.published(), self._position))
             return watched
         last = self.log.published()
+        if last > self._position:
+            self._from_recent(last)
         if last - self._position > SCAN_LIMIT:  # the follower is behind: catch everyone up once, here
             self._add(self._rows_after(self._position))
         if last > watched.through:
@@ -155,6 +157,9 @@ class UsageCounters:
             if not self._watched:  # nobody's counters to add to (a server that only ingests): skip the entries
                 self._position = max(self._position, last)
                 return
+            self._from_recent(last)
+            if self._position >= last:
+                return
         rows = self._rows_after(self._position)
         if len(rows) == FOLLOW_LIMIT:
             with self._lock:
@@ -165,27 +170,32 @@ class UsageCounters:
                 self._add(rows[first:first + FOLLOW_CHUNK])
             time.sleep(0)  # a waiting check goes first
 
-    def committed(self, first: int, batches: list[list[Row]]) -> None:
-        """The usage log's writer in this process committed these rows, at positions `first`, `first + 1`,
-        ... (before anyone is told): add them now, a batch under the lock at a time, so that no check
-        reads them from the log. Entries between what is followed and `first` (another process's, a
-        void) are not here: then the follower reads these with them."""
-        position = first
-        for rows in batches:
-            with self._lock:
-                followed = self._position
-                if position > followed + 1:
-                    return
-                if self._watched:
-                    watched_of = self._watched.get
-                    for tenant, customer, event_id, name, timestamp_us, _, properties in rows:
-                        if position > followed and (watched := watched_of((tenant, customer))) is not None \
-                                and position > watched.through:
-                            watched.add(position, name, timestamp_us, event_id, properties, "event")
-                        position += 1
-                else:
-                    position += len(rows)
-                self._position = max(followed, position - 1)
+    def _from_recent(self, last: int) -> None:
+        """Add the entries up to `last` from the shared ring of recent entries (the lock held), as far as
+        it has them in order; the rest is read from the log."""
+        recent = self.log.recent
+        if recent is None:
+            return
+        try:
+            for after, first, end, payload in recent.records(self._ring_at, last):
+                if payload is not None and end > self._position:  # (None: dead, its positions written again)
+                    if first > self._position + 1:
+                        return  # a gap (entries written without a record): the log has them
+                    if self._watched:
+                        self._add_from(first, recent.rows(payload))
+                    self._position = end
+                self._ring_at = after
+        except LookupError:  # far behind, overwritten: on from the ring's head (the log has the ones between)
+            self._ring_at = recent.head() or self._ring_at
+
+    def _add_from(self, position: int, rows: list[Row]) -> None:
+        """Add these rows, at `position` and the next ones in order (the lock held)."""
+        watched_of, followed = self._watched.get, self._position
+        for tenant, customer, event_id, name, timestamp_us, _, properties in rows:
+            if position > followed and (watched := watched_of((tenant, customer))) is not None \
+                    and position > watched.through:
+                watched.add(position, name, timestamp_us, event_id, properties, "event")
+            position += 1
 
     def _rows_after(self, position: int) -> list[tuple]:
         return self.log.database.query_rows(

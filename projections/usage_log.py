@@ -13,11 +13,10 @@ smaller one appear later. On SQLite the log has a file of its own, so ingesting 
 the event store or the read models.
 """
 
-import logging
 import multiprocessing
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +26,7 @@ import msgspec
 from domain.money import encode_hook
 from domain.usage import UsageEvent
 from projections.board import Board
+from projections.recent import Recent
 from projections.store import Cursor, Database
 
 COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
@@ -48,7 +48,6 @@ MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds 
 # changed by many commits once
 WRITER_CACHE_MIB = 64
 CHECKPOINT_PAGES = 20_000
-log = logging.getLogger("tally.projections")
 _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
 
 Row = tuple[str, str, str, str, int, int, str]
@@ -95,18 +94,16 @@ def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime)
 
 
 class UsageLog:
-    def __init__(self, database: Database, board: Board | None = None) -> None:
-        """`board`: where the last position is published after each commit (the embedded store)."""
-        self.database, self.board = database, board
+    def __init__(self, database: Database, board: Board | None = None, recent: Recent | None = None) -> None:
+        """`board`: where the last position is published after each commit, and `recent`: where the rows
+        committed are copied (the embedded store)."""
+        self.database, self.board, self.recent = database, board, recent
         database.migrate(SCHEMA)
         self._waiting: queue.SimpleQueue[tuple[list[Row], Future[int]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._start = threading.Lock()
         # set after each commit here, so a follower (another process too) need not poll
         self.changed = multiprocessing.get_context("spawn").Event()
-        # told of each group committed here whose rows all were new, before anyone is told: the first
-        # position and the batches' rows, at that position and the next ones in order
-        self.on_commit: Callable[[int, list[list[Row]]], None] | None = None
 
     def append(self, tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> int:
         """Record the events not recorded before; returns how many were new, once they are durable."""
@@ -145,25 +142,28 @@ class UsageLog:
     def _commit(self, group: list[tuple[list[Row], "Future[int]"]]) -> None:
         try:
             with self.database.transaction(write=True) as cursor:
-                _lock(cursor)
-                before = self._last(cursor)
+                before = self._begin(cursor)
                 counts = _insert_copy(cursor, group) if cursor.postgres else [
                     cursor.execute_many(INSERT, rows) for rows, _ in group]
                 last = self._last(cursor)
+                record = self._copied(group, counts, before, last)
         except BaseException as error:  # nothing of the group committed: each caller is told
             for _, future in group:
                 future.set_exception(error)
             return
-        batches = [rows for rows, _ in group]
-        # every row new, and as many positions taken as rows: they are before + 1, before + 2, ... in order
-        if self.on_commit is not None and last - before == sum(counts) == sum(map(len, batches)):
-            try:
-                self.on_commit(before + 1, batches)
-            except Exception:  # the rows are durable all the same: the callers are told
-                log.exception("the usage log's commit listener failed")
+        if record is not None:
+            self.recent.commit(record)  # type: ignore[union-attr]
         self._published(last)
         for (_, future), count in zip(group, counts, strict=True):
             future.set_result(count)
+
+    def _copied(self, group: list[tuple[list[Row], Any]], counts: list[int], before: int, last: int) -> int | None:
+        """Copy the group's rows to the shared ring of recent entries, when they all were new (then,
+        as many positions taken as rows, they are at before + 1, before + 2, ... in order): where
+        the record is, or None."""
+        if self.recent is None or not last - before == sum(counts) == sum(len(rows) for rows, _ in group):
+            return None
+        return self.recent.append(before + 1, [row for rows, _ in group for row in rows])
 
     def void(self, tenant_id: str, customer: str, event_ids: Sequence[str], actor: str,
              voided_at: datetime) -> tuple[int, list[str]]:
@@ -171,7 +171,7 @@ class UsageLog:
         Returns how many were voided now, and the ids never recorded."""
         marks = ",".join("?" * len(event_ids))
         with self.database.transaction(write=True) as cursor:
-            _lock(cursor)
+            self._begin(cursor)
             known = {row[0] for row in cursor.execute(
                 f"SELECT event_id FROM tally_usage WHERE tenant_id = ? AND customer = ? AND kind = 'event' "
                 f"AND event_id IN ({marks})", (tenant_id, customer, *event_ids)).all()}
@@ -187,9 +187,18 @@ class UsageLog:
             self._published(last)
         return voided, [event_id for event_id in event_ids if event_id not in known]
 
+    def _begin(self, cursor: Cursor) -> int:
+        """Start writing (PostgreSQL: take the table's lock); where the log ends (0: not needed). The
+        ring's latest record, if still pending, is settled: its writer is done."""
+        _lock(cursor)
+        before = self._last(cursor)
+        if self.recent is not None:
+            self.recent.settle(before)
+        return before
+
     def _last(self, cursor: Cursor) -> int:
-        """The last position, within the transaction that wrote it (0: not needed, no board or listener)."""
-        needed = self.board is not None or self.on_commit is not None
+        """The last position, within the transaction that writes (0: not needed, no board or ring)."""
+        needed = self.board is not None or self.recent is not None
         return int(cursor.execute(LAST).one()[0] or 0) if needed else 0  # type: ignore[index]
 
     def _published(self, last: int) -> None:
@@ -225,6 +234,14 @@ class UsageLog:
         with self.database.transaction() as cursor:
             row = cursor.execute(LAST).one()
         return int(row[0] or 0) if row else 0
+
+    def settled(self) -> int:
+        """The last position, short of the rows of a ring record still pending (their writer has not
+        marked them yet, so readers of the ring would not find them): for the board's sync, which
+        publishes it."""
+        last = self.last_position()
+        pending = self.recent.pending() if self.recent is not None else None
+        return last if pending is None else min(last, pending - 1)
 
     def size(self) -> int:
         """How many events the log holds (all tenants; voids not counted)."""

@@ -309,7 +309,7 @@ def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_th
     """A check reads only its customer's entries the counters have not followed yet; the follower,
     coming later over the same stretch of the log, adds the others' and skips what the check counted."""
     ledger.counters.stop()  # the follower runs when this test says
-    ledger.usage.on_commit = None  # as for entries another process wrote: the writer does not hand them over
+    monkeypatch.setattr(ledger.usage, "recent", None)  # as on PostgreSQL: no ring of recent entries
     ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
     created(acme.post("/v1/customers", json={"external_id": "beta", "name": "Beta", "currency": "USD"}))
     created(acme.post("/v1/subscriptions", json={"customer": "beta", "plan_code": "pro",
@@ -355,11 +355,12 @@ def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_th
         str(80 + 20 * SCAN_LIMIT), str(9 + 2 * SCAN_LIMIT)]
 
 
-def test_this_server_s_own_writes_count_as_they_commit_and_only_others_are_read_from_the_log(
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL servers may be on other machines
+def test_what_any_server_on_the_embedded_store_commits_counts_from_the_ring_and_gaps_from_the_log(
         acme, ledger, database_url, monkeypatch):
-    """The usage log's writer hands each group it commits to the counters before the 202, so a check
-    after it reads nothing from the log. A group holding a duplicate, or one after entries another
-    server wrote, is not handed over: the check reads it from the log. Each event counts once."""
+    """Each group committed on the embedded store, by this server or another, is copied to the ring of
+    recent entries: a check after it reads nothing from the log. A group holding a duplicate, or a
+    void, is not copied: the check reads those entries from the log. Each event counts once."""
     ledger.counters.stop()  # the follower runs when this test says
     ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
     created(acme.post("/v1/customers", json={"external_id": "beta", "name": "Beta", "currency": "USD"}))
@@ -369,15 +370,6 @@ def test_this_server_s_own_writes_count_as_they_commit_and_only_others_are_read_
     read = database.query_rows
     monkeypatch.setattr(database, "query_rows", lambda *query: reads.append(query) or read(*query))
     tenant = str(_tenant(ledger))
-    handed = ledger.usage.on_commit
-
-    def and_beta_checked_at_once(first: int, batches: list) -> None:
-        """beta's first check comes right after this group was handed over, before the log's end moved"""
-        handed(first, batches)
-        if (tenant, "beta") not in ledger.counters._watched:
-            assert check(acme, "ai", customer="beta")["used"] == "0"  # its entry not acknowledged yet
-
-    ledger.usage.on_commit = and_beta_checked_at_once
 
     def ingest(*ids: str) -> int:
         events = [{"event_id": event_id, "customer": "beta" if event_id.startswith("b") else "acme",
@@ -385,29 +377,57 @@ def test_this_server_s_own_writes_count_as_they_commit_and_only_others_are_read_
                   for event_id in ids]
         return acme.post("/v1/events/batch", json={"events": events}).json()["accepted"]
 
-    assert check(acme, "ai")["used"] == "0"
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["0", "0"]
     assert ingest("e-1", "e-2", "b-1") == 3
-    # beta's counter began after its entry was handed over (to nobody), before the 202: counted from the log
     assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["20", "10"]
-    assert ingest("e-3", "b-2") == 2
-    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["30", "20"]
-    assert reads == []  # all handed over by the writer
-    assert ingest("e-1", "e-4") == 1  # a duplicate: not handed over
-    assert check(acme, "ai")["used"] == "40" and len(reads) == 1
-    ledger.counters.follow()
-    other = Ledger(database_url)
+    other = Ledger(database_url)  # another server on the same store
     try:
         other.usage.append(tenant, [UsageEvent(event_id="o-1", customer="acme", event_name="llm",
                                                timestamp=at("2026-01-15T00:00:00"), properties={"tokens": 5})],
                            at("2026-01-20T00:00:00"))
+        assert check(acme, "ai")["used"] == "25"
+        assert ingest("e-3", "b-2") == 2
+        assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["35", "20"]
+        assert reads == []  # all from the ring
+        assert ingest("e-1", "e-4") == 1  # a duplicate: not copied
+        assert check(acme, "ai")["used"] == "45" and len(reads) == 1
+        other.usage.void(tenant, "acme", ["o-1"], "test", at("2026-01-20T00:00:00"))
+        assert check(acme, "ai")["used"] == "40" and len(reads) == 2
+        ledger.counters.follow()
+        assert len(reads) == 3
+        assert ingest("e-5", "b-3") == 2  # after the follower read the gap: from the ring again
+        assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["50", "30"]
+        assert len(reads) == 3
     finally:
         other.close()
-    assert ingest("e-5") == 1  # after another server's entry the follower has not seen: not handed over
-    assert check(acme, "ai")["used"] == "55" and len(reads) == 3  # the follower's read, the check's
-    ledger.counters.follow()
-    assert ingest("e-6", "b-3") == 2
-    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["65", "30"]
-    assert len(reads) == 4  # the follower's
+
+
+def test_a_customer_first_checked_between_a_commit_and_its_publication_counts_that_commit(acme, ledger,
+                                                                                        monkeypatch):
+    """The counters' follower may read entries committed but not yet published: a customer whose
+    counters begin then must count them from its readings, since the follower added them before."""
+    ledger.counters.stop()  # the follower runs when this test says
+    monkeypatch.setattr(ledger.usage, "recent", None)  # as on PostgreSQL: the follower reads the log
+    ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
+    created(acme.post("/v1/customers", json={"external_id": "beta", "name": "Beta", "currency": "USD"}))
+    created(acme.post("/v1/subscriptions", json={"customer": "beta", "plan_code": "pro",
+                                                 "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    assert check(acme, "ai")["used"] == "0"  # acme watched: the follower reads the log
+    publish, first_check = ledger.usage._published, []
+
+    def follow_and_check_beta_first(last: int) -> None:
+        ledger.counters.follow()  # reads the entries just committed too
+        first_check.append(check(acme, "ai", customer="beta")["used"])
+        publish(last)
+
+    use(acme, "e-1", "llm", "2026-01-15T00:00:00Z", tokens=10)  # published: the follower has it to read
+    monkeypatch.setattr(ledger.usage, "_published", follow_and_check_beta_first)
+    answer = acme.post("/v1/events", json={"event_id": "b-1", "customer": "beta", "event_name": "llm",
+                                           "timestamp": "2026-01-15T00:00:00Z", "properties": {"tokens": 7}})
+    assert answer.status_code == 202
+    monkeypatch.setattr(ledger.usage, "_published", publish)
+    assert first_check == ["7"]  # committed, so counted (not acknowledged yet: it need not be)
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["10", "7"]
 
 
 def test_across_serving_processes_a_check_counts_every_event_acknowledged_before_it(database_url, tmp_path):
