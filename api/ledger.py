@@ -49,11 +49,11 @@ from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
 from projections import audit, usage_readings, wallets
 from projections.board import Board
-from projections.recent import Recent
 from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
 from projections.memo import Memo
+from projections.recent import Recent
 from projections.store import SCHEMA, Database, advance_position, positions
 from projections.usage import Read, UsageReport, Window, report
 from projections.usage_counters import UsageCounters
