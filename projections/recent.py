@@ -28,8 +28,8 @@ from pathlib import Path
 
 import msgspec
 
-SIZE = 64 * 1024 * 1024  # the ring of records
-MAX_RECORD = 16 * 1024 * 1024  # a longer group is not copied here (readers read it from the log)
+SIZE = 32 * 1024 * 1024  # the ring of records (~200,000 rows)
+MAX_RECORD = 4 * 1024 * 1024  # a longer group (~25,000 rows) is not copied here (readers read it from the log)
 _HEAD = 64  # bytes before the ring: the head, twice, and where the latest record begins (8-byte words)
 _HEADER = 32  # a record's: state, length of its rows, first and last position (8-byte words)
 PENDING, COMMITTED, WRAP, DEAD = 0, 1, 2, 3
