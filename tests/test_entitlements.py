@@ -304,16 +304,22 @@ def test_concurrent_ingest_then_check_never_over_allows(acme, ledger, base_url):
     assert [(c.feature_code, c.limit) for c in _crossings(ledger)] == [("ai", 1000)]
 
 
-def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_them_again(acme, ledger,
-                                                                                        monkeypatch):
-    """A check reads only its customer's entries the counters have not followed yet; the follower,
-    coming later over the same stretch of the log, adds the others' and skips what the check counted."""
-    ledger.counters.stop()  # the follower runs when this test says
-    monkeypatch.setattr(ledger.usage, "recent", None)  # as on PostgreSQL: no ring of recent entries
+def _and_beta_follower_stopped(acme, ledger) -> None:
+    """beta on plan pro too, the clock on Jan 20 2026, and the counters' follower stopped: it runs
+    when the test says."""
+    ledger.counters.stop()
     ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
     created(acme.post("/v1/customers", json={"external_id": "beta", "name": "Beta", "currency": "USD"}))
     created(acme.post("/v1/subscriptions", json={"customer": "beta", "plan_code": "pro",
                                                  "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+
+
+def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_them_again(acme, ledger,
+                                                                                        monkeypatch):
+    """A check reads only its customer's entries the counters have not followed yet; the follower,
+    coming later over the same stretch of the log, adds the others' and skips what the check counted."""
+    monkeypatch.setattr(ledger.usage, "recent", None)  # as on PostgreSQL: no ring of recent entries
+    _and_beta_follower_stopped(acme, ledger)
     assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["0", "0"]  # both watched
 
     def ingest(first: int, count: int = 6) -> None:
@@ -361,11 +367,7 @@ def test_what_any_server_on_the_embedded_store_commits_counts_from_the_ring_and_
     """Each group committed on the embedded store, by this server or another, is copied to the ring of
     recent entries: a check after it reads nothing from the log. A group holding a duplicate, or a
     void, is not copied: the check reads those entries from the log. Each event counts once."""
-    ledger.counters.stop()  # the follower runs when this test says
-    ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
-    created(acme.post("/v1/customers", json={"external_id": "beta", "name": "Beta", "currency": "USD"}))
-    created(acme.post("/v1/subscriptions", json={"customer": "beta", "plan_code": "pro",
-                                                 "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    _and_beta_follower_stopped(acme, ledger)
     database, reads = ledger.counters.log.database, []
     read = database.query_rows
     monkeypatch.setattr(database, "query_rows", lambda *query: reads.append(query) or read(*query))
@@ -406,12 +408,8 @@ def test_a_customer_first_checked_between_a_commit_and_its_publication_counts_th
                                                                                         monkeypatch):
     """The counters' follower may read entries committed but not yet published: a customer whose
     counters begin then must count them from its readings, since the follower added them before."""
-    ledger.counters.stop()  # the follower runs when this test says
     monkeypatch.setattr(ledger.usage, "recent", None)  # as on PostgreSQL: the follower reads the log
-    ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
-    created(acme.post("/v1/customers", json={"external_id": "beta", "name": "Beta", "currency": "USD"}))
-    created(acme.post("/v1/subscriptions", json={"customer": "beta", "plan_code": "pro",
-                                                 "start_at": "2026-01-01T00:00:00Z", "billing_anchor": "calendar"}))
+    _and_beta_follower_stopped(acme, ledger)
     assert check(acme, "ai")["used"] == "0"  # acme watched: the follower reads the log
     publish, first_check = ledger.usage._published, []
 
