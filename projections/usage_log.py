@@ -151,9 +151,14 @@ class UsageLog:
             for _, future in group:
                 future.set_exception(error)
             return
-        if record is not None:
-            self.recent.commit(record)  # type: ignore[union-attr]
-        self._published(last)
+        try:
+            if record is not None:
+                self.recent.commit(record)  # type: ignore[union-attr]
+            self._published(last)
+        except Exception as error:  # durable, but a check might not count them yet: not acknowledged (a retry
+            for _, future in group:  # finds them duplicates), and the writer goes on with the next group
+                future.set_exception(error)
+            return
         for (_, future), count in zip(group, counts, strict=True):
             future.set_result(count)
 

@@ -179,6 +179,23 @@ def test_a_batch_is_decoded_apart_and_a_dead_decoding_process_loses_nothing(admi
     assert sorted(row[2] for row in stored(ledger)) == sorted(f"{r}-{n}" for r in "abcd" for n in range(20))
 
 
+def test_a_commit_whose_position_cannot_be_published_is_not_acknowledged_and_ingest_goes_on(admin, ledger,
+                                                                                           monkeypatch):
+    """The group is durable, but a check might not count it yet: its callers are told it failed (a
+    retry finds the events duplicates), and the writer takes the next group."""
+    published = ledger.usage._published
+
+    def failing(last: int) -> None:
+        raise OSError("the positions board is not writable")
+
+    monkeypatch.setattr(ledger.usage, "_published", failing)
+    batch = {"events": [event("e-1"), event("e-2")]}
+    assert admin.post("/v1/events/batch", json=batch).status_code == 500
+    monkeypatch.setattr(ledger.usage, "_published", published)
+    assert admin.post("/v1/events/batch", json=batch).json() == {"accepted": 0, "duplicates": 2, "rejected": []}
+    assert admin.post("/v1/events", json=event("e-3")).json() == {"accepted": 1, "duplicates": 0}
+
+
 def test_events_of_a_customer_not_yet_known_are_kept(admin, ledger):
     # Given no customer "later" exists
     assert admin.get("/v1/customers/later").status_code == 404
