@@ -10,15 +10,16 @@ visible in order). A void of a watched customer drops its counters, which are th
 A weighted_sum is never kept running (its value needs every reading's neighbours).
 
 Each process keeps its own counters; they are a cache of the log, never written anywhere, so
-several servers each follow the same log. The usage log's writer in the process hands over each
-group it commits before anyone is told (`committed`), so a check after a batch this process took
-reads nothing from the log: under load any store call from the event loop waits milliseconds for
-the GIL. What others write (another serving process or server, a void) a serving process follows
-in the background (`start`), a hundred entries under the lock at a time; a check reads only its own
-customer's entries the follower has not added yet (a range of positions the store filters), and
-when the follower is more than SCAN_LIMIT entries behind, catches everyone up once instead (every
-check scanning the same long stretch costs more). Memory is bounded: past WATCH_LIMIT customers, all counters are
-dropped and counted afresh as checks come.
+several servers each follow the same log. On the embedded store the entries come from memory: whoever
+commits a group of usage rows copies it to the ring of recent entries (projections/recent.py) before
+anyone is told, so a check after a batch, whichever process took it, reads nothing from the log (under
+load any store call from the event loop waits milliseconds for the GIL). What has no record there (a
+void, a group with duplicates, every write on PostgreSQL) is read from the log: a serving process
+follows it in the background (`start`), a hundred entries under the lock at a time, and a check reads
+only its own customer's entries the follower has not added yet (a range of positions the store
+filters); when the follower is more than SCAN_LIMIT entries behind, the check catches everyone up
+once instead (every check scanning the same long stretch costs more). Memory is bounded: past
+WATCH_LIMIT customers, all counters are dropped and counted afresh as checks come.
 """
 
 import threading
@@ -87,7 +88,7 @@ class UsageCounters:
         meter's event name in the window, every acknowledged one (the read model and the log's tail)."""
         self.log, self.readings_of = log, readings_of
         self._lock = threading.Lock()
-        self._ring_at = log.recent.head() or 0 if log.recent is not None else 0  # where it reads the ring
+        self._ring_at = (log.recent.head() or 0) if log.recent is not None else 0  # where it reads the ring
         self._position = log.last_position()
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._follower = Repeating("usage-counters", self.follow)
