@@ -21,6 +21,7 @@ What keeps it true:
   without a record (a void, a group with duplicates, a writer on PostgreSQL: there is no ring).
 """
 
+import fcntl
 import mmap
 import os
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ import msgspec
 
 SIZE = 32 * 1024 * 1024  # the ring of records (~200,000 rows)
 MAX_RECORD = 4 * 1024 * 1024  # a longer group (~25,000 rows) is not copied here (readers read it from the log)
-_HEAD = 64  # bytes before the ring: the head, twice, and where the latest record begins (8-byte words)
+_HEAD = 64  # before the ring, 8-byte words: the head, twice; where the latest record begins; the ring's size
 _HEADER = 32  # a record's: state, length of its rows, first and last position (8-byte words)
 PENDING, COMMITTED, WRAP, DEAD = 0, 1, 2, 3
 _SPINS = 1_000
@@ -43,12 +44,17 @@ class Recent:
         self.path = path
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # processes opening it together: one begins it
             if os.fstat(fd).st_size < _HEAD + SIZE:
                 os.ftruncate(fd, _HEAD + SIZE)  # a sparse file: its pages take memory once written
             self._memory = mmap.mmap(fd, _HEAD + SIZE)
+            self._words = memoryview(self._memory).cast("q")
+            if self._words[3] != SIZE:  # new, or left by a version with another size: begun afresh, empty
+                self._words[0:3] = memoryview(bytes(24)).cast("q")
+                self._words[3] = SIZE
         finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)  # (mmap keeps a copy of the descriptor: closing it would not)
             os.close(fd)
-        self._words = memoryview(self._memory).cast("q")
 
     def head(self) -> int | None:
         """Bytes ever appended (where the next record goes, modulo SIZE); None if a write kept it moving."""

@@ -150,3 +150,17 @@ def test_a_reader_in_another_process_never_takes_a_record_half_written_or_overwr
         writer.join(60)
     assert writer.exitcode == 0
     assert taken > 1_000, (taken, behind)
+
+
+def test_a_ring_left_by_a_version_with_another_size_begins_afresh(tmp_path, monkeypatch):
+    recent = Recent(tmp_path / "recent")
+    recent.append(1, _rows_at(1, 10))  # left pending
+    head = recent.head()
+    recent.close()
+    again = Recent(tmp_path / "recent")  # the same size: kept
+    assert (again.head(), again.pending()) == (head, 1)
+    again.close()
+    monkeypatch.setattr(ring, "SIZE", 64 * 1024)
+    smaller = Recent(tmp_path / "recent")  # its records are not where this size would look for them
+    assert (smaller.head(), smaller.pending()) == (0, None)
+    smaller.close()
