@@ -45,8 +45,9 @@ class Board:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._lock = threading.Lock()  # flock excludes other processes, not this one's threads
         with self._locked():
-            if os.fstat(self._fd).st_size < _SIZE:
-                os.ftruncate(self._fd, _SIZE)
+            # its blocks taken on the disk now: a write to a page of a file mapped into memory that the full
+            # disk cannot hold would kill the process (SIGBUS), where a store's write only fails
+            os.posix_fallocate(self._fd, 0, _SIZE)
         self._memory = mmap.mmap(self._fd, _SIZE)
         # 8-byte words, each read and written by one aligned copy (so never seen half written); not
         # `struct.pack_into`, which zeroes the bytes before it fills them

@@ -45,8 +45,7 @@ class Recent:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # processes opening it together: one begins it
-            if os.fstat(fd).st_size < _HEAD + SIZE:
-                os.ftruncate(fd, _HEAD + SIZE)  # a sparse file: its pages take memory once written
+            os.posix_fallocate(fd, 0, _HEAD + SIZE)  # its blocks taken now, as the board's (projections/board.py)
             self._memory = mmap.mmap(fd, _HEAD + SIZE)
             self._words = memoryview(self._memory).cast("q")
             if self._words[3] != SIZE:  # new, or left by a version with another size: begun afresh, empty

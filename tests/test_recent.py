@@ -164,3 +164,10 @@ def test_a_ring_left_by_a_version_with_another_size_begins_afresh(tmp_path, monk
     smaller = Recent(tmp_path / "recent")  # its records are not where this size would look for them
     assert (smaller.head(), smaller.pending()) == (0, None)
     smaller.close()
+
+
+def test_the_ring_s_blocks_are_taken_on_the_disk_when_it_is_opened(tmp_path):
+    """A write to a page of a mapped file the full disk cannot hold kills the process (SIGBUS): the
+    blocks are taken when the ring is opened, where a full disk stops the server with an error."""
+    Recent(tmp_path / "recent").close()
+    assert (tmp_path / "recent").stat().st_blocks * 512 >= ring.SIZE
