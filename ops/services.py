@@ -166,6 +166,19 @@ def children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError):  # gone meanwhile
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+            if int(_stat(stat)[1]) == pid:
                 found.append(int(stat.parent.name))
     return found
+
+
+def state(pid: int) -> str:
+    """A process's state letter (Z: ended, not yet reaped), or "Z" when it is gone (Linux: from /proc)."""
+    try:
+        return _stat(Path(f"/proc/{pid}/stat"))[0]
+    except OSError:
+        return "Z"
+
+
+def _stat(path: Path) -> list[str]:
+    """The fields of a /proc/PID/stat after the command's name: state, parent, ..."""
+    return path.read_text().rpartition(")")[2].split()

@@ -14,8 +14,8 @@ What keeps it true:
   knows where the log ends, so whether that record's rows are there (committed) or not (dead).
   A reader takes committed records up to the published position, passes dead ones over and stops at
   a pending one;
-- a record is written before the head moves past it, and the head is two 8-byte words written
-  one after the other (a reader that finds them different reads again);
+- a record is written before the head moves past it; the head is one aligned 8-byte word, written
+  and read whole;
 - a reader far behind, whose records the ring has since overwritten, finds out (the head is more
   than a ring away) and reads the log instead. So does a reader that meets a gap: positions written
   without a record (a void, a group with duplicates, a writer on PostgreSQL: there is no ring).
@@ -31,10 +31,9 @@ import msgspec
 
 SIZE = 32 * 1024 * 1024  # the ring of records (~200,000 rows)
 MAX_RECORD = 4 * 1024 * 1024  # a longer group (~25,000 rows) is not copied here (readers read it from the log)
-_HEAD = 64  # before the ring, 8-byte words: the head, twice; where the latest record begins; the ring's size
+_HEAD = 64  # before the ring, 8-byte words: the head; where the latest record begins; the ring's format
 _HEADER = 32  # a record's: state, length of its rows, first and last position (8-byte words)
 PENDING, COMMITTED, WRAP, DEAD = 0, 1, 2, 3
-_SPINS = 1_000
 _rows = msgspec.msgpack.Encoder()
 _decode_rows = msgspec.msgpack.Decoder(list[tuple[str, str, str, str, int, int, str]])
 
@@ -48,28 +47,23 @@ class Recent:
             os.posix_fallocate(fd, 0, _HEAD + SIZE)  # its blocks taken now, as the board's (projections/board.py)
             self._memory = mmap.mmap(fd, _HEAD + SIZE)
             self._words = memoryview(self._memory).cast("q")
-            if self._words[3] != SIZE:  # new, or left by a version with another size: begun afresh, empty
-                self._words[0:3] = memoryview(bytes(24)).cast("q")
-                self._words[3] = SIZE
+            if self._words[2] != _format():  # new, or left by a version with another layout or size: begun afresh
+                self._words[0] = self._words[1] = 0
+                self._words[2] = _format()
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)  # (mmap keeps a copy of the descriptor: closing it would not)
             os.close(fd)
 
-    def head(self) -> int | None:
-        """Bytes ever appended (where the next record goes, modulo SIZE); None if a write kept it moving."""
-        for _ in range(_SPINS):
-            head, again = self._words[0], self._words[1]
-            if head == again:
-                return head
-        return None
+    def head(self) -> int:
+        """Bytes ever appended (where the next record goes, modulo SIZE)."""
+        return self._words[0]
 
     def append(self, first: int, rows: list) -> int | None:
         """Write the rows at positions `first`, `first + 1`, ... as a pending record (the caller holds
         the log's write lock, and settled the latest record); returns where it is, for `commit`, or
         None when it is too long."""
-        head = self._head_written()
-        payload = _rows.encode(rows)
-        length = _HEADER + (len(payload) + 7) // 8 * 8
+        head, payload = self.head(), _rows.encode(rows)
+        length = _span(len(payload))
         if length > MAX_RECORD:
             return None
         at = head % SIZE
@@ -78,10 +72,10 @@ class Recent:
                 self._set(at, WRAP, 0, 0, 0)
             head += SIZE - at
             at = 0
-        self._words[2] = head  # the latest record, for the next writer to settle
+        self._words[1] = head  # the latest record, for the next writer to settle
         self._set(at, PENDING, len(payload), first, first + len(rows) - 1)
         self._memory[_HEAD + at + _HEADER:_HEAD + at + _HEADER + len(payload)] = payload
-        self._move(head + length)
+        self._words[0] = head + length  # after the record: a reader never meets it half written
         return at
 
     def commit(self, at: int) -> None:
@@ -108,7 +102,7 @@ class Recent:
             payload = bytes(self._memory[_HEAD + at + _HEADER:_HEAD + at + _HEADER + length]) \
                 if state == COMMITTED else None
             self._unchanged(start)  # not overwritten while read
-            start += _HEADER + (length + 7) // 8 * 8
+            start += _span(length)
             yield start, first, last, payload
 
     @staticmethod
@@ -118,27 +112,29 @@ class Recent:
     def settle(self, end: int) -> None:
         """Mark the latest record, if still pending, committed or dead: the caller, holding the log's
         write lock (so that record's writer is done), found the log ending at `end`."""
-        latest, head = self._words[2], self._head_written()
-        if 0 < head - latest < SIZE - 2 * MAX_RECORD:  # (else it is gone, or none was written yet)
-            word = (_HEAD + latest % SIZE) // 8
-            if self._words[word] == PENDING:
-                self._words[word] = COMMITTED if self._words[word + 3] <= end else DEAD
+        word = self._pending()
+        if word is not None:
+            self._words[word] = COMMITTED if self._words[word + 3] <= end else DEAD
 
     def pending(self) -> int | None:
         """The first position of the latest record if it is still pending (its writer between its
         commit and its mark, or gone): a position the board's sync does not publish yet."""
-        latest = self._words[2]
-        head = self.head()
-        if head is None or not 0 < head - latest < SIZE - 2 * MAX_RECORD:
+        word = self._pending()
+        return None if word is None else self._words[word + 2]
+
+    def _pending(self) -> int | None:
+        """The word where the latest record begins, if it is still pending."""
+        latest = self._words[1]
+        if not 0 < self.head() - latest < SIZE - 2 * MAX_RECORD:  # none written yet, or overwritten since
             return None
         word = (_HEAD + latest % SIZE) // 8
-        return self._words[word + 2] if self._words[word] == PENDING else None
+        return word if self._words[word] == PENDING else None
 
     def _unchanged(self, start: int) -> int:
         """The head, if what was written from `start` on is still there (a write moves at most two
         records' length past the head: a record and the end of the ring it skips)."""
         head = self.head()
-        if head is None or head - start > SIZE - 2 * MAX_RECORD:
+        if head - start > SIZE - 2 * MAX_RECORD:
             raise LookupError(start)
         return head
 
@@ -151,10 +147,14 @@ class Recent:
         self._words[word], self._words[word + 1], self._words[word + 2], self._words[word + 3] = \
             state, length, first, last
 
-    def _head_written(self) -> int:
-        """The head, for the holder of the lock: no write is under way (or its writer died halfway)."""
-        return max(self._words[0], self._words[1])
 
-    def _move(self, head: int) -> None:
-        self._words[0] = head
-        self._words[1] = head
+
+def _span(length: int) -> int:
+    """The bytes a record of rows `length` long takes (its header; its rows, to 8 bytes)."""
+    return _HEADER + (length + 7) // 8 * 8
+
+
+def _format() -> int:
+    """This layout (2) and this size, in the ring's header: a ring left by another is begun afresh
+    (SIZE read at the call: tests shrink it)."""
+    return (2 << 48) | SIZE

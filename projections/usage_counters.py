@@ -88,7 +88,7 @@ class UsageCounters:
         meter's event name in the window, every acknowledged one (the read model and the log's tail)."""
         self.log, self.readings_of = log, readings_of
         self._lock = threading.Lock()
-        self._ring_at = (log.recent.head() or 0) if log.recent is not None else 0  # where it reads the ring
+        self._ring_at = log.recent.head() if log.recent is not None else 0  # where it reads the ring
         self._position = log.last_position()
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._follower = Repeating("usage-counters", self.follow)
@@ -182,19 +182,18 @@ class UsageCounters:
                 if payload is not None and end > self._position:  # (None: dead, its positions written again)
                     if first > self._position + 1:
                         return  # a gap (entries written without a record): the log has them
-                    if self._watched:
-                        self._add_from(first, recent.rows(payload))
+                    if self._watched:  # (its entries up to the position followed are added already)
+                        self._add_from(self._position + 1, recent.rows(payload)[self._position + 1 - first:])
                     self._position = end
                 self._ring_at = after
         except LookupError:  # far behind, overwritten: on from the ring's head (the log has the ones between)
-            self._ring_at = recent.head() or self._ring_at
+            self._ring_at = recent.head()
 
     def _add_from(self, position: int, rows: list[Row]) -> None:
-        """Add these rows, at `position` and the next ones in order (the lock held)."""
-        watched_of, followed = self._watched.get, self._position
+        """Add these rows, none followed yet, at `position` and the next ones in order (the lock held)."""
+        watched_of = self._watched.get
         for tenant, customer, event_id, name, timestamp_us, _, properties in rows:
-            if position > followed and (watched := watched_of((tenant, customer))) is not None \
-                    and position > watched.through:
+            if (watched := watched_of((tenant, customer))) is not None and position > watched.through:
                 watched.add(position, name, timestamp_us, event_id, properties, "event")
             position += 1
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from api.ledger import Ledger
-from ops.services import children, free_port
+from ops.services import children, free_port, state
 
 ROOT = Path(__file__).resolve().parents[1]
 TALLY = Path(sys.executable).parent / "tally"
@@ -88,14 +88,6 @@ def serving(database_url: str, folder: Path, name: str) -> Iterator[Server]:
         if process.poll() is None:
             process.kill()
         process.wait(10)
-
-
-def state(pid: int) -> str:
-    """A process's state letter (Z: ended, not yet reaped), or "Z" when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return "Z"
 
 
 def api(server: Server) -> httpx.Client:

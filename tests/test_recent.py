@@ -137,7 +137,7 @@ def test_a_reader_in_another_process_never_takes_a_record_half_written_or_overwr
     writer.start()
     taken = behind = start = 0
     try:
-        while writer.is_alive() or start < (recent.head() or 0):
+        while writer.is_alive() or start < recent.head():
             try:
                 for start, first, last, payload in recent.records(start, 1 << 62):
                     assert payload is not None
@@ -145,7 +145,7 @@ def test_a_reader_in_another_process_never_takes_a_record_half_written_or_overwr
                     taken += 1
             except LookupError:
                 behind += 1
-                start = recent.head() or start
+                start = recent.head()
     finally:
         writer.join(60)
     assert writer.exitcode == 0
