@@ -1,8 +1,15 @@
 """The usage log: every accepted usage event, once, in the order it was recorded, and every void.
 
-`(tenant, customer, event_id, kind)` is a unique key of the store itself, so a retried event is
-counted once, ever, whatever the caller or a cache does. A void is a row of the log too (kind
-`void`, with who and when), so the projections and the relay follow one ordered stream.
+`(tenant, customer, event_id, kind)` is unique in the store itself, so a retried event is counted
+once, ever, whatever the caller or a cache does. A void is a row of the log too (kind `void`, with
+who and when), so the projections and the relay follow one ordered stream.
+
+On PostgreSQL that is the table's unique constraint. On SQLite the unique index is on a 64-bit `key`
+made from the four (`usage_key`): a tenth the size of an index on the text, so a commit of random
+ids rewrites far fewer index pages, and a time-ordered id (UUIDv7, ULID) keeps its time in the
+key's high bits, so such ids land at the index's end whoever the customer. Two different events
+may share a key: a row whose key an event already holds is compared with that event, and when it
+differs it goes in without a key, unique by its full key (a partial unique index).
 
 Acknowledged means durable: `submit` resolves after the transaction holding the events committed
 (SQLite WAL with synchronous=FULL, or a PostgreSQL commit). Appends are group-committed: one writer
@@ -13,6 +20,8 @@ smaller one appear later. On SQLite the log has a file of its own, so ingesting 
 the event store or the read models.
 """
 
+import hashlib
+import logging
 import multiprocessing
 import queue
 import threading
@@ -30,18 +39,45 @@ from projections.recent import Recent
 from projections.store import Cursor, Database
 
 COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
-SCHEMA = (
+SCHEMA = (  # PostgreSQL
     """CREATE TABLE IF NOT EXISTS tally_usage (
         position BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
         event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
         recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'event',
         actor TEXT, UNIQUE (tenant_id, customer, event_id, kind))""",
 )
+SQLITE_TABLE = """CREATE TABLE IF NOT EXISTS tally_usage (
+        position INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
+        event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
+        recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'event',
+        actor TEXT, key INTEGER, bucket INTEGER NOT NULL)"""
+SQLITE_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS tally_usage_key ON tally_usage (key)",
+    # the events whose key another event took: unique by the full key (none, almost always)
+    "CREATE UNIQUE INDEX IF NOT EXISTS tally_usage_collided ON tally_usage (tenant_id, customer, event_id, kind) "
+    "WHERE key IS NULL",
+    # a customer's rows (time travel), by position within one of 256 buckets of customers: a commit
+    # writes at most one page a bucket, at its end, however many customers it holds
+    "CREATE INDEX IF NOT EXISTS tally_usage_bucket ON tally_usage (bucket, position, customer)",
+    "CREATE INDEX IF NOT EXISTS tally_usage_voids ON tally_usage (tenant_id, customer, event_id) WHERE kind = 'void'",
+)
 STAGE = ("CREATE TEMP TABLE IF NOT EXISTS tally_usage_stage (batch INT, seq INT, tenant_id TEXT, customer TEXT, "
          "event_id TEXT, event_name TEXT, timestamp_us BIGINT, recorded_us BIGINT, properties TEXT) "
          "ON COMMIT DELETE ROWS")
 CONFLICT = "ON CONFLICT (tenant_id, customer, event_id, kind) DO NOTHING"
-INSERT = f"INSERT INTO tally_usage ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) {CONFLICT}"
+KEYED = f"{COLUMNS}, key, bucket"
+
+
+def _insert(key: str, conflict: str, void: bool) -> str:
+    more, values = (", actor, kind", ", ?, 'void'") if void else ("", "")
+    return (f"INSERT INTO tally_usage ({KEYED}{more}) VALUES (?, ?, ?, ?, ?, ?, ?, {key}, ?{values}) "
+            f"ON CONFLICT {conflict} DO NOTHING")
+
+
+# SQLite, for events and for voids (whose rows end with the actor): with the key, and without it
+INSERTS = {void: (_insert("?", "(key)", void), _insert("NULL", "(tenant_id, customer, event_id, kind) WHERE key IS NULL",
+                                                       void)) for void in (False, True)}
+INSERT_KEYED = INSERTS[False][0]
 MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds an answer's wait)
 # SQLite, the writer's connection: clients' ids are random, so the unique key takes rows all over its
 # index; a page cache keeps its pages, and a checkpoint every 80 MiB of WAL (not 4) writes a page
@@ -49,8 +85,11 @@ MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds 
 WRITER_CACHE_MIB = 64
 CHECKPOINT_PAGES = 20_000
 _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
+_keys = msgspec.json.Encoder()
+log = logging.getLogger("tally.usage")
 
-Row = tuple[str, str, str, str, int, int, str]
+# tenant, customer, event_id, event_name, timestamp_us, recorded_us, properties, key, bucket
+Row = tuple[str, str, str, str, int, int, str, int, int]
 
 
 class Entry(msgspec.Struct, frozen=True, gc=False):
@@ -89,8 +128,47 @@ def moment_of(us: int) -> datetime:
 
 def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> list[Row]:
     recorded, encode = microseconds(recorded_at), _encoder.encode
+    buckets = {customer: bucket_of(tenant_id, customer) for customer in {e.customer for e in events}}
     return [(tenant_id, e.customer, e.event_id, e.event_name, microseconds(e.timestamp), recorded,
-             encode(e.properties).decode()) for e in events]
+             encode(e.properties).decode(), usage_key(tenant_id, e.customer, e.event_id, "event"),
+             buckets[e.customer])
+            for e in events]
+
+
+# The SQLite log's key: part of the stored format, never to change. Its high bits are the time of an id
+# that begins with one (39 bits of Unix milliseconds: the order wraps every 17 years), its low 24 bits
+# a hash of the four; any other id's key is a 64-bit hash.
+TIME_BITS, HASH_BITS = 39, 24
+# a ULID's Crockford base-32 digits as Python's base-32 digits (either case)
+_CROCKFORD = str.maketrans("ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz", "abcdefghijklmnopqrstuvabcdefghijklmnopqrstuv")
+
+
+def usage_key(tenant_id: str, customer: str, event_id: str, kind: str) -> int:
+    """The 64-bit key of a row of the SQLite log (signed, as SQLite keeps integers)."""
+    text = "\x1f".join((tenant_id, customer, event_id, kind)).encode("utf-8", "surrogatepass")
+    digest = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest())
+    millis = _millis(event_id)
+    if millis is None:
+        return digest - (1 << 63)
+    return (millis & ((1 << TIME_BITS) - 1)) << HASH_BITS | digest & ((1 << HASH_BITS) - 1)
+
+
+def _millis(event_id: str) -> int | None:
+    """The Unix milliseconds a UUIDv7 (RFC 9562) or a ULID begins with; None for any other id. (What
+    else `int` reads there, a sign or an underscore, gives a key as good: it only has to be the same.)"""
+    try:
+        if len(event_id) == 36 and event_id[14] == "7" and event_id[8] == event_id[13] == "-":
+            return int(event_id[:8] + event_id[9:13], 16)
+        if len(event_id) == 26:
+            return int(event_id[:10].translate(_CROCKFORD), 32)
+    except ValueError:
+        pass
+    return None
+
+
+def bucket_of(tenant_id: str, customer: str) -> int:
+    """Which of 256 buckets a customer's rows are indexed in (SQLite)."""
+    return hashlib.blake2b(f"{tenant_id}\x1f{customer}".encode("utf-8", "surrogatepass"), digest_size=1).digest()[0]
 
 
 class UsageLog:
@@ -98,7 +176,7 @@ class UsageLog:
         """`board`: where the last position is published after each commit, and `recent`: where the rows
         committed are copied (the embedded store)."""
         self.database, self.board, self.recent = database, board, recent
-        database.migrate(SCHEMA)
+        migrate(database)
         self._waiting: queue.SimpleQueue[tuple[list[Row], Future[int]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._start = threading.Lock()
@@ -143,10 +221,10 @@ class UsageLog:
         try:
             with self.database.transaction(write=True) as cursor:
                 before = self._begin(cursor)
-                counts = _insert_copy(cursor, group) if cursor.postgres else [
-                    cursor.execute_many(INSERT, rows) for rows, _ in group]
+                counts, in_order = (_insert_copy(cursor, group), True) if cursor.postgres else _insert_keyed(
+                    cursor, [rows for rows, _ in group])
                 last = self._last(cursor)
-                record = self._copied(group, counts, before, last)
+                record = self._copied(group, counts, before, last) if in_order else None
         except BaseException as error:  # nothing of the group committed: each caller is told
             for _, future in group:
                 future.set_exception(error)
@@ -168,28 +246,28 @@ class UsageLog:
         the record is, or None."""
         if self.recent is None or not last - before == sum(counts) == sum(len(rows) for rows, _ in group):
             return None
-        return self.recent.append(before + 1, [row for rows, _ in group for row in rows])
+        return self.recent.append(before + 1, [row[:7] for rows, _ in group for row in rows])
 
     def void(self, tenant_id: str, customer: str, event_ids: Sequence[str], actor: str,
              voided_at: datetime) -> tuple[int, list[str]]:
         """Take recorded events out of the totals by recording a void for each (who, when).
         Returns how many were voided now, and the ids never recorded."""
-        marks = ",".join("?" * len(event_ids))
+        voided_us = microseconds(voided_at)
         with self.database.transaction(write=True) as cursor:
             self._begin(cursor)
-            known = {row[0] for row in cursor.execute(
-                f"SELECT event_id FROM tally_usage WHERE tenant_id = ? AND customer = ? AND kind = 'event' "
-                f"AND event_id IN ({marks})", (tenant_id, customer, *event_ids)).all()}
-            ordered = [event_id for event_id in event_ids if event_id in known]
-            voided = cursor.execute(
-                f"INSERT INTO tally_usage ({COLUMNS}, kind, actor) SELECT {COLUMNS.replace('recorded_us', '?')}, "
-                f"'void', ? FROM tally_usage WHERE tenant_id = ? AND customer = ? AND kind = 'event' "
-                f"AND event_id IN ({','.join('?' * len(ordered))}) ORDER BY position {CONFLICT}",
-                (microseconds(voided_at), actor, tenant_id, customer, *ordered),
-            ).rowcount if ordered else 0
+            events = _events(cursor, tenant_id, customer, event_ids)
+            voids = [(*event[:5], voided_us, event[6], usage_key(tenant_id, customer, event[2], "void"), event[8], actor)
+                     for event in events]
+            if cursor.postgres:
+                voided = cursor.execute_many(
+                    f"INSERT INTO tally_usage ({COLUMNS}, actor, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'void') {CONFLICT}",
+                    [(*void[:7], actor) for void in voids])
+            else:
+                voided = _insert_keyed(cursor, [voids], void=True)[0][0]
             last = self._last(cursor) if voided else 0
         if voided:
             self._published(last)
+        known = {event[2] for event in events}
         return voided, [event_id for event_id in event_ids if event_id not in known]
 
     def _begin(self, cursor: Cursor) -> int:
@@ -263,6 +341,78 @@ class UsageLog:
             self._writer = None
 
 
+def migrate(database: Database) -> None:
+    """Create the log. An SQLite log from before its key is re-keyed, once, in one transaction."""
+    if database.postgres:
+        database.migrate(SCHEMA)
+        return
+    with database.transaction(write=True) as cursor:
+        if cursor.execute("PRAGMA table_info(tally_usage)").all() and not cursor.execute(
+                "SELECT 1 FROM pragma_table_info('tally_usage') WHERE name = 'key'").one():
+            _rekey(cursor)
+        cursor.execute(SQLITE_TABLE)
+        for statement in SQLITE_INDEXES:
+            cursor.execute(statement)
+
+
+def _rekey(cursor: Cursor) -> None:
+    """Copy the rows of a log unique by its text columns into one unique by `key`, positions kept."""
+    log.warning("usage log: re-keying it (once; a minute for ten million events)")
+    connection = cursor.raw.connection
+    connection.create_function("tally_usage_key", 4, usage_key, deterministic=True)
+    connection.create_function("tally_usage_bucket", 2, bucket_of, deterministic=True)
+    cursor.execute("ALTER TABLE tally_usage RENAME TO tally_usage_unkeyed")
+    cursor.execute(SQLITE_TABLE)
+    cursor.execute(SQLITE_INDEXES[0])
+    every = f"position, {COLUMNS}, kind, actor"
+    cursor.execute(f"INSERT INTO tally_usage ({every}, key, bucket) SELECT {every}, "
+                   f"tally_usage_key(tenant_id, customer, event_id, kind), tally_usage_bucket(tenant_id, customer) "
+                   f"FROM tally_usage_unkeyed WHERE true ORDER BY position ON CONFLICT (key) DO NOTHING")
+    cursor.execute(f"INSERT INTO tally_usage ({every}, key, bucket) SELECT {every}, NULL, "  # keys two events share
+                   f"tally_usage_bucket(tenant_id, customer) FROM tally_usage_unkeyed "
+                   f"WHERE position NOT IN (SELECT position FROM tally_usage) ORDER BY position")
+    cursor.execute("DROP TABLE tally_usage_unkeyed")
+
+
+def _insert_keyed(cursor: Cursor, batches: list[list[Row]], void: bool = False) -> tuple[list[int], bool]:
+    """SQLite: each batch's rows whose key is new; then those whose key a different event holds go in
+    without a key, unique by their full key. How many of each batch were new, and whether they took
+    their positions in the order given (no such collision). Void rows end with their actor."""
+    connection, (keyed, unkeyed) = cursor.raw.connection, INSERTS[void]
+    counts, in_order = [], True
+    for rows in batches:
+        before = connection.total_changes
+        cursor.raw.executemany(keyed, rows)
+        if connection.total_changes - before < len(rows):  # duplicates, or keys two events share
+            collided = _collided(cursor, rows, "void" if void else "event")
+            cursor.raw.executemany(unkeyed, [(*row[:7], *row[8:]) for row in collided])
+            in_order = in_order and not collided
+        counts.append(connection.total_changes - before)
+    return counts, in_order
+
+
+def _collided(cursor: Cursor, rows: list[Row], kind: str) -> list[Row]:
+    """The rows whose key is held by a different event (every row's key is held, now)."""
+    held = {key: rest for key, *rest in cursor.execute(
+        "SELECT key, tenant_id, customer, event_id FROM tally_usage WHERE kind = ? AND key IN "
+        "(SELECT value FROM json_each(?))", (kind, _keys.encode([row[7] for row in rows]))).all()}
+    return [row for row in rows if held.get(row[7]) != [row[0], row[1], row[2]]]
+
+
+def _events(cursor: Cursor, tenant_id: str, customer: str, event_ids: Sequence[str]) -> list[tuple]:
+    """The customer's recorded events of these ids, in log order, as rows (on PostgreSQL, key and
+    bucket 0)."""
+    marks, them = ",".join("?" * len(event_ids)), (tenant_id, customer, *event_ids)
+    where = f"tenant_id = ? AND customer = ? AND kind = 'event' AND event_id IN ({marks})"
+    if cursor.postgres:
+        return cursor.execute(f"SELECT {COLUMNS}, 0, 0 FROM tally_usage WHERE {where} ORDER BY position", them).all()
+    keys = [usage_key(tenant_id, customer, event_id, "event") for event_id in event_ids]
+    found = cursor.execute(f"SELECT position, {KEYED} FROM tally_usage WHERE key IN ({marks}) AND {where} UNION ALL "
+                           f"SELECT position, {KEYED} FROM tally_usage WHERE key IS NULL AND {where}",
+                           (*keys, *them, *them)).all()
+    return [row[1:] for row in sorted(found)]
+
+
 def _lock(cursor: Cursor) -> None:
     if cursor.postgres:  # SQLite's BEGIN IMMEDIATE already admits one writer at a time
         cursor.execute("LOCK TABLE tally_usage IN EXCLUSIVE MODE")
@@ -276,7 +426,7 @@ def _insert_copy(cursor: Cursor, group: list[tuple[list[Row], Any]]) -> list[int
     with raw.copy(f"COPY tally_usage_stage (batch, seq, {COLUMNS}) FROM STDIN") as copy:
         for batch, (rows, _) in enumerate(group):
             for seq, row in enumerate(rows):
-                copy.write_row((batch, seq, *row))
+                copy.write_row((batch, seq, *row[:7]))
     counts = []
     for batch in range(len(group)):
         raw.execute(f"INSERT INTO tally_usage ({COLUMNS}) SELECT {COLUMNS} FROM tally_usage_stage "

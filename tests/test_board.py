@@ -149,7 +149,8 @@ def test_a_commit_never_published_is_found_by_the_sync_and_a_rebuild_sets_the_do
         # When a writer commits an entry and dies before publishing it (written here behind the log's back)
         with ledger.usage.database.transaction(write=True) as cursor:
             cursor.execute("INSERT INTO tally_usage (tenant_id, customer, event_id, event_name, timestamp_us, "
-                           "recorded_us, properties) VALUES (?, 'acme', 'lost', 'llm', 0, 0, '{}')", (str(tenant),))
+                           "recorded_us, properties, bucket) VALUES (?, 'acme', 'lost', 'llm', 0, 0, '{}', 0)",
+                           (str(tenant),))
         # Then the board has its position soon after
         deadline = time.monotonic() + 5
         while ledger.usage.published() != 2 and time.monotonic() < deadline:

@@ -83,7 +83,7 @@ def test_the_board_s_sync_does_not_publish_the_rows_of_a_pending_record(tmp_path
         with log.database.transaction(write=True) as cursor:  # a writer in the middle of its group
             log.recent.append(log._begin(cursor) + 1, [("t", "c", "x", "llm", 0, 0, "{}")])
             cursor.execute("INSERT INTO tally_usage (tenant_id, customer, event_id, event_name, timestamp_us, "
-                           "recorded_us, properties) VALUES ('t', 'c', 'x', 'llm', 0, 0, '{}')")
+                           "recorded_us, properties, bucket) VALUES ('t', 'c', 'x', 'llm', 0, 0, '{}', 0)")
         assert (log.last_position(), log.settled()) == (5, 4)  # committed, not marked: not yet
         log.append("t", _events("b", 1), NOW)  # the next writer settles it
         assert log.settled() == log.last_position() == 6

@@ -26,9 +26,8 @@ For each store it measures, in one run:
 Bodies are pre-built when they fit in `--prebuild-mb` per sender; otherwise (e.g. `--events
 10000000`) each sender keeps one body template and joins fresh random ids into it for each batch
 (~0.1 ms a batch), so memory stays flat. Event ids are random (128 bits), as clients that make
-uuid4s send them (the SDK does): the log's unique key then takes each row at a random place, which
-costs the store far more than ids that only grow (measured here: a 1,000-row durable commit of
-random ids ~40-55K rows/s, of growing ids ~350K). Not a test: it prints, it does not
+uuid4s send them, or (`--ids ordered`) UUIDv7s, as the SDK's EventSender makes them: the SQLite log's
+key then takes random ids at random places in its index, and UUIDv7s at its end. Not a test: it prints, it does not
 assert speed. Targets (issue 3): >= 100,000 events/s embedded, >= 60,000 on PostgreSQL, ratio >= 1.0,
 memory flat over 10 million events.
 
@@ -66,9 +65,15 @@ import httpx
 import psycopg
 
 from ops import services
+from projections import usage_log
 from projections.store import Database
-from projections.usage_log import CHECKPOINT_PAGES, WRITER_CACHE_MIB
-from projections.usage_log import SCHEMA as USAGE_SCHEMA
+from projections.usage_log import (
+    CHECKPOINT_PAGES,
+    INSERT_KEYED,
+    WRITER_CACHE_MIB,
+    bucket_of,
+    usage_key,
+)
 
 TALLY = Path(sys.executable).with_name("tally")
 START_SECONDS = 60
@@ -77,12 +82,9 @@ PATH = "/v1/events/batch"
 EVENT_NAME = "llm.completion"
 METER = "bench_events"
 READY = "ready"  # a sender's word that its bodies are built and its connections open
-ID_MARK = "@" * 32  # where a body template takes each event's id (32 hex digits: 128 random bits)
 TARGETS = {"sqlite": 100_000, "postgres": 60_000}
 TARGET_RATIO = 1.0
 COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
-# Into the usage log's own table (created by its own SCHEMA): whatever its unique key, a conflict does nothing.
-INSERT = f"INSERT INTO tally_usage ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 
 
 # --- the events: the same in the HTTP bodies and in the ceiling's rows ---------------------------------------
@@ -98,14 +100,18 @@ class Shape:
     base: datetime  # a whole second, in the past
     ordered: bool = False  # ids that grow, as time-ordered ids (UUIDv7, ULID) do, instead of random ones
 
+    @property
+    def id_width(self) -> int:
+        return 36 if self.ordered else 32
+
     def ids(self, serial: int) -> bytes:
-        """Batch number `serial`'s event ids, 32 hex digits each, back to back: 128 random bits
-        (~20 us for 1,000), or (ordered) numbers that grow with the batch number."""
+        """Batch number `serial`'s event ids, `id_width` characters each, back to back: 128 random bits
+        in hex (~20 us for 1,000), or (ordered) UUIDv7s, as the SDK makes them, whose time grows by a
+        millisecond every 100 events (from `base`)."""
         if not self.ordered:
             return os.urandom(16 * self.batch_size).hex().encode()
-        first = serial * self.batch_size
-        return b"".join(b"%032x" % n for n in range(first, first + self.batch_size))
-
+        first, millis = serial * self.batch_size, int(self.base.timestamp()) * 1000
+        return b"".join(_uuid7(millis + n // 100, n) for n in range(first, first + self.batch_size))
     def customer(self, i: int) -> str:
         return f"cus-{i % self.customers}"
 
@@ -118,10 +124,11 @@ class Shape:
 
     def template(self) -> list[bytes]:
         """A batch body, cut where each event's id goes (`body` puts fresh ids there)."""
-        events = [{"event_id": ID_MARK, "customer": self.customer(i),
+        mark = "@" * self.id_width  # where each event's id goes
+        events = [{"event_id": mark, "customer": self.customer(i),
                    "event_name": EVENT_NAME, "timestamp": self.moment(i).strftime("%Y-%m-%dT%H:%M:%SZ"),
                    "properties": self.properties(i)} for i in range(self.batch_size)]
-        return json.dumps({"events": events}, separators=(",", ":")).encode().split(ID_MARK.encode())
+        return json.dumps({"events": events}, separators=(",", ":")).encode().split(mark.encode())
 
     @functools.cached_property
     def columns(self) -> list[tuple[str, str, int, str]]:
@@ -131,18 +138,26 @@ class Shape:
                  json.dumps(self.properties(i), separators=(",", ":"))) for i in range(self.batch_size)]
 
     def rows(self, tenant_id: str, serial: int, recorded_us: int) -> list[tuple]:
-        """The rows the usage log records for batch number `serial`."""
-        ids = self.ids(serial).decode()
-        return [(tenant_id, customer, ids[32 * n:32 * n + 32], EVENT_NAME, moment_us, recorded_us, properties)
-                for n, (customer, moment_us, properties) in enumerate(self.columns)]
+        """The rows the usage log records for batch number `serial` (on SQLite, with their key and bucket)."""
+        ids, width = self.ids(serial).decode(), self.id_width
+        return [(tenant_id, customer, event_id, EVENT_NAME, moment_us, recorded_us, properties,
+                 usage_key(tenant_id, customer, event_id, "event"), bucket_of(tenant_id, customer))
+                for n, (customer, moment_us, properties) in enumerate(self.columns)
+                for event_id in (ids[width * n:width * n + width],)]
+
+
+def _uuid7(millis: int, counter: int) -> bytes:
+    """A UUIDv7 of these milliseconds, unique by `counter` (in its 62 low bits)."""
+    digits = b"%032x" % (millis << 80 | 0x7 << 76 | 0b10 << 62 | counter & ((1 << 62) - 1))
+    return b"-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
 
 
 def body(shape: Shape, template: list[bytes], serial: int) -> bytes:
     """Batch number `serial`'s body, from its template (~0.1 ms for 1,000 events)."""
-    ids = shape.ids(serial)
+    ids, width = shape.ids(serial), shape.id_width
     parts = [template[0]]
     for n, piece in enumerate(template[1:]):
-        parts += (ids[32 * n:32 * n + 32], piece)
+        parts += (ids[width * n:width * n + width], piece)
     return b"".join(parts)
 
 
@@ -424,13 +439,13 @@ def create_usage_table(url: str) -> None:
     """The scratch store gets the usage log's own table (columns, unique key, indexes), made by its own code."""
     database = Database(url)
     try:
-        database.migrate(USAGE_SCHEMA)
+        usage_log.migrate(database)
     finally:
         database.close()
 
 
 def ceiling_sqlite(path: Path, shape: Shape, batches: int) -> Ceiling:
-    """One connection, one transaction per batch: executemany INSERT ... ON CONFLICT DO NOTHING."""
+    """One connection, one transaction per batch: executemany INSERT ... ON CONFLICT (key) DO NOTHING."""
     create_usage_table(f"sqlite:///{path}")
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
@@ -443,7 +458,7 @@ def ceiling_sqlite(path: Path, shape: Shape, batches: int) -> Ceiling:
             began = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
             before = connection.total_changes
-            connection.executemany(INSERT, rows)
+            connection.executemany(INSERT_KEYED, rows)
             inserted += connection.total_changes - before
             connection.execute("COMMIT")
             seconds += time.perf_counter() - began
@@ -470,7 +485,7 @@ def ceiling_postgres(cluster_url: str, shape: Shape, batches: int) -> Ceiling:
             with connection.cursor() as cursor:
                 with cursor.copy(f"COPY staging ({COLUMNS}) FROM STDIN") as copy:
                     for row in rows:
-                        copy.write_row(row)
+                        copy.write_row(row[:7])
                 cursor.execute(f"INSERT INTO tally_usage ({COLUMNS}) SELECT {COLUMNS} FROM staging "
                                "ON CONFLICT DO NOTHING")
                 inserted += cursor.rowcount
