@@ -75,8 +75,8 @@ def _insert(key: str, conflict: str, void: bool) -> str:
 
 
 # SQLite, for events and for voids (whose rows end with the actor): with the key, and without it
-INSERTS = {void: (_insert("?", "(key)", void), _insert("NULL", "(tenant_id, customer, event_id, kind) WHERE key IS NULL",
-                                                       void)) for void in (False, True)}
+COLLIDED = "(tenant_id, customer, event_id, kind) WHERE key IS NULL"
+INSERTS = {void: (_insert("?", "(key)", void), _insert("NULL", COLLIDED, void)) for void in (False, True)}
 INSERT_KEYED = INSERTS[False][0]
 MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds an answer's wait)
 # SQLite, the writer's connection: clients' ids are random, so the unique key takes rows all over its
@@ -140,7 +140,8 @@ def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime)
 # a hash of the four; any other id's key is a 64-bit hash.
 TIME_BITS, HASH_BITS = 39, 24
 # a ULID's Crockford base-32 digits as Python's base-32 digits (either case)
-_CROCKFORD = str.maketrans("ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz", "abcdefghijklmnopqrstuvabcdefghijklmnopqrstuv")
+_CROCKFORD = str.maketrans("ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz",
+                           "abcdefghijklmnopqrstuvabcdefghijklmnopqrstuv")
 
 
 def usage_key(tenant_id: str, customer: str, event_id: str, kind: str) -> int:
@@ -256,12 +257,14 @@ class UsageLog:
         with self.database.transaction(write=True) as cursor:
             self._begin(cursor)
             events = _events(cursor, tenant_id, customer, event_ids)
-            voids = [(*event[:5], voided_us, event[6], usage_key(tenant_id, customer, event[2], "void"), event[8], actor)
-                     for event in events]
-            if cursor.postgres:
-                voided = cursor.execute_many(
-                    f"INSERT INTO tally_usage ({COLUMNS}, actor, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'void') {CONFLICT}",
-                    [(*void[:7], actor) for void in voids])
+            voids = [(*event[:5], voided_us, event[6], usage_key(tenant_id, customer, event[2], "void"), event[8],
+                      actor) for event in events]
+            if not voids:
+                voided = 0
+            elif cursor.postgres:
+                voided = cursor.execute_many(f"INSERT INTO tally_usage ({COLUMNS}, actor, kind) "
+                                             f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'void') {CONFLICT}",
+                                             [(*void[:7], actor) for void in voids])
             else:
                 voided = _insert_keyed(cursor, [voids], void=True)[0][0]
             last = self._last(cursor) if voided else 0

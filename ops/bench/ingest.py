@@ -111,7 +111,7 @@ class Shape:
         if not self.ordered:
             return os.urandom(16 * self.batch_size).hex().encode()
         first, millis = serial * self.batch_size, int(self.base.timestamp()) * 1000
-        return b"".join(_uuid7(millis + n // 100, n) for n in range(first, first + self.batch_size))
+        return b"".join(_uuid7(millis + (n // 100 & 0xFFFFFFFF), n) for n in range(first, first + self.batch_size))
     def customer(self, i: int) -> str:
         return f"cus-{i % self.customers}"
 
