@@ -77,7 +77,6 @@ def _insert(key: str, conflict: str, void: bool) -> str:
 # SQLite, for events and for voids (whose rows end with the actor): with the key, and without it
 COLLIDED = "(tenant_id, customer, event_id, kind) WHERE key IS NULL"
 INSERTS = {void: (_insert("?", "(key)", void), _insert("NULL", COLLIDED, void)) for void in (False, True)}
-INSERT_KEYED = INSERTS[False][0]
 MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds an answer's wait)
 # SQLite, the writer's connection: clients' ids are random, so the unique key takes rows all over its
 # index; a page cache keeps its pages, and a checkpoint every 80 MiB of WAL (not 4) writes a page
@@ -222,7 +221,7 @@ class UsageLog:
         try:
             with self.database.transaction(write=True) as cursor:
                 before = self._begin(cursor)
-                counts, in_order = (_insert_copy(cursor, group), True) if cursor.postgres else _insert_keyed(
+                counts, in_order = (_insert_copy(cursor, group), True) if cursor.postgres else insert_keyed(
                     cursor, [rows for rows, _ in group])
                 last = self._last(cursor)
                 record = self._copied(group, counts, before, last) if in_order else None
@@ -266,7 +265,7 @@ class UsageLog:
                                              f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'void') {CONFLICT}",
                                              [(*void[:7], actor) for void in voids])
             else:
-                voided = _insert_keyed(cursor, [voids], void=True)[0][0]
+                voided = insert_keyed(cursor, [voids], void=True)[0][0]
             last = self._last(cursor) if voided else 0
         if voided:
             self._published(last)
@@ -360,7 +359,7 @@ def migrate(database: Database) -> None:
 
 def _rekey(cursor: Cursor) -> None:
     """Copy the rows of a log unique by its text columns into one unique by `key`, positions kept."""
-    log.warning("usage log: re-keying it (once; a minute for ten million events)")
+    log.warning("usage log: re-keying it, once (measured: 10 s a million events)")
     connection = cursor.raw.connection
     connection.create_function("tally_usage_key", 4, usage_key, deterministic=True)
     connection.create_function("tally_usage_bucket", 2, bucket_of, deterministic=True)
@@ -377,7 +376,7 @@ def _rekey(cursor: Cursor) -> None:
     cursor.execute("DROP TABLE tally_usage_unkeyed")
 
 
-def _insert_keyed(cursor: Cursor, batches: list[list[Row]], void: bool = False) -> tuple[list[int], bool]:
+def insert_keyed(cursor: Cursor, batches: list[list[Row]], void: bool = False) -> tuple[list[int], bool]:
     """SQLite: each batch's rows whose key is new; then those whose key a different event holds go in
     without a key, unique by their full key. How many of each batch were new, and whether they took
     their positions in the order given (no such collision). Void rows end with their actor."""

@@ -66,12 +66,12 @@ import psycopg
 
 from ops import services
 from projections import usage_log
-from projections.store import Database
+from projections.store import Cursor, Database
 from projections.usage_log import (
     CHECKPOINT_PAGES,
-    INSERT_KEYED,
     WRITER_CACHE_MIB,
     bucket_of,
+    insert_keyed,
     usage_key,
 )
 
@@ -445,21 +445,20 @@ def create_usage_table(url: str) -> None:
 
 
 def ceiling_sqlite(path: Path, shape: Shape, batches: int) -> Ceiling:
-    """One connection, one transaction per batch: executemany INSERT ... ON CONFLICT (key) DO NOTHING."""
+    """One connection, one transaction per batch: the usage log's own insert (executemany INSERT ... ON CONFLICT
+    (key) DO NOTHING, then the rows whose key a different event holds, if any)."""
     create_usage_table(f"sqlite:///{path}")
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA cache_size = -{WRITER_CACHE_MIB * 1024}")  # as the log's writer has
         connection.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
-        inserted, seconds = 0, 0.0
+        inserted, seconds, cursor = 0, 0.0, Cursor(connection.cursor(), postgres=False)
         for batch in range(batches):
             rows = shape.rows(TENANT, batch, time.time_ns() // 1000)
             began = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
-            before = connection.total_changes
-            connection.executemany(INSERT_KEYED, rows)
-            inserted += connection.total_changes - before
+            inserted += insert_keyed(cursor, [rows])[0][0]  # the log's own insert: two events may share a key
             connection.execute("COMMIT")
             seconds += time.perf_counter() - began
     assert inserted == batches * shape.batch_size, (inserted, batches * shape.batch_size)
