@@ -35,7 +35,9 @@ _HEAD = 64  # before the ring, 8-byte words: the head; where the latest record b
 _HEADER = 32  # a record's: state, length of its rows, first and last position (8-byte words)
 PENDING, COMMITTED, WRAP, DEAD = 0, 1, 2, 3
 _rows = msgspec.msgpack.Encoder()
-_decode_rows = msgspec.msgpack.Decoder(list[tuple[str, str, str, str, int, int, str]])
+# a usage log row (projections/usage_log.py `Row`), with its key and bucket
+Row = tuple[str, str, str, str, int, int, str, int, int]
+_decode_rows = msgspec.msgpack.Decoder(list[Row])
 
 
 class Recent:
@@ -106,7 +108,7 @@ class Recent:
             yield start, first, last, payload
 
     @staticmethod
-    def rows(payload: bytes) -> list[tuple[str, str, str, str, int, int, str]]:
+    def rows(payload: bytes) -> list[Row]:
         return _decode_rows.decode(payload)
 
     def settle(self, end: int) -> None:
@@ -148,13 +150,12 @@ class Recent:
             state, length, first, last
 
 
-
 def _span(length: int) -> int:
     """The bytes a record of rows `length` long takes (its header; its rows, to 8 bytes)."""
     return _HEADER + (length + 7) // 8 * 8
 
 
 def _format() -> int:
-    """This layout (2) and this size, in the ring's header: a ring left by another is begun afresh
-    (SIZE read at the call: tests shrink it)."""
-    return (2 << 48) | SIZE
+    """This layout (3: rows with their key and bucket) and this size, in the ring's header: a ring left
+    by another is begun afresh (SIZE read at the call: tests shrink it)."""
+    return (3 << 48) | SIZE

@@ -192,7 +192,7 @@ class UsageCounters:
     def _add_from(self, position: int, rows: list[Row]) -> None:
         """Add these rows, none followed yet, at `position` and the next ones in order (the lock held)."""
         watched_of = self._watched.get
-        for tenant, customer, event_id, name, timestamp_us, _, properties in rows:
+        for tenant, customer, event_id, name, timestamp_us, _, properties, _, _ in rows:
             if (watched := watched_of((tenant, customer))) is not None and position > watched.through:
                 watched.add(position, name, timestamp_us, event_id, properties, "event")
             position += 1

@@ -87,8 +87,8 @@ _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
 _keys = msgspec.json.Encoder()
 log = logging.getLogger("tally.usage")
 
-# tenant, customer, event_id, event_name, timestamp_us, recorded_us, properties, key, bucket
-Row = tuple[str, str, str, str, int, int, str, int, int]
+# tenant, customer, event_id, event_name, timestamp_us, recorded_us, properties; then, on SQLite, key and bucket
+Row = tuple
 
 
 class Entry(msgspec.Struct, frozen=True, gc=False):
@@ -125,13 +125,15 @@ def moment_of(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
-def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> list[Row]:
+def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime, keyed: bool) -> list[Row]:
+    """The log rows of these events; `keyed` (the SQLite log, `UsageLog.keyed`): with their key and bucket."""
     recorded, encode = microseconds(recorded_at), _encoder.encode
+    rows = [(tenant_id, e.customer, e.event_id, e.event_name, microseconds(e.timestamp), recorded,
+             encode(e.properties).decode()) for e in events]
+    if not keyed:
+        return rows
     buckets = {customer: bucket_of(tenant_id, customer) for customer in {e.customer for e in events}}
-    return [(tenant_id, e.customer, e.event_id, e.event_name, microseconds(e.timestamp), recorded,
-             encode(e.properties).decode(), usage_key(tenant_id, e.customer, e.event_id, "event"),
-             buckets[e.customer])
-            for e in events]
+    return [(*row, usage_key(tenant_id, row[1], row[2], "event"), buckets[row[1]]) for row in rows]
 
 
 # The SQLite log's key: part of the stored format, never to change. Its high bits are the time of an id
@@ -176,6 +178,7 @@ class UsageLog:
         """`board`: where the last position is published after each commit, and `recent`: where the rows
         committed are copied (the embedded store)."""
         self.database, self.board, self.recent = database, board, recent
+        self.keyed = not database.postgres  # its rows carry their key and bucket (`rows_of`)
         migrate(database)
         self._waiting: queue.SimpleQueue[tuple[list[Row], Future[int]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -185,7 +188,7 @@ class UsageLog:
 
     def append(self, tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> int:
         """Record the events not recorded before; returns how many were new, once they are durable."""
-        return self.submit(rows_of(tenant_id, events, recorded_at)).result()
+        return self.submit(rows_of(tenant_id, events, recorded_at, self.keyed)).result()
 
     def submit(self, rows: list[Row]) -> "Future[int]":
         """Queue rows for the next group commit. The future gives how many were new, after the commit."""
@@ -246,7 +249,7 @@ class UsageLog:
         the record is, or None."""
         if self.recent is None or not last - before == sum(counts) == sum(len(rows) for rows, _ in group):
             return None
-        return self.recent.append(before + 1, [row[:7] for rows, _ in group for row in rows])
+        return self.recent.append(before + 1, [row for rows, _ in group for row in rows])
 
     def void(self, tenant_id: str, customer: str, event_ids: Sequence[str], actor: str,
              voided_at: datetime) -> tuple[int, list[str]]:
@@ -256,16 +259,15 @@ class UsageLog:
         with self.database.transaction(write=True) as cursor:
             self._begin(cursor)
             events = _events(cursor, tenant_id, customer, event_ids)
-            voids = [(*event[:5], voided_us, event[6], usage_key(tenant_id, customer, event[2], "void"), event[8],
-                      actor) for event in events]
-            if not voids:
+            if not events:
                 voided = 0
             elif cursor.postgres:
                 voided = cursor.execute_many(f"INSERT INTO tally_usage ({COLUMNS}, actor, kind) "
                                              f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'void') {CONFLICT}",
-                                             [(*void[:7], actor) for void in voids])
+                                             [(*event[:5], voided_us, event[6], actor) for event in events])
             else:
-                voided = insert_keyed(cursor, [voids], void=True)[0][0]
+                voided = insert_keyed(cursor, [[(*event[:5], voided_us, event[6], usage_key(
+                    tenant_id, customer, event[2], "void"), event[8], actor) for event in events]], void=True)[0][0]
             last = self._last(cursor) if voided else 0
         if voided:
             self._published(last)
@@ -349,8 +351,8 @@ def migrate(database: Database) -> None:
         database.migrate(SCHEMA)
         return
     with database.transaction(write=True) as cursor:
-        if cursor.execute("PRAGMA table_info(tally_usage)").all() and not cursor.execute(
-                "SELECT 1 FROM pragma_table_info('tally_usage') WHERE name = 'key'").one():
+        columns = {name for name, in cursor.execute("SELECT name FROM pragma_table_info('tally_usage')").all()}
+        if columns and "key" not in columns:
             _rekey(cursor)
         cursor.execute(SQLITE_TABLE)
         for statement in SQLITE_INDEXES:
@@ -402,12 +404,11 @@ def _collided(cursor: Cursor, rows: list[Row], kind: str) -> list[Row]:
 
 
 def _events(cursor: Cursor, tenant_id: str, customer: str, event_ids: Sequence[str]) -> list[tuple]:
-    """The customer's recorded events of these ids, in log order, as rows (on PostgreSQL, key and
-    bucket 0)."""
+    """The customer's recorded events of these ids, in log order, as rows."""
     marks, them = ",".join("?" * len(event_ids)), (tenant_id, customer, *event_ids)
     where = f"tenant_id = ? AND customer = ? AND kind = 'event' AND event_id IN ({marks})"
     if cursor.postgres:
-        return cursor.execute(f"SELECT {COLUMNS}, 0, 0 FROM tally_usage WHERE {where} ORDER BY position", them).all()
+        return cursor.execute(f"SELECT {COLUMNS} FROM tally_usage WHERE {where} ORDER BY position", them).all()
     keys = [usage_key(tenant_id, customer, event_id, "event") for event_id in event_ids]
     found = cursor.execute(f"SELECT position, {KEYED} FROM tally_usage WHERE key IN ({marks}) AND {where} UNION ALL "
                            f"SELECT position, {KEYED} FROM tally_usage WHERE key IS NULL AND {where}",
@@ -428,7 +429,7 @@ def _insert_copy(cursor: Cursor, group: list[tuple[list[Row], Any]]) -> list[int
     with raw.copy(f"COPY tally_usage_stage (batch, seq, {COLUMNS}) FROM STDIN") as copy:
         for batch, (rows, _) in enumerate(group):
             for seq, row in enumerate(rows):
-                copy.write_row((batch, seq, *row[:7]))
+                copy.write_row((batch, seq, *row))
     counts = []
     for batch in range(len(group)):
         raw.execute(f"INSERT INTO tally_usage ({COLUMNS}) SELECT {COLUMNS} FROM tally_usage_stage "

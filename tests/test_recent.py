@@ -47,8 +47,8 @@ def test_two_writers_groups_are_read_back_whole_and_in_order_as_the_log_holds_th
         assert [(first, last) for first, last, _ in records] == [(1, 5), (6, 8), (16, 19)]
         with one.database.transaction() as cursor:
             logged = {row[0]: tuple(row[1:]) for row in cursor.execute(
-                "SELECT position, tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties "
-                "FROM tally_usage").all()}
+                "SELECT position, tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties, "
+                "key, bucket FROM tally_usage").all()}
         for first, _, rows in records:
             assert rows is not None
             assert [logged[first + n] for n in range(len(rows))] == [tuple(row) for row in rows]
@@ -59,7 +59,7 @@ def test_two_writers_groups_are_read_back_whole_and_in_order_as_the_log_holds_th
 
 def test_a_pending_record_stops_readers_and_the_next_writer_settles_it_committed_or_dead(tmp_path):
     recent = Recent(tmp_path / "recent")
-    rows = [("t", "c", f"e-{n}", "llm", 0, 0, "{}") for n in range(3)]
+    rows = [("t", "c", f"e-{n}", "llm", 0, 0, "{}", n, 0) for n in range(3)]
     # a writer appended positions 1-3 and committed, but has not marked them yet
     recent.append(1, rows)
     assert recent.pending() == 1
@@ -81,7 +81,7 @@ def test_the_board_s_sync_does_not_publish_the_rows_of_a_pending_record(tmp_path
     try:
         log.append("t", _events("a", 4), NOW)
         with log.database.transaction(write=True) as cursor:  # a writer in the middle of its group
-            log.recent.append(log._begin(cursor) + 1, [("t", "c", "x", "llm", 0, 0, "{}")])
+            log.recent.append(log._begin(cursor) + 1, [("t", "c", "x", "llm", 0, 0, "{}", 1, 0)])
             cursor.execute("INSERT INTO tally_usage (tenant_id, customer, event_id, event_name, timestamp_us, "
                            "recorded_us, properties, bucket) VALUES ('t', 'c', 'x', 'llm', 0, 0, '{}', 0)")
         assert (log.last_position(), log.settled()) == (5, 4)  # committed, not marked: not yet
@@ -101,7 +101,7 @@ def small_ring(monkeypatch):
 
 def _rows_at(first: int, count: int) -> list[tuple]:
     """Rows whose content says their position: a reader can tell a record mixed with another."""
-    return [("t", f"c-{position}", f"e-{position}", "llm", position, position, "{}" * (position % 7))
+    return [("t", f"c-{position}", f"e-{position}", "llm", position, position, "{}" * (position % 7), position, 0)
             for position in range(first, first + count)]
 
 

@@ -137,13 +137,15 @@ class Shape:
         return [(self.customer(i), int(self.moment(i).timestamp()) * 1_000_000,
                  json.dumps(self.properties(i), separators=(",", ":"))) for i in range(self.batch_size)]
 
-    def rows(self, tenant_id: str, serial: int, recorded_us: int) -> list[tuple]:
-        """The rows the usage log records for batch number `serial` (on SQLite, with their key and bucket)."""
+    def rows(self, tenant_id: str, serial: int, recorded_us: int, keyed: bool) -> list[tuple]:
+        """The rows the usage log records for batch number `serial` (`keyed`: SQLite's, with their key and
+        bucket)."""
         ids, width = self.ids(serial).decode(), self.id_width
-        return [(tenant_id, customer, event_id, EVENT_NAME, moment_us, recorded_us, properties,
-                 usage_key(tenant_id, customer, event_id, "event"), bucket_of(tenant_id, customer))
-                for n, (customer, moment_us, properties) in enumerate(self.columns)
-                for event_id in (ids[width * n:width * n + width],)]
+        rows = [(tenant_id, customer, ids[width * n:width * n + width], EVENT_NAME, moment_us, recorded_us, properties)
+                for n, (customer, moment_us, properties) in enumerate(self.columns)]
+        if not keyed:
+            return rows
+        return [(*row, usage_key(tenant_id, row[1], row[2], "event"), bucket_of(tenant_id, row[1])) for row in rows]
 
 
 def _uuid7(millis: int, counter: int) -> bytes:
@@ -455,7 +457,7 @@ def ceiling_sqlite(path: Path, shape: Shape, batches: int) -> Ceiling:
         connection.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         inserted, seconds, cursor = 0, 0.0, Cursor(connection.cursor(), postgres=False)
         for batch in range(batches):
-            rows = shape.rows(TENANT, batch, time.time_ns() // 1000)
+            rows = shape.rows(TENANT, batch, time.time_ns() // 1000, keyed=True)
             began = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
             inserted += insert_keyed(cursor, [rows])[0][0]  # the log's own insert: two events may share a key
@@ -479,12 +481,12 @@ def ceiling_postgres(cluster_url: str, shape: Shape, batches: int) -> Ceiling:
         connection.commit()
         inserted, seconds = 0, 0.0
         for batch in range(batches):
-            rows = shape.rows(TENANT, batch, time.time_ns() // 1000)
+            rows = shape.rows(TENANT, batch, time.time_ns() // 1000, keyed=False)
             began = time.perf_counter()
             with connection.cursor() as cursor:
                 with cursor.copy(f"COPY staging ({COLUMNS}) FROM STDIN") as copy:
                     for row in rows:
-                        copy.write_row(row[:7])
+                        copy.write_row(row)
                 cursor.execute(f"INSERT INTO tally_usage ({COLUMNS}) SELECT {COLUMNS} FROM staging "
                                "ON CONFLICT DO NOTHING")
                 inserted += cursor.rowcount
@@ -567,7 +569,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
              "COUNT(*) of tally_usage; 'meter' is the count meter's totals over GET .../usage.\n"
              "ceiling: the same rows and batches, one transaction each, one connection, straight into the store; "
              "ratio = HTTP events/s / ceiling rows/s.\n"
-             "CPU cores: CPU seconds used during the timed run / its wall seconds (server: its process and its child processes; senders: all).")
+             "CPU cores: CPU seconds used during the timed run / its wall seconds (server: its process and its "
+             "child processes; senders: all).")
     lines = [title, "", speed, *map(speed_row, results), "", checks, *map(check_row, results), "", notes]
     mismatched = [r.store for r in results if r.recorded != r.expected or r.counted not in (None, r.expected)]
     if mismatched:
