@@ -79,7 +79,7 @@ async def ingest_one(call: Call) -> Response:
     if too_far_ahead(event, now):
         error = _future_error(event)
         raise ApiError(422, f"timestamp: {error.message}", [error])
-    rows = rows_of(str(call.tenant_id), [event], now, call.ledger.usage.keyed)
+    rows = rows_of(str(call.tenant_id), [event], now)
     rows, refused = await call.quick(_admitted, call, [0], rows, [], now)
     if refused:
         raise ApiError(422, f"timestamp: {refused[0].errors[0].message}", refused[0].errors)
@@ -89,10 +89,9 @@ async def ingest_one(call: Call) -> Response:
 
 async def ingest_batch(call: Call) -> Response:
     now, tenant = call.ledger.now(), str(call.tenant_id)
-    keyed = call.ledger.usage.keyed
-    decoded = await _decoding.run(call.raw, tenant, now, keyed)
+    decoded = await _decoding.run(call.raw, tenant, now)
     if decoded is None:  # refused whole (or no decoding process): decoded here, to say why
-        decoded = await run_in_threadpool(_decoded, call.raw, tenant, now, keyed)
+        decoded = await run_in_threadpool(_decoded, call.raw, tenant, now)
     rows, rejected = await run_in_threadpool(_admitted, call, *decoded, now)
     accepted = await asyncio.wrap_future(call.ledger.usage.submit(rows))
     answer = BatchIngested(accepted, len(rows) - accepted, rejected)
@@ -102,18 +101,18 @@ async def ingest_batch(call: Call) -> Response:
 Decoded = tuple[list[int], list[Row], list[Rejected]]
 
 
-def _decoded(body: bytes, tenant: str, now: datetime, keyed: bool) -> Decoded:
+def _decoded(body: bytes, tenant: str, now: datetime) -> Decoded:
     """A batch's good events as log rows, with their indexes, and its rejected events; a batch refused
     whole (malformed, too many events) raises the error."""
     indexed, rejected = _decode(body, now)
-    return [index for index, _ in indexed], rows_of(tenant, [event for _, event in indexed], now, keyed), rejected
+    return [index for index, _ in indexed], rows_of(tenant, [event for _, event in indexed], now), rejected
 
 
-def _decoded_apart(body: bytes, tenant: str, now: datetime, keyed: bool) -> Decoded | None:
+def _decoded_apart(body: bytes, tenant: str, now: datetime) -> Decoded | None:
     """`_decoded` in the decoding process: None for a batch refused whole (the serving process
     decodes it again to answer the error, which then need not cross processes)."""
     try:
-        return _decoded(body, tenant, now, keyed)
+        return _decoded(body, tenant, now)
     except Exception:
         return None
 
@@ -125,7 +124,7 @@ class _Decoding:
         self._pool: ProcessPoolExecutor | None = None
         self._retry_at = 0.0  # after a failure, batches are decoded in the serving process until then
 
-    async def run(self, body: bytes, tenant: str, now: datetime, keyed: bool) -> Decoded | None:
+    async def run(self, body: bytes, tenant: str, now: datetime) -> Decoded | None:
         """`_decoded` in the decoding process; None for a batch it refused whole, or when no process
         could run it (it died, or none could be started: another is tried RETRY_SECONDS later)."""
         if self._pool is None:
@@ -140,7 +139,7 @@ class _Decoding:
             except OSError:
                 return self._failed()
         try:
-            return await asyncio.wrap_future(self._pool.submit(_decoded_apart, body, tenant, now, keyed))
+            return await asyncio.wrap_future(self._pool.submit(_decoded_apart, body, tenant, now))
         except (BrokenProcessPool, OSError):
             return self._failed()
 

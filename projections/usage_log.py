@@ -39,19 +39,12 @@ from projections.recent import Recent
 from projections.store import Cursor, Database
 
 COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
-SCHEMA = (  # PostgreSQL
-    """CREATE TABLE IF NOT EXISTS tally_usage (
+TABLE = """CREATE TABLE IF NOT EXISTS tally_usage (
         position BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
         event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
         recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'event',
-        actor TEXT, UNIQUE (tenant_id, customer, event_id, kind))""",
-)
-SQLITE_TABLE = """CREATE TABLE IF NOT EXISTS tally_usage (
-        position INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
-        event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
-        recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'event',
-        actor TEXT, key INTEGER, bucket INTEGER NOT NULL)"""
-SQLITE_INDEXES = (
+        actor TEXT, key BIGINT, bucket INTEGER NOT NULL)"""
+INDEXES = (
     "CREATE UNIQUE INDEX IF NOT EXISTS tally_usage_key ON tally_usage (key)",
     # the events whose key another event took: unique by the full key (none, almost always)
     "CREATE UNIQUE INDEX IF NOT EXISTS tally_usage_collided ON tally_usage (tenant_id, customer, event_id, kind) "
@@ -61,11 +54,10 @@ SQLITE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS tally_usage_bucket ON tally_usage (bucket, position, customer)",
     "CREATE INDEX IF NOT EXISTS tally_usage_voids ON tally_usage (tenant_id, customer, event_id) WHERE kind = 'void'",
 )
-STAGE = ("CREATE TEMP TABLE IF NOT EXISTS tally_usage_stage (batch INT, seq INT, tenant_id TEXT, customer TEXT, "
-         "event_id TEXT, event_name TEXT, timestamp_us BIGINT, recorded_us BIGINT, properties TEXT) "
-         "ON COMMIT DELETE ROWS")
-CONFLICT = "ON CONFLICT (tenant_id, customer, event_id, kind) DO NOTHING"
 KEYED = f"{COLUMNS}, key, bucket"
+STAGE = ("CREATE TEMP TABLE IF NOT EXISTS tally_usage_stage (batch INT, seq INT, tenant_id TEXT, customer TEXT, "
+         "event_id TEXT, event_name TEXT, timestamp_us BIGINT, recorded_us BIGINT, properties TEXT, key BIGINT, "
+         "bucket INTEGER) ON COMMIT DELETE ROWS")
 
 
 def _insert(key: str, conflict: str, void: bool) -> str:
@@ -74,7 +66,7 @@ def _insert(key: str, conflict: str, void: bool) -> str:
             f"ON CONFLICT {conflict} DO NOTHING")
 
 
-# SQLite, for events and for voids (whose rows end with the actor): with the key, and without it
+# for events and for voids (whose rows end with the actor): with the key, and without it
 COLLIDED = "(tenant_id, customer, event_id, kind) WHERE key IS NULL"
 INSERTS = {void: (_insert("?", "(key)", void), _insert("NULL", COLLIDED, void)) for void in (False, True)}
 MAX_GROUP_ROWS = 50_000  # one transaction holds at most this many rows (bounds an answer's wait)
@@ -87,7 +79,7 @@ _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
 _keys = msgspec.json.Encoder()
 log = logging.getLogger("tally.usage")
 
-# tenant, customer, event_id, event_name, timestamp_us, recorded_us, properties; then, on SQLite, key and bucket
+# tenant, customer, event_id, event_name, timestamp_us, recorded_us, properties, key, bucket
 Row = tuple
 
 
@@ -125,18 +117,16 @@ def moment_of(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
-def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime, keyed: bool) -> list[Row]:
-    """The log rows of these events; `keyed` (the SQLite log, `UsageLog.keyed`): with their key and bucket."""
+def rows_of(tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> list[Row]:
+    """The log rows of these events, with their key and bucket."""
     recorded, encode = microseconds(recorded_at), _encoder.encode
-    rows = [(tenant_id, e.customer, e.event_id, e.event_name, microseconds(e.timestamp), recorded,
-             encode(e.properties).decode()) for e in events]
-    if not keyed:
-        return rows
     buckets = {customer: bucket_of(tenant_id, customer) for customer in {e.customer for e in events}}
-    return [(*row, usage_key(tenant_id, row[1], row[2], "event"), buckets[row[1]]) for row in rows]
+    return [(tenant_id, e.customer, e.event_id, e.event_name, microseconds(e.timestamp), recorded,
+             encode(e.properties).decode(), usage_key(tenant_id, e.customer, e.event_id, "event"), buckets[e.customer])
+            for e in events]
 
 
-# The SQLite log's key: part of the stored format, never to change. Its high bits are the time of an id
+# The log's key: part of the stored format, never to change. Its high bits are the time of an id
 # that begins with one (39 bits of Unix milliseconds: the order wraps every 17 years), its low 24 bits
 # a hash of the four; any other id's key is a 64-bit hash.
 TIME_BITS, HASH_BITS = 39, 24
@@ -146,7 +136,7 @@ _CROCKFORD = str.maketrans("ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz",
 
 
 def usage_key(tenant_id: str, customer: str, event_id: str, kind: str) -> int:
-    """The 64-bit key of a row of the SQLite log (signed, as SQLite keeps integers)."""
+    """The 64-bit key of a row of the log (signed, as both stores keep integers)."""
     text = "\x1f".join((tenant_id, customer, event_id, kind)).encode("utf-8", "surrogatepass")
     digest = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest())
     millis = _millis(event_id)
@@ -169,7 +159,7 @@ def _millis(event_id: str) -> int | None:
 
 
 def bucket_of(tenant_id: str, customer: str) -> int:
-    """Which of 256 buckets a customer's rows are indexed in (SQLite)."""
+    """Which of 256 buckets a customer's rows are indexed in."""
     return hashlib.blake2b(f"{tenant_id}\x1f{customer}".encode("utf-8", "surrogatepass"), digest_size=1).digest()[0]
 
 
@@ -178,7 +168,6 @@ class UsageLog:
         """`board`: where the last position is published after each commit, and `recent`: where the rows
         committed are copied (the embedded store)."""
         self.database, self.board, self.recent = database, board, recent
-        self.keyed = not database.postgres  # its rows carry their key and bucket (`rows_of`)
         migrate(database)
         self._waiting: queue.SimpleQueue[tuple[list[Row], Future[int]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -188,7 +177,7 @@ class UsageLog:
 
     def append(self, tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> int:
         """Record the events not recorded before; returns how many were new, once they are durable."""
-        return self.submit(rows_of(tenant_id, events, recorded_at, self.keyed)).result()
+        return self.submit(rows_of(tenant_id, events, recorded_at)).result()
 
     def submit(self, rows: list[Row]) -> "Future[int]":
         """Queue rows for the next group commit. The future gives how many were new, after the commit."""
@@ -224,8 +213,7 @@ class UsageLog:
         try:
             with self.database.transaction(write=True) as cursor:
                 before = self._begin(cursor)
-                counts, in_order = (_insert_copy(cursor, group), True) if cursor.postgres else insert_keyed(
-                    cursor, [rows for rows, _ in group])
+                counts, in_order = (insert_copy if cursor.postgres else insert_keyed)(cursor, [rows for rows, _ in group])
                 last = self._last(cursor)
                 record = self._copied(group, counts, before, last) if in_order else None
         except BaseException as error:  # nothing of the group committed: each caller is told
@@ -259,15 +247,8 @@ class UsageLog:
         with self.database.transaction(write=True) as cursor:
             self._begin(cursor)
             events = _events(cursor, tenant_id, customer, event_ids)
-            if not events:
-                voided = 0
-            elif cursor.postgres:
-                voided = cursor.execute_many(f"INSERT INTO tally_usage ({COLUMNS}, actor, kind) "
-                                             f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'void') {CONFLICT}",
-                                             [(*event[:5], voided_us, event[6], actor) for event in events])
-            else:
-                voided = insert_keyed(cursor, [[(*event[:5], voided_us, event[6], usage_key(
-                    tenant_id, customer, event[2], "void"), event[8], actor) for event in events]], void=True)[0][0]
+            voided = insert_keyed(cursor, [[(*event[:5], voided_us, event[6], usage_key(
+                tenant_id, customer, event[2], "void"), event[8], actor) for event in events]], void=True)[0][0]
             last = self._last(cursor) if voided else 0
         if voided:
             self._published(last)
@@ -346,28 +327,29 @@ class UsageLog:
 
 
 def migrate(database: Database) -> None:
-    """Create the log. An SQLite log from before its key is re-keyed, once, in one transaction."""
-    if database.postgres:
-        database.migrate(SCHEMA)
-        return
+    """Create the log. A log from before its key is re-keyed, once, in one transaction."""
     with database.transaction(write=True) as cursor:
-        columns = {name for name, in cursor.execute("SELECT name FROM pragma_table_info('tally_usage')").all()}
+        columns = _columns(cursor)
         if columns and "key" not in columns:
-            _rekey(cursor)
-        cursor.execute(SQLITE_TABLE)
-        for statement in SQLITE_INDEXES:
-            cursor.execute(statement)
+            log.warning("usage log: re-keying it, once (measured: 10 s a million events)")
+            (_rekey_postgres if cursor.postgres else _rekey)(cursor)
+    database.migrate((TABLE, *INDEXES))
+
+
+def _columns(cursor: Cursor) -> set[str]:
+    return {name for name, in cursor.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND "
+        "table_name = 'tally_usage'" if cursor.postgres else "SELECT name FROM pragma_table_info('tally_usage')").all()}
 
 
 def _rekey(cursor: Cursor) -> None:
-    """Copy the rows of a log unique by its text columns into one unique by `key`, positions kept."""
-    log.warning("usage log: re-keying it, once (measured: 10 s a million events)")
+    """SQLite: copy the rows of a log unique by its text columns into one unique by `key`, positions kept."""
     connection = cursor.raw.connection
     connection.create_function("tally_usage_key", 4, usage_key, deterministic=True)
     connection.create_function("tally_usage_bucket", 2, bucket_of, deterministic=True)
     cursor.execute("ALTER TABLE tally_usage RENAME TO tally_usage_unkeyed")
-    cursor.execute(SQLITE_TABLE)
-    cursor.execute(SQLITE_INDEXES[0])
+    cursor.execute(TABLE.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"))
+    cursor.execute(INDEXES[0])
     every = f"position, {COLUMNS}, kind, actor"
     cursor.execute(f"INSERT INTO tally_usage ({every}, key, bucket) SELECT {every}, "
                    f"tally_usage_key(tenant_id, customer, event_id, kind), tally_usage_bucket(tenant_id, customer) "
@@ -378,28 +360,53 @@ def _rekey(cursor: Cursor) -> None:
     cursor.execute("DROP TABLE tally_usage_unkeyed")
 
 
+def _rekey_postgres(cursor: Cursor) -> None:
+    """PostgreSQL: add the key and bucket to a log unique by its text columns (rows sharing a key: the
+    first keeps it), then drop that unique constraint."""
+    raw = cursor.raw
+    raw.execute("ALTER TABLE tally_usage ADD COLUMN key BIGINT, ADD COLUMN bucket INTEGER")
+    raw.execute("CREATE TEMP TABLE tally_usage_keys (position BIGINT, key BIGINT, bucket INTEGER) ON COMMIT DROP")
+    with raw.connection.cursor(name="tally_usage_rekey") as rows:  # on the server: read a chunk at a time
+        rows.execute("SELECT position, tenant_id, customer, event_id, kind FROM tally_usage")
+        while chunk := rows.fetchmany(100_000):
+            with raw.copy("COPY tally_usage_keys FROM STDIN") as copy:
+                for position, tenant_id, customer, event_id, kind in chunk:
+                    copy.write_row((position, usage_key(tenant_id, customer, event_id, kind),
+                                    bucket_of(tenant_id, customer)))
+    raw.execute("UPDATE tally_usage u SET key = k.key, bucket = k.bucket FROM (SELECT position, bucket, CASE WHEN "
+                "position = MIN(position) OVER (PARTITION BY key) THEN key END AS key FROM tally_usage_keys) k "
+                "WHERE u.position = k.position")
+    raw.execute("ALTER TABLE tally_usage ALTER COLUMN bucket SET NOT NULL")
+    for name, in raw.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'tally_usage'::regclass "
+                             "AND contype = 'u'").fetchall():
+        raw.execute(f'ALTER TABLE tally_usage DROP CONSTRAINT "{name}"')
+    for statement in INDEXES:
+        raw.execute(statement)
+
+
 def insert_keyed(cursor: Cursor, batches: list[list[Row]], void: bool = False) -> tuple[list[int], bool]:
-    """SQLite: each batch's rows whose key is new; then those whose key a different event holds go in
-    without a key, unique by their full key. How many of each batch were new, and whether they took
-    their positions in the order given (no such collision). Void rows end with their actor."""
-    connection, (keyed, unkeyed) = cursor.raw.connection, INSERTS[void]
+    """Each batch's rows whose key is new; then those whose key a different event holds go in without
+    a key, unique by their full key. How many of each batch were new, and whether they took their
+    positions in the order given (no such collision). Void rows end with their actor."""
+    keyed, unkeyed = INSERTS[void]
     counts, in_order = [], True
     for rows in batches:
-        before = connection.total_changes
-        cursor.raw.executemany(keyed, rows)
-        if connection.total_changes - before < len(rows):  # duplicates, or keys two events share
-            collided = _collided(cursor, rows, "void" if void else "event")
-            cursor.raw.executemany(unkeyed, [(*row[:7], *row[8:]) for row in collided])
-            in_order = in_order and not collided
-        counts.append(connection.total_changes - before)
+        count = cursor.execute_many(keyed, rows)
+        if count < len(rows):  # duplicates, or keys two events share
+            if collided := _collided(cursor, rows, "void" if void else "event"):
+                count += cursor.execute_many(unkeyed, [(*row[:7], *row[8:]) for row in collided])
+                in_order = False
+        counts.append(count)
     return counts, in_order
 
 
 def _collided(cursor: Cursor, rows: list[Row], kind: str) -> list[Row]:
     """The rows whose key is held by a different event (every row's key is held, now)."""
+    keys = [row[7] for row in rows]
+    among = "= ANY(?::BIGINT[])" if cursor.postgres else "IN (SELECT value FROM json_each(?))"
     held = {key: rest for key, *rest in cursor.execute(
-        "SELECT key, tenant_id, customer, event_id FROM tally_usage WHERE kind = ? AND key IN "
-        "(SELECT value FROM json_each(?))", (kind, _keys.encode([row[7] for row in rows]))).all()}
+        f"SELECT key, tenant_id, customer, event_id FROM tally_usage WHERE kind = ? AND key {among}",
+        (kind, keys if cursor.postgres else _keys.encode(keys))).all()}
     return [row for row in rows if held.get(row[7]) != [row[0], row[1], row[2]]]
 
 
@@ -407,8 +414,6 @@ def _events(cursor: Cursor, tenant_id: str, customer: str, event_ids: Sequence[s
     """The customer's recorded events of these ids, in log order, as rows."""
     marks, them = ",".join("?" * len(event_ids)), (tenant_id, customer, *event_ids)
     where = f"tenant_id = ? AND customer = ? AND kind = 'event' AND event_id IN ({marks})"
-    if cursor.postgres:
-        return cursor.execute(f"SELECT {COLUMNS} FROM tally_usage WHERE {where} ORDER BY position", them).all()
     keys = [usage_key(tenant_id, customer, event_id, "event") for event_id in event_ids]
     found = cursor.execute(f"SELECT position, {KEYED} FROM tally_usage WHERE key IN ({marks}) AND {where} UNION ALL "
                            f"SELECT position, {KEYED} FROM tally_usage WHERE key IS NULL AND {where}",
@@ -421,18 +426,26 @@ def _lock(cursor: Cursor) -> None:
         cursor.execute("LOCK TABLE tally_usage IN EXCLUSIVE MODE")
 
 
-def _insert_copy(cursor: Cursor, group: list[tuple[list[Row], Any]]) -> list[int]:
-    """PostgreSQL: COPY the whole group into a staging table, then insert batch by batch (so each
-    batch's count of new events is its own, and a batch wins over a later one in the group)."""
-    raw = cursor.raw
+def insert_copy(cursor: Cursor, batches: list[list[Row]]) -> tuple[list[int], bool]:
+    """PostgreSQL, as `insert_keyed`: COPY the whole group into a staging table, then insert batch by
+    batch (so each batch's count of new events is its own, and a batch wins over a later one)."""
+    raw, in_order = cursor.raw, True
     raw.execute(STAGE)
-    with raw.copy(f"COPY tally_usage_stage (batch, seq, {COLUMNS}) FROM STDIN") as copy:
-        for batch, (rows, _) in enumerate(group):
+    with raw.copy(f"COPY tally_usage_stage (batch, seq, {KEYED}) FROM STDIN") as copy:
+        for batch, rows in enumerate(batches):
             for seq, row in enumerate(rows):
                 copy.write_row((batch, seq, *row))
     counts = []
-    for batch in range(len(group)):
-        raw.execute(f"INSERT INTO tally_usage ({COLUMNS}) SELECT {COLUMNS} FROM tally_usage_stage "
-                    f"WHERE batch = %s ORDER BY seq {CONFLICT}", (batch,))
-        counts.append(raw.rowcount)
-    return counts
+    for batch, rows in enumerate(batches):
+        raw.execute(f"INSERT INTO tally_usage ({KEYED}) SELECT {KEYED} FROM tally_usage_stage WHERE batch = %s "
+                    "ORDER BY seq ON CONFLICT (key) DO NOTHING", (batch,))
+        count = raw.rowcount
+        if count < len(rows):  # duplicates, or keys two events share: those of a different event, without a key
+            raw.execute(f"INSERT INTO tally_usage ({KEYED}) SELECT {COLUMNS}, NULL, bucket FROM tally_usage_stage s "
+                        "WHERE batch = %s AND NOT EXISTS (SELECT 1 FROM tally_usage u WHERE u.key = s.key AND "
+                        "u.tenant_id = s.tenant_id AND u.customer = s.customer AND u.event_id = s.event_id AND "
+                        f"u.kind = 'event') ORDER BY seq ON CONFLICT {COLLIDED} DO NOTHING", (batch,))
+            count += raw.rowcount
+            in_order = in_order and not raw.rowcount
+        counts.append(count)
+    return counts, in_order

@@ -155,15 +155,14 @@ def as_of(log: UsageLog, tenant_id: str, customer: str, event_name: str, start_u
           recorded_us: int) -> tuple[list[Reading], list[Reading]]:
     """As `fresh`, but as the log stood at `recorded_us`: the events recorded by then, less those
     voided by then (time travel reads the log itself)."""
-    # SQLite finds a customer's rows by its bucket (the log has no index on the customer)
-    bucket, of_bucket = ((), "") if log.database.postgres else ((bucket_of(tenant_id, customer),), "u.bucket = ? AND ")
     with log.database.transaction() as cursor:
         rows = cursor.execute(
-            f"SELECT u.event_id, u.timestamp_us, u.position, u.properties FROM tally_usage u WHERE {of_bucket}"
+            "SELECT u.event_id, u.timestamp_us, u.position, u.properties FROM tally_usage u WHERE u.bucket = ? AND "
             "u.tenant_id = ? AND u.customer = ? AND u.event_name = ? AND u.kind = 'event' AND u.recorded_us <= ? "
             "AND u.timestamp_us < ? AND NOT EXISTS (SELECT 1 FROM tally_usage v WHERE v.tenant_id = u.tenant_id "
             "AND v.customer = u.customer AND v.event_id = u.event_id AND v.kind = 'void' AND v.recorded_us <= ?) "
-            "ORDER BY u.position", (*bucket, tenant_id, customer, event_name, recorded_us, end_us, recorded_us)).all()
+            "ORDER BY u.position",
+            (bucket_of(tenant_id, customer), tenant_id, customer, event_name, recorded_us, end_us, recorded_us)).all()
     return _split([Reading(t, p, _properties.decode(props), event_id) for event_id, t, p, props in rows],
                   start_us, end_us)
 

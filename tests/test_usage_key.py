@@ -1,6 +1,6 @@
-"""The SQLite usage log's key (projections/usage_log.py): a 64-bit integer made from (tenant, customer,
-event_id, kind), unique in the store. Two different events may share a key; neither may be lost, and a
-retry of either must still be a duplicate. A log from before the key is re-keyed when opened."""
+"""The usage log's key (projections/usage_log.py): a 64-bit integer made from (tenant, customer, event_id,
+kind), unique in the store, on both stores. Two different events may share a key; neither may be lost, and
+a retry of either must still be a duplicate. A log from before the key is re-keyed when opened."""
 
 import uuid
 from datetime import UTC, datetime
@@ -21,9 +21,12 @@ def _event(event_id: str, customer: str = "acme", tokens: int = 1) -> UsageEvent
                       properties={"tokens": tokens})
 
 
-def _log(folder) -> UsageLog:
-    return UsageLog(Database(f"sqlite:///{folder / 'usage.sqlite'}"), Board(folder / "positions"),
-                    Recent(folder / "recent"))
+def _log(url: str, folder) -> UsageLog:
+    """The log as a server opens it: on the embedded store, with the board and the ring."""
+    database = Database(url)
+    if database.postgres:
+        return UsageLog(database)
+    return UsageLog(database, Board(folder / "positions"), Recent(folder / "recent"))
 
 
 def _rows(log: UsageLog) -> list[tuple]:
@@ -41,7 +44,7 @@ def _ulid(millis: int) -> str:
 
 
 def test_the_key_is_the_stored_format_and_does_not_change():
-    # These values are on disk in every SQLite log: a change here would let a retried event in twice
+    # These values are in every log, on both stores: a change here would let a retried event in twice
     assert usage_key("t", "acme", "req-1", "event") == 3242796831332589220
     assert usage_key("t", "acme", "req-1", "void") != usage_key("t", "acme", "req-1", "event")
     assert usage_key("t", "acme", "01890a5d-ac96-774b-bcce-b302099a8057", "event") == 651436091956236238
@@ -57,10 +60,10 @@ def test_time_ordered_ids_keep_their_order_in_the_key_and_others_spread_over_it(
     assert min(random_keys) < -(1 << 61) and max(random_keys) > 1 << 61
 
 
-def test_events_sharing_a_key_are_each_recorded_once_and_voided_once(tmp_path, monkeypatch):
+def test_events_sharing_a_key_are_each_recorded_once_and_voided_once(database_url, tmp_path, monkeypatch):
     # Given a key that every event of a customer shares (a stand-in for the rare 64-bit collision)
     monkeypatch.setattr(usage_log, "usage_key", lambda tenant, customer, event_id, kind: hash((customer, kind)))
-    log = _log(tmp_path)
+    log = _log(database_url, tmp_path)
     try:
         # When three different events come in one batch, with a repeat of the first
         assert log.append("t", [_event("a"), _event("b"), _event("c"), _event("a", tokens=9)], NOW) == 3
@@ -75,34 +78,43 @@ def test_events_sharing_a_key_are_each_recorded_once_and_voided_once(tmp_path, m
         assert [(e.customer, e.event_id, e.kind) for e in log.entries(0, 100)] == [
             ("acme", "a", "event"), ("acme", "b", "event"), ("acme", "c", "event"), ("acme", "d", "event"),
             ("other", "a", "event"), ("acme", "a", "void"), ("acme", "b", "void")]
-        # And the ring took no group whose rows did not take their positions in order
         with log.database.transaction() as cursor:
             assert cursor.execute("SELECT COUNT(*) FROM tally_usage WHERE key IS NULL").one() == (4,)
-        records = list(log.recent.records(0, log.published()))
-        assert [log.recent.rows(payload)[0][1] for _, _, _, payload in records] == ["other"]
+        # And (embedded) the ring took no group whose rows did not take their positions in order
+        if log.recent is not None:
+            records = list(log.recent.records(0, log.published()))
+            assert [log.recent.rows(payload)[0][1] for _, _, _, payload in records] == ["other"]
     finally:
         log.close()
 
 
 OLD_TABLE = """CREATE TABLE tally_usage (
-    position INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
+    position BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, customer TEXT NOT NULL,
     event_id TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
     recorded_us BIGINT NOT NULL, properties TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'event',
     actor TEXT, UNIQUE (tenant_id, customer, event_id, kind))"""
 
 
-def test_a_log_from_before_the_key_is_re_keyed_with_its_positions_and_still_refuses_its_events(tmp_path):
-    # Given a log written by an earlier Tally (unique by its text columns), with a void and a gap
-    database = Database(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+def _old_log(url: str, rows: list[tuple[str, str]]) -> None:
+    """A log written by an earlier Tally (unique by its text columns): these (event id, kind) rows of
+    customer acme, then the third deleted (a gap in the positions)."""
+    database = Database(url)
+    database.migrate([OLD_TABLE])
     with database.transaction(write=True) as cursor:
-        cursor.execute(OLD_TABLE)
-        for position, event_id, kind in [(1, "a", "event"), (2, "b", "event"), (4, "c", "event"), (5, "a", "void")]:
-            cursor.execute("INSERT INTO tally_usage (position, tenant_id, customer, event_id, event_name, "
-                           "timestamp_us, recorded_us, properties, kind) VALUES (?, 't', 'acme', ?, 'llm', 0, 0, "
-                           "'{\"tokens\":\"1\"}', ?)", (position, event_id, kind))
+        for event_id, kind in rows:
+            cursor.execute("INSERT INTO tally_usage (tenant_id, customer, event_id, event_name, timestamp_us, "
+                           "recorded_us, properties, kind) VALUES ('t', 'acme', ?, 'llm', 0, 0, "
+                           "'{\"tokens\":\"1\"}', ?)", (event_id, kind))
+        cursor.execute("DELETE FROM tally_usage WHERE position = 3")
     database.close()
+
+
+def test_a_log_from_before_the_key_is_re_keyed_with_its_positions_and_still_refuses_its_events(database_url,
+                                                                                               tmp_path):
+    # Given a log written by an earlier Tally (unique by its text columns), with a void and a gap
+    _old_log(database_url, [("a", "event"), ("b", "event"), ("gone", "event"), ("c", "event"), ("a", "void")])
     # When it is opened
-    log = _log(tmp_path)
+    log = _log(database_url, tmp_path)
     try:
         # Then its rows keep their positions and get their keys
         assert [(e.position, e.event_id, e.kind) for e in log.entries(0, 100)] == [
@@ -119,18 +131,12 @@ def test_a_log_from_before_the_key_is_re_keyed_with_its_positions_and_still_refu
         log.close()
 
 
-def test_old_rows_sharing_a_key_are_all_kept_when_re_keyed(tmp_path, monkeypatch):
-    database = Database(f"sqlite:///{tmp_path / 'usage.sqlite'}")
-    with database.transaction(write=True) as cursor:
-        cursor.execute(OLD_TABLE)
-        cursor.execute("INSERT INTO tally_usage (tenant_id, customer, event_id, event_name, timestamp_us, "
-                       "recorded_us, properties) VALUES ('t', 'acme', 'a', 'llm', 0, 0, '{}'), "
-                       "('t', 'acme', 'b', 'llm', 0, 0, '{}')")
-    database.close()
+def test_old_rows_sharing_a_key_are_all_kept_when_re_keyed(database_url, tmp_path, monkeypatch):
+    _old_log(database_url, [("a", "event"), ("b", "event"), ("gone", "event"), ("d", "event")])
     monkeypatch.setattr(usage_log, "usage_key", lambda tenant, customer, event_id, kind: 42)
-    log = _log(tmp_path)
+    log = _log(database_url, tmp_path)
     try:
-        assert _rows(log) == [("acme", "a", "event", 0), ("acme", "b", "event", 1)]
+        assert _rows(log) == [("acme", "a", "event", 0), ("acme", "b", "event", 1), ("acme", "d", "event", 1)]
         assert log.append("t", [_event("b"), _event("a"), _event("c")], NOW) == 1
     finally:
         log.close()

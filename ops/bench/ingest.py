@@ -14,20 +14,21 @@ For each store it measures, in one run:
    the events sent (a COUNT of `tally_usage`, and, up to `--api-check-max` events, the totals of
    the count meter over `GET /v1/customers/{id}/usage`), and reads the server's peak RSS (VmHWM)
    before stopping it (SIGTERM, then SIGKILL).
-2. **The raw durable ceiling.** The same rows, into the usage log's own table (made by its SCHEMA:
+2. **The raw durable ceiling.** The same rows, into the usage log's own table (made by its own code:
    same columns, unique key, indexes), in the same batches, one transaction per batch, the same
-   durability, straight into a scratch store with one connection: SQLite (a file of its own, WAL,
-   synchronous=FULL) takes `executemany INSERT ... ON CONFLICT DO NOTHING`; PostgreSQL (a scratch
-   database in the same cluster) takes COPY into a temp staging table + `INSERT ... SELECT ... ON
-   CONFLICT DO NOTHING`. rows/s = rows / seconds spent in those transactions (building the rows is
+   durability, straight into a scratch store with one connection, with the log's own insert: SQLite
+   (a file of its own, WAL, synchronous=FULL) takes `executemany INSERT ... ON CONFLICT (key) DO
+   NOTHING`; PostgreSQL (a scratch database in the same cluster) takes COPY into a temp staging table
+   + `INSERT ... SELECT ... ON CONFLICT (key) DO NOTHING` (either then inserts the rows whose key a
+   different event holds, if any). rows/s = rows / seconds spent in those transactions (building the rows is
    not timed). The ratio printed is HTTP events/s over ceiling rows/s: group commit can take it
    above 1.0. The server is stopped by then, so the two never compete.
 
 Bodies are pre-built when they fit in `--prebuild-mb` per sender; otherwise (e.g. `--events
 10000000`) each sender keeps one body template and joins fresh random ids into it for each batch
 (~0.1 ms a batch), so memory stays flat. Event ids are random (128 bits), as clients that make
-uuid4s send them, or (`--ids ordered`) UUIDv7s, as the SDK's EventSender makes them: the SQLite log's
-key then takes random ids at random places in its index, and UUIDv7s at its end. Not a test: it prints, it does not
+uuid4s send them, or (`--ids ordered`) UUIDv7s, as the SDK's EventSender makes them: the log's key
+then takes random ids at random places in its index, and UUIDv7s at its end. Not a test: it prints, it does not
 assert speed. Targets (issue 3): >= 100,000 events/s embedded, >= 60,000 on PostgreSQL, ratio >= 1.0,
 memory flat over 10 million events.
 
@@ -71,6 +72,7 @@ from projections.usage_log import (
     CHECKPOINT_PAGES,
     WRITER_CACHE_MIB,
     bucket_of,
+    insert_copy,
     insert_keyed,
     usage_key,
 )
@@ -84,7 +86,6 @@ METER = "bench_events"
 READY = "ready"  # a sender's word that its bodies are built and its connections open
 TARGETS = {"sqlite": 100_000, "postgres": 60_000}
 TARGET_RATIO = 1.0
-COLUMNS = "tenant_id, customer, event_id, event_name, timestamp_us, recorded_us, properties"
 
 
 # --- the events: the same in the HTTP bodies and in the ceiling's rows ---------------------------------------
@@ -112,6 +113,7 @@ class Shape:
             return os.urandom(16 * self.batch_size).hex().encode()
         first, millis = serial * self.batch_size, int(self.base.timestamp()) * 1000
         return b"".join(_uuid7(millis + (n // 100 & 0xFFFFFFFF), n) for n in range(first, first + self.batch_size))
+
     def customer(self, i: int) -> str:
         return f"cus-{i % self.customers}"
 
@@ -137,14 +139,11 @@ class Shape:
         return [(self.customer(i), int(self.moment(i).timestamp()) * 1_000_000,
                  json.dumps(self.properties(i), separators=(",", ":"))) for i in range(self.batch_size)]
 
-    def rows(self, tenant_id: str, serial: int, recorded_us: int, keyed: bool) -> list[tuple]:
-        """The rows the usage log records for batch number `serial` (`keyed`: SQLite's, with their key and
-        bucket)."""
+    def rows(self, tenant_id: str, serial: int, recorded_us: int) -> list[tuple]:
+        """The rows the usage log records for batch number `serial`, with their key and bucket."""
         ids, width = self.ids(serial).decode(), self.id_width
         rows = [(tenant_id, customer, ids[width * n:width * n + width], EVENT_NAME, moment_us, recorded_us, properties)
                 for n, (customer, moment_us, properties) in enumerate(self.columns)]
-        if not keyed:
-            return rows
         return [(*row, usage_key(tenant_id, row[1], row[2], "event"), bucket_of(tenant_id, row[1])) for row in rows]
 
 
@@ -457,7 +456,7 @@ def ceiling_sqlite(path: Path, shape: Shape, batches: int) -> Ceiling:
         connection.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         inserted, seconds, cursor = 0, 0.0, Cursor(connection.cursor(), postgres=False)
         for batch in range(batches):
-            rows = shape.rows(TENANT, batch, time.time_ns() // 1000, keyed=True)
+            rows = shape.rows(TENANT, batch, time.time_ns() // 1000)
             began = time.perf_counter()
             connection.execute("BEGIN IMMEDIATE")
             inserted += insert_keyed(cursor, [rows])[0][0]  # the log's own insert: two events may share a key
@@ -468,28 +467,19 @@ def ceiling_sqlite(path: Path, shape: Shape, batches: int) -> Ceiling:
 
 
 def ceiling_postgres(cluster_url: str, shape: Shape, batches: int) -> Ceiling:
-    """A scratch database in the same cluster; per batch one transaction: COPY into a temp staging table,
-    then INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
+    """A scratch database in the same cluster; per batch one transaction: the usage log's own insert (COPY into
+    a temp staging table, then INSERT ... SELECT ... ON CONFLICT (key) DO NOTHING, then the rows whose key a
+    different event holds, if any)."""
     with psycopg.connect(cluster_url, autocommit=True) as admin:
         admin.execute("CREATE DATABASE tally_bench_ceiling")
     url = cluster_url.rsplit("/", 1)[0] + "/tally_bench_ceiling"
     create_usage_table(url)
     with psycopg.connect(url) as connection:
-        connection.execute("CREATE TEMP TABLE staging (tenant_id TEXT, customer TEXT, event_id TEXT, "
-                           "event_name TEXT, timestamp_us BIGINT, recorded_us BIGINT, properties TEXT) "
-                           "ON COMMIT DELETE ROWS")
-        connection.commit()
-        inserted, seconds = 0, 0.0
+        inserted, seconds, cursor = 0, 0.0, Cursor(connection.cursor(), postgres=True)
         for batch in range(batches):
-            rows = shape.rows(TENANT, batch, time.time_ns() // 1000, keyed=False)
+            rows = shape.rows(TENANT, batch, time.time_ns() // 1000)
             began = time.perf_counter()
-            with connection.cursor() as cursor:
-                with cursor.copy(f"COPY staging ({COLUMNS}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cursor.execute(f"INSERT INTO tally_usage ({COLUMNS}) SELECT {COLUMNS} FROM staging "
-                               "ON CONFLICT DO NOTHING")
-                inserted += cursor.rowcount
+            inserted += insert_copy(cursor, [rows])[0][0]
             connection.commit()
             seconds += time.perf_counter() - began
     assert inserted == batches * shape.batch_size, (inserted, batches * shape.batch_size)
