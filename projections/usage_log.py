@@ -213,7 +213,8 @@ class UsageLog:
         try:
             with self.database.transaction(write=True) as cursor:
                 before = self._begin(cursor)
-                counts, in_order = (insert_copy if cursor.postgres else insert_keyed)(cursor, [rows for rows, _ in group])
+                insert = insert_copy if cursor.postgres else insert_keyed
+                counts, in_order = insert(cursor, [rows for rows, _ in group])
                 last = self._last(cursor)
                 record = self._copied(group, counts, before, last) if in_order else None
         except BaseException as error:  # nothing of the group committed: each caller is told
