@@ -132,7 +132,10 @@ class UsageCounters:
                 self._watched.clear()
             # nothing counted yet: its counters start from its readings up to here (the entries the process
             # has followed too: it may have followed entries committed but not published yet)
-            watched = self._watched[tenant, customer] = _Watched(max(self.log.published(), self._position))
+            position = max(self.log.published(), self._position)
+            if not self._watched:  # the first: nobody's counters had entries to add up to here
+                self._position = position
+            watched = self._watched[tenant, customer] = _Watched(position)
             return watched
         last = self.log.published()
         if last > self._position:
@@ -151,13 +154,12 @@ class UsageCounters:
         """Add the log's entries after the position followed to the watched customers' counters (the
         entries a check has counted already skipped), a chunk at a time: a check waits for a chunk
         at most, not for a batch."""
+        if not self._watched:  # nobody's counters to add to (a server that only ingests): not even a look at
+            return  # where the log ends (on PostgreSQL a query, every FOLLOW_SECONDS); the first watched moves on
         last = self.log.published()
         if last <= self._position:
             return
         with self._lock:
-            if not self._watched:  # nobody's counters to add to (a server that only ingests): skip the entries
-                self._position = max(self._position, last)
-                return
             self._from_recent(last)
             if self._position >= last:
                 return
