@@ -332,7 +332,8 @@ def migrate(database: Database) -> None:
     with database.transaction(write=True) as cursor:
         columns = _columns(cursor)
         if columns and "key" not in columns:
-            log.warning("usage log: re-keying it, once (measured: 10 s a million events)")
+            log.warning("usage log: re-keying it, once (measured: a million events in 10 s on SQLite, "
+                        "42 s on PostgreSQL)")
             (_rekey_postgres if cursor.postgres else _rekey)(cursor)
     database.migrate((TABLE, *INDEXES))
 
