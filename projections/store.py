@@ -46,6 +46,15 @@ class Cursor:
         self.raw.execute(sql.replace("?", "%s") if self.postgres else sql, params)
         return self
 
+    def create(self, statement: str) -> None:
+        """Run a schema statement: SQLite spells BYTEA as BLOB and BIGSERIAL keys as AUTOINCREMENT, and
+        only SQLite has tables WITHOUT ROWID (a PostgreSQL table is that already)."""
+        if self.postgres:
+            self.execute(statement.replace(") WITHOUT ROWID", ")"))
+        else:
+            self.execute(statement.replace("BYTEA", "BLOB").replace(
+                "BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"))
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run `sql` for each row; the number of rows it changed in all."""
         if self.postgres:
@@ -98,16 +107,10 @@ class Database:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
 
     def migrate(self, statements: Sequence[str]) -> None:
-        """Create what is missing; SQLite spells BYTEA as BLOB and BIGSERIAL keys as AUTOINCREMENT,
-        and only SQLite has tables WITHOUT ROWID (a PostgreSQL table is that already)."""
+        """Create what is missing (`Cursor.create`)."""
         with self.transaction(write=True) as cursor:
             for statement in statements:
-                if self.postgres:
-                    statement = statement.replace(") WITHOUT ROWID", ")")
-                else:
-                    statement = statement.replace("BYTEA", "BLOB").replace(
-                        "BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
-                cursor.execute(statement)
+                cursor.create(statement)
 
     def _sqlite(self) -> sqlite3.Connection:
         connection = getattr(self.local, "connection", None)

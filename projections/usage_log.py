@@ -328,14 +328,15 @@ class UsageLog:
 
 
 def migrate(database: Database) -> None:
-    """Create the log. A log from before its key is re-keyed, once, in one transaction."""
+    """Create the log; a log from before its key is re-keyed first, once. One transaction."""
     with database.transaction(write=True) as cursor:
         columns = _columns(cursor)
         if columns and "key" not in columns:
             log.warning("usage log: re-keying it, once (measured: a million events in 10 s on SQLite, "
                         "42 s on PostgreSQL)")
             (_rekey_postgres if cursor.postgres else _rekey)(cursor)
-    database.migrate((TABLE, *INDEXES))
+        for statement in (TABLE, *INDEXES):
+            cursor.create(statement)
 
 
 def _columns(cursor: Cursor) -> set[str]:
@@ -350,8 +351,8 @@ def _rekey(cursor: Cursor) -> None:
     connection.create_function("tally_usage_key", 4, usage_key, deterministic=True)
     connection.create_function("tally_usage_bucket", 2, bucket_of, deterministic=True)
     cursor.execute("ALTER TABLE tally_usage RENAME TO tally_usage_unkeyed")
-    cursor.execute(TABLE.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"))
-    cursor.execute(INDEXES[0])
+    cursor.create(TABLE)
+    cursor.execute(INDEXES[0])  # for its ON CONFLICT below
     every = f"position, {COLUMNS}, kind, actor"
     cursor.execute(f"INSERT INTO tally_usage ({every}, key, bucket) SELECT {every}, "
                    f"tally_usage_key(tenant_id, customer, event_id, kind), tally_usage_bucket(tenant_id, customer) "
@@ -364,7 +365,7 @@ def _rekey(cursor: Cursor) -> None:
 
 def _rekey_postgres(cursor: Cursor) -> None:
     """PostgreSQL: add the key and bucket to a log unique by its text columns (rows sharing a key: the
-    first keeps it), then drop that unique constraint."""
+    first keeps it), then drop that unique constraint (`migrate` makes the indexes, in the same transaction)."""
     raw = cursor.raw
     raw.execute("ALTER TABLE tally_usage ADD COLUMN key BIGINT, ADD COLUMN bucket INTEGER")
     raw.execute("CREATE TEMP TABLE tally_usage_keys (position BIGINT, key BIGINT, bucket INTEGER) ON COMMIT DROP")
@@ -382,8 +383,6 @@ def _rekey_postgres(cursor: Cursor) -> None:
     for name, in raw.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'tally_usage'::regclass "
                              "AND contype = 'u'").fetchall():
         raw.execute(f'ALTER TABLE tally_usage DROP CONSTRAINT "{name}"')
-    for statement in INDEXES:
-        raw.execute(statement)
 
 
 def insert_keyed(cursor: Cursor, batches: list[list[Row]], void: bool = False) -> tuple[list[int], bool]:
