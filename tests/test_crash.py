@@ -4,6 +4,7 @@ that got a 202 is there exactly once; once the client has retried everything, ea
 once. Runs on both stores, against a real `tally serve` process.
 """
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -21,6 +22,9 @@ import httpx
 
 from api.ledger import Ledger
 from ops.services import children, free_port, state
+from projections import store, usage_readings
+from projections.drivers import inprocess
+from projections.store import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 TALLY = Path(sys.executable).parent / "tally"
@@ -240,3 +244,37 @@ def test_a_kill_9_during_concurrent_ingestion_loses_no_acknowledged_event_and_a_
         assert reopened.usage.size() == BATCHES * BATCH_SIZE
     finally:
         reopened.close()
+
+
+def _spawn_follower_then_die_holding_its_event(views_url: str, usage_url: str, told) -> None:  # noqa: ANN001
+    """A server's part: start the usage runner's process, tell its pid, then be killed inside
+    `changed.set()` (its lock taken, never given back)."""
+    changed = multiprocessing.get_context("spawn").Event()
+    follower = inprocess.spawn(views_url, usage_url, changed)
+    usage = Database(usage_url)
+    while not usage.query("SELECT 1 FROM sqlite_master WHERE name = 'tally_usage'"):  # made by the runner
+        time.sleep(0.05)
+    time.sleep(1)  # the runner in its loop, waiting on the event
+    told.send(follower.pid)
+    changed._cond.acquire()  # noqa: SLF001 (as `set` holds it)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_the_usage_runner_process_ends_with_a_server_killed_while_it_signalled_it(tmp_path):
+    # Given a server (a process of its own) that started the usage runner's process
+    views_url, usage_url = f"sqlite:///{tmp_path / 'views.sqlite'}", f"sqlite:///{tmp_path / 'usage.sqlite'}"
+    Database(views_url).migrate(store.SCHEMA + usage_readings.SCHEMA)
+    theirs, ours = multiprocessing.Pipe(duplex=False)
+    server = multiprocessing.get_context("fork").Process(
+        target=_spawn_follower_then_die_holding_its_event, args=(views_url, usage_url, ours))
+    server.start()
+    assert theirs.poll(30)
+    follower = theirs.recv()
+    # When it is killed while waking the runner (the event's lock held)
+    server.join(30)
+    assert server.exitcode == -signal.SIGKILL
+    # Then the runner's process ends too, though it waits on that event
+    deadline = time.monotonic() + 10
+    while state(follower) != "Z":
+        assert time.monotonic() < deadline, f"the usage runner outlived its server: {follower}"
+        time.sleep(0.1)

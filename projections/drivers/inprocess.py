@@ -16,6 +16,7 @@ from typing import Any
 
 from projections import catalogue, documents, usage_readings
 from projections.audit import AuditTrail
+from projections.background import end_with
 from projections.board import Board
 from projections.store import Database, lock_position, positions, save_position
 from projections.usage_log import CHECKPOINT_PAGES, WRITER_CACHE_MIB, UsageLog
@@ -196,7 +197,9 @@ class UsageRunner:
 
 def follow(views_url: str, usage_url: str, changed: Any, parent: int) -> None:
     """The usage runner's loop, in a process of its own (see `spawn`): woken by the server's commits,
-    polling for other processes'; it ends with the server."""
+    polling for other processes'; it ends with the server, whatever this loop waits for (a server
+    killed inside `changed.set()` leaves the event's lock held, and `changed.wait` then never returns)."""
+    end_with(parent)
     os.nice(FOLLOWER_NICENESS)  # answers first: reads count the log's tail, so the model may trail a moment
     views = Database(views_url, durable=False)
     # like the usage log's writer: the readings' key takes rows all over its index, so a page cache
@@ -204,7 +207,7 @@ def follow(views_url: str, usage_url: str, changed: Any, parent: int) -> None:
     # (measured at 10,000 events/s: 0.22-0.24 -> 0.13-0.15 cores)
     views.tune(WRITER_CACHE_MIB, CHECKPOINT_PAGES)
     runner = UsageRunner(UsageLog(Database(usage_url)), views)
-    while os.getppid() == parent:
+    while True:
         changed.wait(POLL_SECONDS)
         changed.clear()
         try:
