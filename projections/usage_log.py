@@ -428,14 +428,16 @@ def _lock(cursor: Cursor) -> None:
 
 
 def insert_copy(cursor: Cursor, batches: list[list[Row]]) -> tuple[list[int], bool]:
-    """PostgreSQL, as `insert_keyed`: COPY the whole group into a staging table, then insert batch by
-    batch (so each batch's count of new events is its own, and a batch wins over a later one)."""
+    """PostgreSQL, as `insert_keyed`. The group is COPYed straight into the log when every key in it
+    is new (the usual case). When one is not (a retry, an event twice in the group, or a key two
+    events share), nothing of that COPY stays, and the group goes into a staging table, then in batch
+    by batch (so each batch's count of new events is its own, and a batch wins over a later one)."""
+    if cursor.copy_new("tally_usage", KEYED, (row for rows in batches for row in rows)):
+        return [len(rows) for rows in batches], True
     raw, in_order = cursor.raw, True
     raw.execute(STAGE)
-    with raw.copy(f"COPY tally_usage_stage (batch, seq, {KEYED}) FROM STDIN") as copy:
-        for batch, rows in enumerate(batches):
-            for seq, row in enumerate(rows):
-                copy.write_row((batch, seq, *row))
+    cursor.copy("tally_usage_stage", f"batch, seq, {KEYED}",
+                ((batch, seq, *row) for batch, rows in enumerate(batches) for seq, row in enumerate(rows)))
     counts = []
     for batch, rows in enumerate(batches):
         raw.execute(f"INSERT INTO tally_usage ({KEYED}) SELECT {KEYED} FROM tally_usage_stage WHERE batch = %s "
