@@ -97,8 +97,8 @@ def _rebuild(ledger: Ledger, scratch: Database, bounds: dict[str, int], progress
     runner = Runner(ledger.tenants.recorder, ledger.tenants.mapper, scratch, (DocumentModel(), audit.AuditTrail()))
     runner.catch_up(lambda position: progress("store", position, store_last), until=store_last)
     usage_last = bounds[usage_readings.IN_PROCESS]
-    UsageRunner(ledger.usage, scratch, in_store=False).catch_up(  # the pure reducer, not the live runner's SQL
-        lambda position: progress("usage", position, usage_last), until=usage_last)
+    UsageRunner(ledger.usage, scratch).catch_up(lambda position: progress("usage", position, usage_last),
+                                                until=usage_last)
 
 
 def _compare(table: Table, live: Database, scratch: Database, bound: int,

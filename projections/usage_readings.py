@@ -69,22 +69,6 @@ def write(cursor: Cursor, puts: dict[Key, Put], deletes: list[Key]) -> None:
         cursor.insert_new("tally_usage_readings", COLUMNS, KEY, list(puts.values()))
 
 
-def apply_logged(cursor: Cursor, log_table: str, after: int, until: int) -> None:
-    """`apply` for the log's entries in positions (after, until], read by the store itself from the
-    log's table (`log_table`, which this cursor reaches: SQLite's `Database.transaction_reading`), so
-    that no event passes through Python. The changes are `reduce`'s: the events are put (the first of a key
-    wins; a replayed one changes nothing), then the range's voids delete their events, which come
-    before them in the log (in this range or an earlier one), so this is putting and deleting in log
-    order."""
-    cursor.execute(f"INSERT INTO tally_usage_readings ({COLUMNS}) SELECT {COLUMNS} FROM {log_table} "  # noqa: S608
-                   f"WHERE position > ? AND position <= ? AND kind = 'event' ORDER BY position ON CONFLICT ({KEY}) "
-                   "DO NOTHING", (after, until))
-    voids = cursor.execute(f"SELECT {KEY} FROM {log_table} WHERE position > ? AND position <= ? "  # noqa: S608
-                           "AND kind = 'void'", (after, until)).all()
-    if voids:
-        cursor.execute_many(DELETE, voids)
-
-
 def apply_partition(cursor: Cursor, partition: int, messages: Sequence[Entry]) -> int:
     """Apply one partition's messages from Kafka, in their order, with the partition's position.
 

@@ -31,7 +31,7 @@ from ops import services
 from ops.verify import verify
 from projections import usage_readings
 from projections.drivers.inprocess import UsageRunner
-from projections.store import Database, lock_position
+from projections.store import Database
 from projections.usage_log import UsageLog
 from projections.usage_readings import PARTITIONS, position_name
 
@@ -250,26 +250,6 @@ def test_a_dropped_read_model_rebuilt_by_replay_is_the_live_one(kind, tmp_path, 
         assert len(snapshot(ledger.database)) < len(live)
         UsageRunner(ledger.usage, ledger.database).catch_up()
         assert snapshot(ledger.database) == live
-    finally:
-        ledger.close()
-
-
-def test_the_runner_reading_the_log_in_its_transaction_does_not_hold_up_the_logs_writer(tmp_path):
-    # Given the embedded store's runner in the middle of a batch: the log attached, the read model's lock taken
-    ledger = Ledger(f"sqlite:///{tmp_path / 'events.sqlite'}")
-    try:
-        tenant = str(ledger.command(ledger.tenants.open_tenant, SETUP, TenantSettings(name="Acme")).id)
-        record(ledger, tenant, 0, 10)
-        with ledger.database.transaction_reading(ledger.usage.database) as cursor:
-            lock_position(cursor, usage_readings.IN_PROCESS)
-            assert cursor.execute("SELECT COUNT(*) FROM other.tally_usage").one() == (10,)
-            # When the log's writer appends meanwhile
-            writer = threading.Thread(target=record, args=(ledger, tenant, 1, 10))
-            writer.start()
-            writer.join(timeout=5)
-            # Then it commits without waiting for the runner's transaction to end
-            assert not writer.is_alive(), "the log's writer waited for the runner"
-        assert ledger.usage.last_position() == 20
     finally:
         ledger.close()
 

@@ -155,67 +155,35 @@ class Runner:
 
 
 class UsageRunner:
-    """Applies the usage log to the usage read model: each batch commits with the position it reached.
-
-    On SQLite (the log and the read model in two files) the store copies each batch itself
-    (`usage_readings.apply_logged`, the log attached: 1.6-1.8 µs of CPU an event alone, against 4.7-7.0
-    through Python). On PostgreSQL, or with `in_store=False` (`tally verify`'s rebuild, which checks
-    the live model against the pure reducer), each batch goes through `usage_readings.reduce` and is
-    COPYed in: the same statement on PostgreSQL cost the database 9.5-10 µs an event against 7.8 for
-    the COPY, and there the database's CPU is what a deployment has least of."""
+    """Applies the usage log to the usage read model: each batch commits with the position it reached."""
 
     BATCH = 20_000
 
-    def __init__(self, log: UsageLog, database: Database, in_store: bool = True) -> None:
+    def __init__(self, log: UsageLog, database: Database) -> None:
         self.log, self.database = log, database
-        apart = not (database.postgres or log.database.postgres) and database.path != log.database.path
-        self.in_store = in_store and apart
         self.lock = threading.Lock()
 
     def catch_up(self, progress: Callable[[int], None] = lambda position: None, until: int | None = None,
                  batch: int | None = None) -> int:
         """Apply every entry logged so far (up to position `until`); returns the position reached.
-        `progress(position)` after each batch (of `batch` entries; default BATCH)."""
-        step = self._in_store if self.in_store else self._through_python
+        `progress(position)` after each batch (of `batch` entries; default BATCH). A batch is read
+        and reduced outside the write transaction, then written in one, unless another runner got
+        there in between (read again)."""
         with self.lock:
             while True:
-                position, more = step(batch or self.BATCH, until)
-                if not more:
+                position = positions(self.database, [usage_readings.IN_PROCESS])[0]
+                entries = self.log.entries(position, batch or self.BATCH)
+                if until is not None:
+                    entries = [entry for entry in entries if entry.position <= until]
+                if not entries:
                     return position
-                progress(position)
-
-    def _in_store(self, batch: int, until: int | None) -> tuple[int, bool]:
-        """One batch the store copies itself: the position reached, and whether there was one."""
-        position = positions(self.database, [usage_readings.IN_PROCESS])[0]
-        if self.log.last_position() <= position:
-            return position, False  # nothing new: no write transaction
-        with self.database.transaction_reading(self.log.database) as cursor:
-            position = lock_position(cursor, usage_readings.IN_PROCESS)  # a write first (transaction_reading)
-            last = cursor.execute("SELECT MAX(position) FROM (SELECT position FROM other.tally_usage "
-                                  "WHERE position > ? ORDER BY position LIMIT ?)", (position, batch)).one()
-            reached = last[0] if until is None or last[0] is None else min(last[0], until)
-            if reached is None or reached <= position:
-                return position, False
-            usage_readings.apply_logged(cursor, "other.tally_usage", position, reached)
-            save_position(cursor, usage_readings.IN_PROCESS, reached)
-        return reached, True
-
-    def _through_python(self, batch: int, until: int | None) -> tuple[int, bool]:
-        """One batch read and reduced outside the write transaction, then written in one, unless another
-        runner got there in between (then nothing is written: read again)."""
-        position = positions(self.database, [usage_readings.IN_PROCESS])[0]
-        entries = self.log.entries(position, batch)
-        if until is not None:
-            entries = [entry for entry in entries if entry.position <= until]
-        if not entries:
-            return position, False
-        puts, deletes = usage_readings.reduce(entries)
-        with self.database.transaction(write=True) as cursor:
-            if lock_position(cursor, usage_readings.IN_PROCESS) != position:
-                return position, True  # another runner applied some meanwhile
-            usage_readings.write(cursor, puts, deletes)
-            save_position(cursor, usage_readings.IN_PROCESS, entries[-1].position)
-        return entries[-1].position, True
+                puts, deletes = usage_readings.reduce(entries)
+                with self.database.transaction(write=True) as cursor:
+                    if lock_position(cursor, usage_readings.IN_PROCESS) != position:
+                        continue  # another runner applied some meanwhile
+                    usage_readings.write(cursor, puts, deletes)
+                    save_position(cursor, usage_readings.IN_PROCESS, entries[-1].position)
+                progress(entries[-1].position)
 
     def clear(self) -> None:
         """Empty the usage read model and set it back to the start, the Faust workers' partitions too
