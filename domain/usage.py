@@ -16,6 +16,7 @@ from domain.codes import ExternalId
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PROPERTIES = 100
 MAGNITUDE = 30  # numbers between 1e-30 and 1e30 in size (or zero)
+LARGEST = 10**MAGNITUDE
 
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 PropertyName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
@@ -34,11 +35,14 @@ class UsageEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
 
 def _check_property(name: str, value: Any) -> None:
+    kind = type(value)
+    if kind is str and len(value) <= 1000 or kind is int and -LARGEST < value < LARGEST or kind is bool or value is None:
+        return  # the usual values, at once
     if isinstance(value, (dict, list)):
         raise ValueError(f"properties.{name}: a property is a string, number, boolean or null")
     if isinstance(value, Decimal) and value and not -MAGNITUDE <= value.adjusted() <= MAGNITUDE:
         raise ValueError(f"properties.{name}: {value} is out of range")
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**MAGNITUDE:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= LARGEST:
         raise ValueError(f"properties.{name}: {value} is out of range")
     if isinstance(value, str) and len(value) > 1000:
         raise ValueError(f"properties.{name}: at most 1000 characters")
