@@ -35,9 +35,11 @@ class UsageEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
 
 def _check_property(name: str, value: Any) -> None:
-    kind = type(value)
-    if kind is str and len(value) <= 1000 or kind is int and -LARGEST < value < LARGEST or kind is bool or value is None:
-        return  # the usual values, at once
+    kind = type(value)  # the usual values, passed at once:
+    if kind is str and len(value) <= 1000 or kind is int and -LARGEST < value < LARGEST:
+        return
+    if kind is bool or value is None:
+        return
     if isinstance(value, (dict, list)):
         raise ValueError(f"properties.{name}: a property is a string, number, boolean or null")
     if isinstance(value, Decimal) and value and not -MAGNITUDE <= value.adjusted() <= MAGNITUDE:
