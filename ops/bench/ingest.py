@@ -20,20 +20,25 @@ For each store it measures, in one run:
    (a file of its own, WAL, synchronous=FULL) takes `executemany INSERT ... ON CONFLICT (key) DO
    NOTHING`; PostgreSQL (a scratch database in the same cluster) takes a COPY straight into the table
    when every key is new, else COPY into a temp staging table + `INSERT ... SELECT ... ON CONFLICT
-   (key) DO NOTHING` (either then inserts the rows whose key a different event holds, if any). rows/s = rows / seconds spent in those transactions (building the rows is
-   not timed). The ratio printed is HTTP events/s over ceiling rows/s: group commit can take it
-   above 1.0. The server is stopped by then, so the two never compete.
+   (key) DO NOTHING` (either then inserts the rows whose key a different event holds, if any).
+   rows/s = rows / seconds spent in those transactions (building the rows is not timed). The ratio
+   printed is HTTP events/s over ceiling rows/s: group commit can take it above 1.0. The server is
+   stopped by then, so the two never compete.
 
 Bodies are pre-built when they fit in `--prebuild-mb` per sender; otherwise (e.g. `--events
 10000000`) each sender keeps one body template and joins fresh random ids into it for each batch
 (~0.1 ms a batch), so memory stays flat. Event ids are random (128 bits), as clients that make
 uuid4s send them, or (`--ids ordered`) UUIDv7s, as the SDK's EventSender makes them: the log's key
-then takes random ids at random places in its index, and UUIDv7s at its end. Not a test: it prints, it does not
-assert speed. Targets (issue 3): >= 100,000 events/s embedded, >= 60,000 on PostgreSQL, ratio >= 1.0,
-memory flat over 10 million events.
+then takes random ids at random places in its index, and UUIDv7s at its end. Event times are the
+same 1,000 in every batch, or (`--times growing`) later in each batch than in the one before, as live
+traffic sends them: the usage read model, whose index goes by customer and time, then writes each
+batch at its end instead of all over it. Not a test: it prints, it does not assert speed. Targets
+(issue 3): >= 100,000 events/s embedded, >= 60,000 on PostgreSQL, ratio >= 1.0, memory flat over 10
+million events.
 
     .venv/bin/python -m ops.bench.ingest [--store sqlite|postgres|both] [--events 200000] [--senders 4]
-        [--inflight 2] [--batch-size 1000] [--ids random|ordered] [--customers 4] [--api-check-max 2000000]
+        [--inflight 2] [--batch-size 1000] [--ids random|ordered] [--times repeated|growing] [--customers 4]
+        [--api-check-max 2000000]
         [--prebuild-mb 64]
 """
 
@@ -94,12 +99,15 @@ TARGET_RATIO = 1.0
 class Shape:
     """What a batch looks like. Event i: a random id (128 bits in hex, as a client that makes uuid4s sends:
     so the unique key takes each row at a random place, not at its end), customer `cus-{i % customers}`,
-    event time `base + i` seconds, properties {"tokens": 100 + i, "model": "m{i % 3}"}."""
+    event time `base + i` seconds in every batch (or, `growing`, batch number b's at `base + b * batch_size + i`
+    milliseconds: later batches, later times, as live traffic sends), properties {"tokens": 100 + i,
+    "model": "m{i % 3}"}."""
 
     batch_size: int
     customers: int
     base: datetime  # a whole second, in the past
     ordered: bool = False  # ids that grow, as time-ordered ids (UUIDv7, ULID) do, instead of random ones
+    growing: bool = False  # event times that grow from batch to batch, instead of the same times in each
 
     @property
     def id_width(self) -> int:
@@ -120,15 +128,27 @@ class Shape:
     def moment(self, i: int) -> datetime:
         return self.base + timedelta(seconds=i)
 
+    def times(self, serial: int) -> list[bytes]:
+        """`growing`: batch number `serial`'s event times, RFC 3339 to the millisecond (~0.4 ms for 1,000)."""
+        first = int(self.base.timestamp()) * 1000 + serial * self.batch_size
+        seconds: dict[int, bytes] = {}
+        out = []
+        for millis in range(first, first + self.batch_size):
+            second, rest = divmod(millis, 1000)
+            if second not in seconds:
+                seconds[second] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
+            out.append(b"%s.%03dZ" % (seconds[second], rest))
+        return out
+
     @staticmethod
     def properties(i: int) -> dict:
         return {"tokens": 100 + i, "model": f"m{i % 3}"}
 
     def template(self) -> list[bytes]:
         """A batch body, cut where each event's id goes (`body` puts fresh ids there)."""
-        mark = "@" * self.id_width  # where each event's id goes
-        events = [{"event_id": mark, "customer": self.customer(i),
-                   "event_name": EVENT_NAME, "timestamp": self.moment(i).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        mark = "@" * self.id_width  # where each event's id goes (and, growing, its time)
+        events = [{"event_id": mark, "customer": self.customer(i), "event_name": EVENT_NAME,
+                   "timestamp": mark if self.growing else self.moment(i).strftime("%Y-%m-%dT%H:%M:%SZ"),
                    "properties": self.properties(i)} for i in range(self.batch_size)]
         return json.dumps({"events": events}, separators=(",", ":")).encode().split(mark.encode())
 
@@ -144,6 +164,9 @@ class Shape:
         ids, width = self.ids(serial).decode(), self.id_width
         rows = [(tenant_id, customer, ids[width * n:width * n + width], EVENT_NAME, moment_us, recorded_us, properties)
                 for n, (customer, moment_us, properties) in enumerate(self.columns)]
+        if self.growing:
+            first = (int(self.base.timestamp()) * 1000 + serial * self.batch_size) * 1000
+            rows = [(*row[:4], first + 1000 * n, *row[5:]) for n, row in enumerate(rows)]
         return [(*row, usage_key(tenant_id, row[1], row[2], "event"), bucket_of(tenant_id, row[1])) for row in rows]
 
 
@@ -156,9 +179,12 @@ def _uuid7(millis: int, counter: int) -> bytes:
 def body(shape: Shape, template: list[bytes], serial: int) -> bytes:
     """Batch number `serial`'s body, from its template (~0.1 ms for 1,000 events)."""
     ids, width = shape.ids(serial), shape.id_width
+    fills = [ids[width * n:width * n + width] for n in range(shape.batch_size)]
+    if shape.growing:
+        fills = [fill for pair in zip(fills, shape.times(serial), strict=True) for fill in pair]
     parts = [template[0]]
-    for n, piece in enumerate(template[1:]):
-        parts += (ids[width * n:width * n + width], piece)
+    for fill, piece in zip(fills, template[1:], strict=True):
+        parts += (fill, piece)
     return b"".join(parts)
 
 
@@ -204,7 +230,7 @@ def send(plan: Plan, start, messages) -> None:
     try:
         mine = list(range(plan.sender, plan.batches, plan.senders))
         template = plan.shape.template()
-        size = sum(map(len, template)) + 32 * plan.shape.batch_size
+        size = sum(map(len, template)) + (32 + 24 * plan.shape.growing) * plan.shape.batch_size
         prebuilt = [body(plan.shape, template, b) for b in mine] if size * len(mine) <= plan.prebuild_bytes else None
         headers = {"Authorization": f"Bearer {plan.key}", "Content-Type": "application/json"}
         connections = [http.client.HTTPConnection("127.0.0.1", plan.port, timeout=300) for _ in range(plan.inflight)]
@@ -375,14 +401,15 @@ def memory_kb(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-def prepare(api: httpx.Client, shape: Shape) -> None:
-    """The count meter and the customers, through the API; then one warm-up batch (not timed)."""
+def prepare(api: httpx.Client, shape: Shape, warm_up: int) -> None:
+    """The count meter and the customers, through the API; then one warm-up batch (not timed), number
+    `warm_up` (after those of the run: its ids and times are none of theirs)."""
     meter = {"code": METER, "name": "Bench events", "event_name": EVENT_NAME, "aggregation": "count"}
     expect(api.post("/v1/meters", json=meter), 201)
     for n in range(shape.customers):
         customer = {"external_id": f"cus-{n}", "name": f"Customer {n}", "currency": "USD"}
         expect(api.post("/v1/customers", json=customer), 201)
-    answer = expect(api.post(PATH, content=body(shape, shape.template(), 10**15),
+    answer = expect(api.post(PATH, content=body(shape, shape.template(), warm_up),
                              headers={"Content-Type": "application/json"}), 202)
     assert answer.json()["accepted"] == shape.batch_size, answer.text
 
@@ -512,8 +539,8 @@ class Result:
 
 def bench(store: str, args: argparse.Namespace) -> Result:
     batches = args.events // args.batch_size
-    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-    shape = Shape(args.batch_size, args.customers, base, args.ids == "ordered")
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2, milliseconds=2 * args.events)
+    shape = Shape(args.batch_size, args.customers, base, args.ids == "ordered", args.times == "growing")
     with tempfile.TemporaryDirectory(prefix=f"tally-bench-ingest-{store}-") as temp, \
             contextlib.ExitStack() as stack:
         folder = Path(temp)
@@ -521,7 +548,7 @@ def bench(store: str, args: argparse.Namespace) -> Result:
                else f"sqlite:///{folder / 'events.sqlite'}")
         with serving(url, folder) as server, httpx.Client(
                 base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"}, timeout=60) as api:
-            prepare(api, shape)
+            prepare(api, shape, batches)
             rss_before = memory_kb(server.process.pid, "VmRSS")
             log(f"{store}: sending {args.events:,} events ({args.senders} senders x {args.inflight} in flight)")
             sent = run_senders(server, shape, batches, args.senders, args.inflight, args.prebuild_mb)
@@ -547,8 +574,8 @@ def mib(kb: int) -> str:
 
 def table(results: list[Result], args: argparse.Namespace) -> str:
     title = (f"Usage ingest: {args.events:,} events in batches of {args.batch_size:,}, {args.senders} sender "
-             f"processes x {args.inflight} in flight, {args.customers} customers, {args.ids} event ids; "
-             f"{os.cpu_count()} CPUs")
+             f"processes x {args.inflight} in flight, {args.customers} customers, {args.ids} event ids, "
+             f"{args.times} times; {os.cpu_count()} CPUs")
     speed = (f"{'store':<9} {'events/s':>9} {'target':>8} {'seconds':>8} {'p50 ms':>7} {'p99 ms':>7} "
              f"{'ceiling rows/s':>14} {'ratio':>6} {'target':>6}  durability (both)")
     checks = (f"{'store':<9} {'sent':>11} {'in log':>11} {'meter':>11} {'server RSS MiB before/peak':>27} "
@@ -590,6 +617,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch (default 1,000)")
     parser.add_argument("--ids", choices=("random", "ordered"), default="random",
                         help="event ids: random 128 bits (as uuid4s), or growing (as UUIDv7s); default random")
+    parser.add_argument("--times", choices=("repeated", "growing"), default="repeated",
+                        help="event times: the same in every batch, or growing from batch to batch (default repeated)")
     parser.add_argument("--customers", type=int, default=4, help="customers the events go to (default 4)")
     parser.add_argument("--api-check-max", type=int, default=2_000_000,
                         help="check the count meter over the API up to this many events (default 2,000,000)")
