@@ -138,7 +138,8 @@ class Ledger:
         with self.database.serialized("tally-schema"):  # servers starting together create the tables once
             self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
             self.subscriptions, self.invoicing, self.wallets = Subscriptions(env), Invoicing(env), Wallets(env)
-            self.database.migrate(SCHEMA + usage_readings.SCHEMA + audit.SCHEMA)
+            self.database.migrate(SCHEMA + audit.SCHEMA)
+            usage_readings.migrate(self.database)
             # the embedded store's processes share the positions a check reads in memory (projections/board.py)
             self.board = None if self.database.postgres else Board(Path(f"{self.database.path}-positions"))
             usage = self.database if usage_url == views_url else Database(usage_url)

@@ -60,8 +60,8 @@ TABLES = (
     Table(audit.NAME, "tally_audit", ("tenant_id", "position"), (True, False), ("stream_id", "occurred_us"),
           "position"),
     Table(usage_readings.IN_PROCESS, "tally_usage_readings",
-          ("tenant_id", "customer", "event_name", "timestamp_us", "event_id"), (True, True, True, False, True),
-          ("position", "properties"), "position"),
+          ("tenant_id", "customer", "event_name", "timestamp_us", "position"), (True, True, True, False, False),
+          ("event_id", "properties"), "position"),
 )
 
 
@@ -146,7 +146,7 @@ def _short(value: Any) -> str:
 
 def _voided_since(usage: Database, row: Any, bound: int) -> bool:
     """A reading the live model dropped for a void logged after the check began (not compared)."""
-    tenant_id, customer, _, _, event_id = row[:5]
+    tenant_id, customer, event_id = row[0], row[1], row[5]  # (the key, then event_id: TABLES)
     return bool(usage.query("SELECT 1 FROM tally_usage WHERE kind = 'void' AND position > ? AND tenant_id = ? "
                             "AND customer = ? AND event_id = ? LIMIT 1", (bound, tenant_id, customer, event_id)))
 

@@ -1,6 +1,6 @@
 """The usage read model: each customer's events by name and time, voids applied.
 
-One row per recorded event, keyed by `(tenant, customer, event name, time, event_id)`; a void
+One row per recorded event, keyed by `(tenant, customer, event name, time, log position)`; a void
 (which carries its event's name and time) deletes it. Rows are
 indexed by (customer, event name, time), which the log is not (the log keeps only what ingest needs,
 so ingest stays fast). Totals are computed from the rows by `domain.metering` when asked, so a meter
@@ -13,6 +13,7 @@ The hot path reads the read model plus the log's tail after the position the mod
 (`fresh`), through the same `reduce`: usage acknowledged (202) counts at once (DESIGN.md "Freshness").
 """
 
+import logging
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -22,23 +23,61 @@ from domain.metering import Reading
 from projections.store import Cursor, Database, lock_position, save_position
 from projections.usage_log import Entry, UsageLog, bucket_of
 
-SCHEMA = (  # one index: the key leads with what a query reads, and ends with what makes it unique
+# One index: the key leads with what a query reads, and ends with what makes it unique: the log position,
+# so that a batch's rows go at the end of their customer's run of a time whatever their ids (ended by the
+# event id until 2026-11-26, random ids sharing a time went all over the index: 17.3 µs of CPU an event
+# against 5.5 when the times grow, measured with the runner alone).
+SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tally_usage_readings (
         tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
         event_id TEXT NOT NULL, position BIGINT NOT NULL, properties TEXT NOT NULL,
-        PRIMARY KEY (tenant_id, customer, event_name, timestamp_us, event_id)) WITHOUT ROWID""",
+        PRIMARY KEY (tenant_id, customer, event_name, timestamp_us, position)) WITHOUT ROWID""",
 )
 COLUMNS = "tenant_id, customer, event_name, timestamp_us, event_id, position, properties"
-KEY = "tenant_id, customer, event_name, timestamp_us, event_id"
+KEY = "tenant_id, customer, event_name, timestamp_us, position"
 DELETE = ("DELETE FROM tally_usage_readings WHERE tenant_id = ? AND customer = ? AND event_name = ? "
           "AND timestamp_us = ? AND event_id = ?")
 IN_PROCESS = "usage"  # the in-process runner's position; the Faust worker keeps one per partition
 USAGE_TOPIC = "tally.usage"  # filled by the relay (gateways/kafka.py), consumed by the worker
 PARTITIONS = 4
+logger = logging.getLogger("tally.usage")
 BEFORE_LIMIT = 10_000  # a weighted_sum looks this many events back for the level in force at its start
 
 Key = tuple[str, str, str, int, str]  # tenant, customer, event name, time, event id: a void names all
 Put = tuple[str, str, str, int, str, int, str]
+
+
+def migrate(database: Database) -> None:
+    """Create the read model; one keyed by event id (before 2026-11-26) is re-keyed once, in one
+    transaction, its rows and positions kept."""
+    with database.transaction(write=True) as cursor:
+        if "event_id" in _key_columns(cursor):
+            logger.warning("usage read model: re-keying by log position (once; minutes for many millions of rows)")
+            if cursor.postgres:
+                name = cursor.execute("SELECT conname FROM pg_constraint WHERE contype = 'p' AND "
+                                      "conrelid = 'tally_usage_readings'::regclass").one()
+                cursor.execute(f"ALTER TABLE tally_usage_readings DROP CONSTRAINT {name[0]}, ADD PRIMARY KEY ({KEY})")
+            else:
+                cursor.execute("ALTER TABLE tally_usage_readings RENAME TO tally_usage_readings_old")
+                cursor.create(SCHEMA[0])
+                cursor.execute(f"INSERT INTO tally_usage_readings ({COLUMNS}) SELECT {COLUMNS} "
+                               f"FROM tally_usage_readings_old ORDER BY {KEY}")
+                cursor.execute("DROP TABLE tally_usage_readings_old")
+        for statement in SCHEMA:
+            cursor.create(statement)
+
+
+def _key_columns(cursor: Cursor) -> list[str]:
+    """The primary key's columns of the read model's table, in order (none when there is no table yet)."""
+    if cursor.postgres:
+        found = cursor.execute(
+            "SELECT a.attname FROM pg_index i CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = to_regclass('tally_usage_readings') AND i.indisprimary ORDER BY k.n").all()
+    else:
+        found = cursor.execute("SELECT name FROM pragma_table_info('tally_usage_readings') WHERE pk > 0 "
+                               "ORDER BY pk").all()
+    return [name for name, in found]
 
 
 def reduce(entries: Iterable[Entry]) -> tuple[dict[Key, Put], list[Key]]:

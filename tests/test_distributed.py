@@ -29,9 +29,9 @@ from api.usage import decode_event as EVENT
 from domain.tenant import TenantSettings
 from ops import services
 from ops.verify import verify
-from projections import usage_readings
+from projections import store, usage_readings
 from projections.drivers.inprocess import UsageRunner
-from projections.store import Database
+from projections.store import Database, lock_position, positions, save_position
 from projections.usage_log import UsageLog
 from projections.usage_readings import PARTITIONS, position_name
 
@@ -252,6 +252,40 @@ def test_a_dropped_read_model_rebuilt_by_replay_is_the_live_one(kind, tmp_path, 
         assert snapshot(ledger.database) == live
     finally:
         ledger.close()
+
+
+OLD_READINGS = usage_readings.SCHEMA[0].replace("timestamp_us, position))", "timestamp_us, event_id))")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_read_model_keyed_by_event_id_is_re_keyed_with_its_rows_and_positions(kind, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 'views.sqlite'}" if kind == "sqlite" else request.getfixturevalue("postgres_database")
+    database = Database(url)
+    try:
+        # Given a read model from before its key ended with the log position: rows sharing a time, and its position
+        database.migrate([*store.SCHEMA, OLD_READINGS])
+        rows = [("t", "acme", "llm", 5, "b", 1, "{}"), ("t", "acme", "llm", 5, "a", 2, '{"n":1}'),
+                ("t", "zeta", "llm", 3, "c", 3, "{}")]
+        with database.transaction(write=True) as cursor:
+            cursor.execute_many(f"INSERT INTO tally_usage_readings ({usage_readings.COLUMNS}) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            lock_position(cursor, usage_readings.IN_PROCESS)
+            save_position(cursor, usage_readings.IN_PROCESS, 3)
+        assert _key(database) == ["tenant_id", "customer", "event_name", "timestamp_us", "event_id"]
+        # When it is opened (twice: the second finds nothing to do)
+        usage_readings.migrate(database)
+        usage_readings.migrate(database)
+        # Then it is keyed by position after the time, with the same rows and position
+        assert _key(database) == ["tenant_id", "customer", "event_name", "timestamp_us", "position"]
+        assert sorted(map(tuple, snapshot(database))) == sorted(rows)
+        assert positions(database, [usage_readings.IN_PROCESS]) == [3]
+    finally:
+        database.close()
+
+
+def _key(database: Database) -> list[str]:
+    with database.transaction() as cursor:
+        return usage_readings._key_columns(cursor)  # noqa: SLF001
 
 
 def test_beside_the_server_the_runner_keeps_the_read_model_up(ledger, admin):

@@ -32,7 +32,7 @@ def create_worker(bootstrap: str, database: Database, datadir: Path) -> faust.Ap
     Faust keeps nothing of ours in datadir (the read model and its positions live in the database), but it
     creates the folder: under Tally's data dir, not wherever the worker was started.
     """
-    database.migrate(usage_readings.SCHEMA)
+    usage_readings.migrate(database)
     datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
     app = faust.App(
         "tally-usage",
