@@ -79,8 +79,7 @@ async def ingest_one(call: Call) -> Response:
     if too_far_ahead(event, now):
         error = _future_error(event)
         raise ApiError(422, f"timestamp: {error.message}", [error])
-    rows = rows_of(str(call.tenant_id), [event], now)
-    rows, refused = await call.quick(_admitted, call, [0], rows, [], now)
+    rows, refused = await call.quick(_admitted, call, [0], rows_of(str(call.tenant_id), [event], now), [], now)
     if refused:
         raise ApiError(422, f"timestamp: {refused[0].errors[0].message}", refused[0].errors)
     accepted = await asyncio.wrap_future(call.ledger.usage.submit(rows))

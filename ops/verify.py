@@ -118,7 +118,8 @@ def _compare(table: Table, live: Database, scratch: Database, bound: int,
                 yield Difference(table.model, _key(table, mine), f"{table.name}: a row the logs do not give")
             mine = next(ours, None)
         elif mine is None or tuple(fresh[:width]) < tuple(mine[:width]):
-            if not (table.name == "tally_usage_readings" and _voided_since(live_usage, fresh, bound)):
+            reading = dict(zip(columns, fresh, strict=True)) if table.name == "tally_usage_readings" else None
+            if not (reading and _voided_since(live_usage, reading, bound)):
                 yield Difference(table.model, _key(table, fresh), f"{table.name}: missing (the logs give it)")
             fresh = next(theirs, None)
         else:
@@ -144,11 +145,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 200 else f"{text[:200]}…"
 
 
-def _voided_since(usage: Database, row: Any, bound: int) -> bool:
-    """A reading the live model dropped for a void logged after the check began (not compared)."""
-    tenant_id, customer, event_id = row[0], row[1], row[5]  # (the key, then event_id: TABLES)
+def _voided_since(usage: Database, row: dict[str, Any], bound: int) -> bool:
+    """A reading (by column) the live model dropped for a void logged after the check began (not compared)."""
     return bool(usage.query("SELECT 1 FROM tally_usage WHERE kind = 'void' AND position > ? AND tenant_id = ? "
-                            "AND customer = ? AND event_id = ? LIMIT 1", (bound, tenant_id, customer, event_id)))
+                            "AND customer = ? AND event_id = ? LIMIT 1",
+                            (bound, row["tenant_id"], row["customer"], row["event_id"])))
 
 
 def _later(table: Table, columns: tuple[str, ...], row: Any, bound: int) -> bool:

@@ -56,7 +56,7 @@ def migrate(database: Database) -> None:
             if cursor.postgres:
                 name = cursor.execute("SELECT conname FROM pg_constraint WHERE contype = 'p' AND "
                                       "conrelid = 'tally_usage_readings'::regclass").one()
-                cursor.execute(f"ALTER TABLE tally_usage_readings DROP CONSTRAINT {name[0]}, ADD PRIMARY KEY ({KEY})")
+                cursor.execute(f'ALTER TABLE tally_usage_readings DROP CONSTRAINT "{name[0]}", ADD PRIMARY KEY ({KEY})')
             else:
                 cursor.execute("ALTER TABLE tally_usage_readings RENAME TO tally_usage_readings_old")
                 cursor.create(SCHEMA[0])
