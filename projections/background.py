@@ -1,7 +1,8 @@
-"""Work done beside the requests: a thread repeating a task, and a helper process that ends with the
-process that started it."""
+"""Work done beside the requests: a thread repeating a task, a helper process that ends with the
+process that started it, and a wake-up for a helper process that never blocks who sends it."""
 
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -49,3 +50,35 @@ def end_with(parent: int, end: Callable[[], None] = lambda: os._exit(0)) -> None
         end()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class Wake:
+    """One process wakes another, which waits with a timeout. `set` writes a byte to a pipe that
+    never blocks (a full pipe already wakes the waiter), so the sender never waits for the waiter to
+    be scheduled. (A `multiprocessing.Event`'s `set` does: measured, the usage writer waited for the
+    niced usage runner to wake after 10 % of its commits, 3-6 ms each, holding up their answers.)
+    Picklable to a process started with `spawn` (the pipe's ends go with it)."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        os.set_blocking(self._writer.fileno(), False)
+
+    def set(self) -> None:
+        try:
+            os.write(self._writer.fileno(), b"\0")
+        except BlockingIOError:  # full: the waiter has wake-ups enough to read
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """Whether a `set` came since the last `wait` (or comes within `timeout` seconds); the
+        wake-ups sent so far are taken."""
+        if not self._reader.poll(timeout):
+            return False
+        fd = self._reader.fileno()
+        os.set_blocking(fd, False)
+        try:
+            while os.read(fd, 65_536):
+                pass
+        except BlockingIOError:
+            pass
+        return True

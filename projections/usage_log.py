@@ -22,7 +22,6 @@ the event store or the read models.
 
 import hashlib
 import logging
-import multiprocessing
 import queue
 import threading
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ import msgspec
 
 from domain.money import encode_hook
 from domain.usage import UsageEvent
+from projections.background import Wake
 from projections.board import Board
 from projections.recent import Recent
 from projections.store import Cursor, Database
@@ -173,7 +173,7 @@ class UsageLog:
         self._writer: threading.Thread | None = None
         self._start = threading.Lock()
         # set after each commit here, so a follower (another process too) need not poll
-        self.changed = multiprocessing.get_context("spawn").Event()
+        self.changed = Wake()
 
     def append(self, tenant_id: str, events: Sequence[UsageEvent], recorded_at: datetime) -> int:
         """Record the events not recorded before; returns how many were new, once they are durable."""

@@ -1,6 +1,7 @@
 """The positions board (projections/board.py): on the embedded store, the processes share in memory
 how far the documents have applied the notification log and where the usage log ends, so a check
-reads them without a query. (PostgreSQL reads them from the database: it has no board.)"""
+reads them without a query. (PostgreSQL reads them from the database: it has no board.) And the
+wake-up the usage log's writer sends the usage runner's process after each commit."""
 
 import multiprocessing
 import threading
@@ -14,6 +15,7 @@ from api.ledger import Ledger
 from domain.aggregate import Actor
 from domain.tenant import TenantSettings
 from domain.usage import UsageEvent
+from projections.background import Wake
 from projections.board import Board
 from projections.drivers.inprocess import NAME
 
@@ -165,3 +167,30 @@ def test_a_commit_never_published_is_found_by_the_sync_and_a_rebuild_sets_the_do
         assert ledger.board.get(NAME) == ledger.runner.stored() == applied
     finally:
         ledger.close()
+
+
+def _woken(wake: Wake, go: "multiprocessing.synchronize.Event", out: "multiprocessing.Queue") -> None:
+    go.wait()
+    out.put((wake.wait(30), wake.wait(0.2)))  # the wake-ups sent before, then none left
+    out.put(wake.wait(30))  # the next one
+
+
+def test_a_wake_up_never_blocks_its_sender_and_the_waiter_takes_all_those_sent_at_once():
+    context = multiprocessing.get_context("spawn")
+    wake, go, out = Wake(), context.Event(), context.Queue()
+    waiter = context.Process(target=_woken, args=(wake, go, out))
+    waiter.start()
+    try:
+        # far more than a pipe holds, while nobody reads: a sender that blocked would never finish
+        sender = threading.Thread(target=lambda: [wake.set() for _ in range(200_000)], daemon=True)
+        sender.start()
+        sender.join(60)
+        assert not sender.is_alive()
+        go.set()
+        assert out.get(timeout=60) == (True, False)
+        wake.set()
+        assert out.get(timeout=60) is True
+    finally:
+        waiter.join(10)
+        if waiter.is_alive():
+            waiter.kill()
