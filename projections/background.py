@@ -1,6 +1,7 @@
 """Work done beside the requests: a thread repeating a task, a helper process that ends with the
 process that started it, and a wake-up for a helper process that never blocks who sends it."""
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -64,10 +65,9 @@ class Wake:
         os.set_blocking(self._writer.fileno(), False)
 
     def set(self) -> None:
-        try:
+        # full: the waiter has wake-ups enough to read; broken: no waiter left (never while this holds the reader)
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
             os.write(self._writer.fileno(), b"\0")
-        except BlockingIOError:  # full: the waiter has wake-ups enough to read
-            pass
 
     def wait(self, timeout: float) -> bool:
         """Whether a `set` came since the last `wait` (or comes within `timeout` seconds); the
@@ -76,9 +76,7 @@ class Wake:
             return False
         fd = self._reader.fileno()
         os.set_blocking(fd, False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(fd, 65_536):
                 pass
-        except BlockingIOError:
-            pass
         return True
