@@ -54,13 +54,15 @@ OPERATIONS: list[Operation] = [
 
 def _following(ledger: Ledger, follow: bool) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     """While the app serves, the usage read model follows the usage log beside this process (unless
-    another serving process keeps it), and the entitlement counters follow it in this one."""
+    another serving process keeps it), and the entitlement counters follow it in this one; it
+    serves once the batches' decoding process has started."""
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if follow:
             ledger.follow_usage()
         ledger.watch()
+        await usage.start_decoding()
         yield
 
     return lifespan

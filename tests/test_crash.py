@@ -94,6 +94,14 @@ def serving(database_url: str, folder: Path, name: str) -> Iterator[Server]:
         process.wait(10)
 
 
+def cmdline(pid: int) -> bytes:
+    """A process's command line (Linux: from /proc), empty once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def api(server: Server) -> httpx.Client:
     return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=TIMEOUT)
 
@@ -278,3 +286,19 @@ def test_the_usage_runner_process_ends_with_a_server_killed_while_it_signalled_i
     while state(follower) != "Z":
         assert time.monotonic() < deadline, f"the usage runner outlived its server: {follower}"
         time.sleep(0.1)
+
+
+def test_a_serving_process_starts_its_decoding_process_before_its_first_batch(tmp_path):
+    """So that the first batch after a start does not wait for a Python process to start."""
+    with serving(f"sqlite:///{tmp_path / 'events.sqlite'}", tmp_path, "fresh") as server:
+        def helpers() -> list[int]:  # the usage read model's runner and the batches' decoding process
+            return [pid for pid in children(server.process.pid) if b"spawn_main" in cmdline(pid)]
+
+        deadline = time.monotonic() + 30
+        while len(helpers()) < 2:
+            assert time.monotonic() < deadline, f"no decoding process before any batch: {helpers()}"
+            time.sleep(0.05)
+        with api(server) as client:
+            answer = client.post("/v1/events/batch", json={"events": batch(0)})
+        assert answer.status_code == 202 and answer.json()["accepted"] == BATCH_SIZE
+        assert len(helpers()) == 2  # the batch went to that process: no other was started
