@@ -62,7 +62,8 @@ class Wake:
 
     def __init__(self) -> None:
         self._reader, self._writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
-        os.set_blocking(self._writer.fileno(), False)
+        for end in (self._reader, self._writer):  # a flag of the pipe's ends themselves: it goes with them
+            os.set_blocking(end.fileno(), False)
 
     def set(self) -> None:
         # full: the waiter has wake-ups enough to read; broken: no waiter left (never while this holds the reader)
@@ -74,9 +75,7 @@ class Wake:
         wake-ups sent so far are taken."""
         if not self._reader.poll(timeout):
             return False
-        fd = self._reader.fileno()
-        os.set_blocking(fd, False)
         with contextlib.suppress(BlockingIOError):
-            while os.read(fd, 65_536):
+            while os.read(self._reader.fileno(), 65_536):
                 pass
         return True

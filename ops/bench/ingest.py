@@ -167,11 +167,15 @@ class Shape:
 
     def rows(self, tenant_id: str, serial: int, recorded_us: int) -> list[tuple]:
         """The rows the usage log records for batch number `serial`, with their key and bucket."""
-        ids, width = self.ids(serial).decode(), self.id_width
+        ids = [event_id.decode() for event_id in self.event_ids(serial)]
         return [(tenant_id, customer, event_id, EVENT_NAME, moment_us, recorded_us, properties,
                  usage_key(tenant_id, customer, event_id, "event"), bucket_of(tenant_id, customer))
-                for n, ((customer, _, properties), moment_us) in enumerate(zip(self.columns, self.moments_us(serial)))
-                for event_id in (ids[width * n:width * n + width],)]
+                for (customer, _, properties), moment_us, event_id in zip(self.columns, self.moments_us(serial), ids)]
+
+    def event_ids(self, serial: int) -> list[bytes]:
+        """Batch number `serial`'s event ids, one each."""
+        ids, width = self.ids(serial), self.id_width
+        return [ids[at:at + width] for at in range(0, len(ids), width)]
 
 
 def _uuid7(millis: int, counter: int) -> bytes:
@@ -182,8 +186,7 @@ def _uuid7(millis: int, counter: int) -> bytes:
 
 def body(shape: Shape, template: list[bytes], serial: int) -> bytes:
     """Batch number `serial`'s body, from its template (~0.1 ms for 1,000 events)."""
-    ids, width = shape.ids(serial), shape.id_width
-    fills = [ids[width * n:width * n + width] for n in range(shape.batch_size)]
+    fills = shape.event_ids(serial)
     if shape.growing:
         fills = [fill for pair in zip(fills, shape.times(serial), strict=True) for fill in pair]
     parts = [template[0]]
