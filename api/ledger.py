@@ -53,11 +53,10 @@ from projections.documents import Documents
 from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
 from projections.memo import Memo
-from projections.recent import Recent
 from projections.store import SCHEMA, Database, advance_position, positions
 from projections.usage import Read, UsageReport, Window, report
 from projections.usage_counters import UsageCounters
-from projections.usage_log import UsageLog, microseconds, moment_of
+from projections.usage_log import UsageLog, microseconds, moment_of, ring_of
 from projections.views import private_id, public_id
 
 T = TypeVar("T")
@@ -144,7 +143,7 @@ class Ledger:
             self.board = None if self.database.postgres else Board(Path(f"{self.database.path}-positions"))
             usage = self.database if usage_url == views_url else Database(usage_url)
             # and the usage rows just committed (projections/recent.py)
-            self.usage = UsageLog(usage, self.board, None if usage.postgres else Recent(Path(f"{usage.path}-recent")))
+            self.usage = UsageLog(usage, self.board, ring_of(usage))
         self.documents = Documents(self.database)
         self.runner = Runner(self.tenants.recorder, self.tenants.mapper, self.database, board=self.board)
         if self.board is not None:

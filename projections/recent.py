@@ -150,6 +150,29 @@ class Recent:
             state, length, first, last
 
 
+class Reader:
+    """One reader's place in the ring, for readers that follow the log's positions in order."""
+
+    def __init__(self, recent: Recent) -> None:
+        self.recent, self._at = recent, recent.head()  # the records before it are not read
+
+    def after(self, position: int, published: int) -> Iterator[tuple[int, int, bytes]]:
+        """The records of the positions after `position`, in order, up to the published position, as
+        (first and last position, rows for `Recent.rows`; the first record's may begin before
+        `position + 1`). Stops at a gap (positions written without a record, or before this reader
+        began: the log has them), and when the reader was far behind (overwritten: on from the head)."""
+        try:
+            for after, first, last, payload in self.recent.records(self._at, published):
+                if payload is not None and last > position:  # (None: dead, its positions written again)
+                    if first > position + 1:
+                        return
+                    yield first, last, payload
+                    position = last
+                self._at = after
+        except LookupError:
+            self._at = self.recent.head()
+
+
 def _span(length: int) -> int:
     """The bytes a record of rows `length` long takes (its header; its rows, to 8 bytes)."""
     return _HEADER + (length + 7) // 8 * 8

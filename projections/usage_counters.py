@@ -32,6 +32,7 @@ import msgspec
 from domain.meter import MeterSpec
 from domain.metering import Reading, Running, matches
 from projections.background import Repeating
+from projections.recent import Reader, Recent
 from projections.usage_log import Row, UsageLog
 
 FOLLOW_SECONDS = 0.005  # the background follower's pause between looks at the log
@@ -88,7 +89,7 @@ class UsageCounters:
         meter's event name in the window, every acknowledged one (the read model and the log's tail)."""
         self.log, self.readings_of = log, readings_of
         self._lock = threading.Lock()
-        self._ring_at = log.recent.head() if log.recent is not None else 0  # where it reads the ring
+        self._ring = Reader(log.recent) if log.recent is not None else None
         self._position = log.last_position()
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._follower = Repeating("usage-counters", self.follow)
@@ -176,20 +177,12 @@ class UsageCounters:
     def _from_recent(self, last: int) -> None:
         """Add the entries up to `last` from the shared ring of recent entries (the lock held), as far as
         it has them in order; the rest is read from the log."""
-        recent = self.log.recent
-        if recent is None:
+        if self._ring is None:
             return
-        try:
-            for after, first, end, payload in recent.records(self._ring_at, last):
-                if payload is not None and end > self._position:  # (None: dead, its positions written again)
-                    if first > self._position + 1:
-                        return  # a gap (entries written without a record): the log has them
-                    if self._watched:  # (its entries up to the position followed are added already)
-                        self._add_from(self._position + 1, recent.rows(payload)[self._position + 1 - first:])
-                    self._position = end
-                self._ring_at = after
-        except LookupError:  # far behind, overwritten: on from the ring's head (the log has the ones between)
-            self._ring_at = recent.head()
+        for first, end, payload in self._ring.after(self._position, last):
+            if self._watched:  # (its entries up to the position followed are added already)
+                self._add_from(self._position + 1, Recent.rows(payload)[self._position + 1 - first:])
+            self._position = end
 
     def _add_from(self, position: int, rows: list[Row]) -> None:
         """Add these rows, none followed yet, at `position` and the next ones in order (the lock held)."""

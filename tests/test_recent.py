@@ -92,6 +92,45 @@ def test_the_board_s_sync_does_not_publish_the_rows_of_a_pending_record(tmp_path
         log.close()
 
 
+def _store_reads(log: UsageLog, monkeypatch) -> list[int]:
+    """Counts the transactions `log` opens on its store (one for each read of it)."""
+    reads, opened = [], log.database.transaction
+    monkeypatch.setattr(log.database, "transaction", lambda *args, **kwargs: reads.append(1) or opened(*args, **kwargs))
+    return reads
+
+
+def test_the_usage_runner_s_entries_come_from_the_ring_as_far_as_it_holds_them_in_order_then_from_the_log(
+        tmp_path, monkeypatch):
+    """The usage runner opens the log with the ring (projections/drivers/inprocess.py `follow`): it
+    reads each committed group from memory, and what has no record there (a void, a group with
+    duplicates, what came before it opened the ring) from the store, entry for entry the same."""
+    writer = _log(tmp_path)
+    writer.append("t", _events("early", 2), NOW)  # before the runner opened the ring
+    runner = UsageLog(writer.database, recent=Recent(tmp_path / "recent"))
+    unringed = UsageLog(writer.database)
+    try:
+        assert writer.append("t", _events("a", 5), NOW) == 5  # positions 3-7
+        assert writer.append("t", _events("b", 3), NOW) == 3  # 8-10
+        assert writer.append("t", _events("a", 7), NOW) == 2  # duplicates: no record
+        assert writer.void("t", "c-1", ["a-1"], "k", NOW) == (1, [])  # no record
+        assert writer.append("t", _events("c", 4), NOW) == 4  # a record again
+        last = writer.last_position()
+        everything = unringed.entries(0, 100)
+        assert [entry.position for entry in everything][-4:] == list(range(last - 3, last + 1))
+        reads = _store_reads(runner, monkeypatch)
+        # as the runner asks, from where it applied to: nothing read from the store while the ring has them
+        assert runner.entries(2, 3) == everything[2:5] and not reads  # as many as asked, part of a record
+        assert runner.entries(5, 100) == everything[5:10] and not reads  # the rest of it, and the next
+        assert runner.entries(10, 100) == everything[10:] and len(reads) == 1  # a gap: the store has them
+        assert runner.entries(last - 3, 100) == everything[-3:] and len(reads) == 1  # the ring has these
+        assert runner.entries(0, 100) == everything and len(reads) == 2  # before it opened the ring
+        for after in range(last + 1):  # however far it has applied, and whatever it asks for
+            for limit in (1, 2, 6, 100):
+                assert runner.entries(after, limit) == [e for e in everything if e.position > after][:limit]
+    finally:
+        writer.close()
+
+
 @pytest.fixture
 def small_ring(monkeypatch):
     """A ring of 64 KiB, records of at most 8 KiB: it wraps every few dozen records."""

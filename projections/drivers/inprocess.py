@@ -19,7 +19,7 @@ from projections.audit import AuditTrail
 from projections.background import Wake, end_with
 from projections.board import Board
 from projections.store import Database, lock_position, positions, save_position
-from projections.usage_log import CHECKPOINT_PAGES, WRITER_CACHE_MIB, UsageLog
+from projections.usage_log import CHECKPOINT_PAGES, WRITER_CACHE_MIB, UsageLog, ring_of
 from projections.views import Document
 
 NAME = "documents"
@@ -205,7 +205,8 @@ def follow(views_url: str, usage_url: str, changed: Wake, parent: int) -> None:
     # keeps its pages and a checkpoint every 80 MiB of WAL writes a page many commits changed once
     # (measured at 10,000 events/s: 0.22-0.24 -> 0.13-0.15 cores)
     views.tune(WRITER_CACHE_MIB, CHECKPOINT_PAGES)
-    runner = UsageRunner(UsageLog(Database(usage_url)), views)
+    usage = Database(usage_url)
+    runner = UsageRunner(UsageLog(usage, recent=ring_of(usage)), views)  # reads the entries from the ring
     while True:
         changed.wait(POLL_SECONDS)
         try:
