@@ -47,7 +47,7 @@ from domain.subscriptions import Subscriptions
 from domain.tenants import Tenants
 from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
-from projections import audit, usage_readings, wallets
+from projections import audit, documents, usage_readings, wallets
 from projections.board import Board
 from projections.documents import Documents
 from projections.drivers import inprocess
@@ -138,6 +138,7 @@ class Ledger:
             self.tenants, self.catalogue, self.customers = Tenants(env), Catalogue(env), Customers(env)
             self.subscriptions, self.invoicing, self.wallets = Subscriptions(env), Invoicing(env), Wallets(env)
             self.database.migrate(SCHEMA + audit.SCHEMA)
+            documents.migrate(self.database)
             usage_readings.migrate(self.database)
             # the embedded store's processes share the positions a check reads in memory (projections/board.py)
             self.board = None if self.database.postgres else Board(Path(f"{self.database.path}-positions"))
@@ -382,15 +383,12 @@ class Ledger:
 
     def usage_cutoffs(self, tenant_id: UUID, customers: set[str], now: datetime) -> dict[str, Cutoff]:
         """For each customer that has one, the instant before which its usage is refused (closed periods)."""
-        closed: dict[str, list[tuple[datetime, datetime, str]]] = {}
-        for body in self.documents.children("invoices", str(tenant_id), customers):
-            if body["kind"] == "closing" and body["status"] in ("finalized", "paid"):
-                closed.setdefault(body["customer"], []).append(
-                    (_moment(body["period_start"]), _moment(body["period_end"]), body["number"]))
+        closed = self.documents.closed_periods(str(tenant_id), customers)
         if not closed:
             return {}
         grace = timedelta(hours=self.tenants.tenant(tenant_id).settings.grace_period_hours)
-        found = {customer: usage_cutoff(periods, grace, now) for customer, periods in closed.items()}
+        found = {customer: usage_cutoff([(moment_of(start), moment_of(end), number)], grace, now)
+                 for customer, (start, end, number) in closed.items()}
         return {customer: cutoff for customer, cutoff in found.items() if cutoff is not None}
 
     def close_periods(self, now: datetime) -> int:

@@ -25,7 +25,7 @@ from eventsourcing.utils import get_topic
 from api.ledger import Ledger
 from domain.billing import IssuedInvoice
 from domain.money import encode_hook
-from projections import audit, usage_readings
+from projections import audit, documents, usage_readings
 from projections.drivers.inprocess import NAME as DOCUMENTS
 from projections.drivers.inprocess import DocumentModel, Runner, UsageRunner
 from projections.store import SCHEMA, Database, positions
@@ -74,7 +74,7 @@ def verify(ledger: Ledger, progress: Progress = lambda step, done, of: None) -> 
     with tempfile.TemporaryDirectory(prefix="tally-verify-") as folder:
         scratch = Database(f"sqlite:///{Path(folder) / 'scratch.sqlite'}", durable=False)
         try:
-            scratch.migrate(SCHEMA + usage_readings.SCHEMA + audit.SCHEMA)
+            scratch.migrate(SCHEMA + (documents.CLOSED_PERIODS,) + usage_readings.SCHEMA + audit.SCHEMA)
             _rebuild(ledger, scratch, bounds, progress)
             for table in TABLES:
                 yield from _compare(table, ledger.database, scratch, bounds[table.model], ledger.usage.database)

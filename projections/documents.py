@@ -10,6 +10,7 @@ import msgspec
 
 from domain.money import decode_hook, encode_hook
 from projections.store import Cursor, Database
+from projections.usage_log import microseconds
 from projections.views import VIEW_TYPES, Document
 
 _encoder = msgspec.json.Encoder(enc_hook=encode_hook)
@@ -29,12 +30,69 @@ def load(cursor: Cursor, collection: str, document_id: str) -> Document | None:
 
 def save_many(cursor: Cursor, changed: Iterable[tuple[str, str, Document, int]]) -> None:
     """Write each (collection, id, document, position of its first event): a new row, or a new body."""
+    changed = list(changed)
     cursor.execute_many(
         "INSERT INTO tally_documents (collection, id, tenant_id, code, parent, position, body) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, id) DO UPDATE "
         "SET code = excluded.code, parent = excluded.parent, body = excluded.body",
         [(collection, document_id, document.tenant_id, document.code, document.parent, position,
           _encoder.encode(document.view).decode()) for collection, document_id, document, position in changed])
+    closings: dict[str, set[str]] = {}  # the customers, by tenant, whose closing invoices changed
+    for collection, _, document, _ in changed:
+        if collection == "invoices" and document.view.kind == "closing" and document.view.status != "draft":
+            closings.setdefault(document.tenant_id, set()).add(document.parent)
+    for tenant_id, customers in closings.items():
+        _close(cursor, tenant_id, customers)
+
+
+# Each customer's latest closed period: its finalized (or paid) closing invoice of the latest period, kept with
+# the documents (ingestion reads it for every batch: from each customer's invoices, a batch of a thousand
+# customers with a year of invoices took 72-96 ms)
+CLOSED_PERIODS = """CREATE TABLE IF NOT EXISTS tally_closed_periods (
+        tenant_id TEXT NOT NULL, customer TEXT NOT NULL, period_start_us BIGINT NOT NULL,
+        period_end_us BIGINT NOT NULL, number TEXT NOT NULL, PRIMARY KEY (tenant_id, customer))"""
+CLOSED = ("finalized", "paid")
+
+
+def migrate(database: Database) -> None:
+    """Create the closed periods, and fill them from the invoices when they are new (a store from before
+    2026-11-26). One transaction."""
+    with database.transaction(write=True) as cursor:
+        new = not cursor.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND "
+            "table_name = 'tally_closed_periods'" if cursor.postgres else
+            "SELECT 1 FROM sqlite_master WHERE name = 'tally_closed_periods'").all()
+        cursor.create(CLOSED_PERIODS)
+        if new:
+            invoiced: dict[str, set[str]] = {}
+            for tenant_id, customer in cursor.execute(
+                    "SELECT DISTINCT tenant_id, parent FROM tally_documents WHERE collection = 'invoices'").all():
+                invoiced.setdefault(tenant_id, set()).add(customer)
+            for tenant_id, customers in invoiced.items():
+                _close(cursor, tenant_id, customers)
+
+
+def _close(cursor: Cursor, tenant_id: str, customers: set[str]) -> None:
+    """Set these customers' latest closed periods from their invoices (a closed one voided: the one before)."""
+    latest: dict[str, tuple[int, int, str]] = {}
+    for chunk in _chunks(sorted(customers)):
+        for (body,) in cursor.execute(
+                f"SELECT body FROM tally_documents WHERE collection = 'invoices' AND tenant_id = ? AND parent IN "
+                f"({','.join('?' * len(chunk))})", (tenant_id, *chunk)).all():
+            invoice = _decoders["invoices"].decode(body)
+            if invoice.kind == "closing" and invoice.status in CLOSED:
+                period = (microseconds(invoice.period_start), microseconds(invoice.period_end), invoice.number or "")
+                latest[invoice.customer] = max(latest.get(invoice.customer, period), period)
+        cursor.execute(f"DELETE FROM tally_closed_periods WHERE tenant_id = ? AND customer IN "
+                       f"({','.join('?' * len(chunk))})", (tenant_id, *chunk))
+    cursor.execute_many("INSERT INTO tally_closed_periods (tenant_id, customer, period_start_us, period_end_us, "
+                        "number) VALUES (?, ?, ?, ?, ?)",
+                        [(tenant_id, customer, *period) for customer, period in latest.items()])
+
+
+def _chunks(items: list[str], size: int = 1_000) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 class Documents:
@@ -104,6 +162,16 @@ class Documents:
                 f"SELECT body FROM tally_documents WHERE collection = ? AND tenant_id = ? AND parent IN ({marks})",
                 (collection, tenant_id, *sorted(parents))).all()
         return [msgspec.json.decode(body) for (body,) in rows]
+
+    def closed_periods(self, tenant_id: str, customers: set[str]) -> dict[str, tuple[int, int, str]]:
+        """Each of these customers' latest closed period, if it has one: (start, end, in µs; invoice number)."""
+        found = {}
+        with self.database.transaction() as cursor:
+            for chunk in _chunks(sorted(customers)):
+                found.update((customer, (start, end, number)) for customer, start, end, number in cursor.execute(
+                    "SELECT customer, period_start_us, period_end_us, number FROM tally_closed_periods WHERE "
+                    f"tenant_id = ? AND customer IN ({','.join('?' * len(chunk))})", (tenant_id, *chunk)).all())
+        return found
 
     def statuses(self, collection: str, document_ids: list[str]) -> dict[str, str]:
         """The `status` field of each of these documents that exists, by id."""

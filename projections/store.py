@@ -29,6 +29,8 @@ SCHEMA = (  # the documents, their positions, and kept Idempotency-Key answers
     "CREATE UNIQUE INDEX IF NOT EXISTS tally_documents_code ON tally_documents (collection, tenant_id, code)",
     "CREATE INDEX IF NOT EXISTS tally_documents_lookup ON tally_documents (collection, code)",
     "CREATE INDEX IF NOT EXISTS tally_documents_order ON tally_documents (collection, tenant_id, position)",
+    # a parent's documents (a customer's subscriptions, invoices, wallets): read without scanning the tenant's
+    "CREATE INDEX IF NOT EXISTS tally_documents_parent ON tally_documents (collection, tenant_id, parent)",
     "CREATE TABLE IF NOT EXISTS tally_positions (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS tally_idempotency (
         tenant_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, status INTEGER,

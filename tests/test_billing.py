@@ -16,6 +16,7 @@ from api.clock import LOCK, BillingClock
 from api.ledger import Ledger
 from domain.errors import Conflict
 from domain.money import encode_hook
+from projections import documents
 from projections.views import private_id
 
 FEE = {"type": "flat", "currency": "USD", "amount": "30.00", "pay_in": "advance"}
@@ -253,6 +254,39 @@ def test_late_usage_within_grace_is_an_adjustment_on_the_next_invoice_and_after_
     one = acme.post("/v1/events", json={"event_id": "jan-too-late", "customer": "acme", "event_name": "llm",
                                         "timestamp": "2026-01-31T21:00:00Z", "properties": {"tokens": 1}})
     assert_problem(one, 422, "timestamp")
+
+
+def _refused(admin, event_id: str, when: str) -> bool:
+    """Whether a usage event at `when` is refused as falling in a closed period (else it is accepted)."""
+    answer = admin.post("/v1/events/batch", json={"events": [
+        {"event_id": event_id, "customer": "acme", "event_name": "llm", "timestamp": when, "properties": {"tokens": 1}}]})
+    assert answer.status_code == 202, answer.text
+    return bool(answer.json()["rejected"])
+
+
+def test_usage_is_refused_up_to_the_latest_closed_period_a_voided_one_reopens_and_an_older_store_keeps_refusing(
+        acme, ledger):
+    # Given January and February closed and finalized, both grace periods over (Mar 2 01:00)
+    ledger.subscriptions.clock = lambda: at("2026-03-02T01:00:00")
+    ledger.close_periods(at("2026-02-02T01:00:00"))
+    ledger.close_periods(at("2026-03-02T01:00:00"))
+    closing = {start: found for (kind, start), found in invoices(acme).items() if kind == "closing"}
+    assert {start: found["status"] for start, found in closing.items()} == {
+        "2026-01-01": "finalized", "2026-02-01": "finalized"}
+    # Then usage up to February's end is refused, and March's is taken
+    assert (_refused(acme, "jan", "2026-01-15T00:00:00Z"), _refused(acme, "feb", "2026-02-15T00:00:00Z"),
+            _refused(acme, "mar", "2026-03-01T12:00:00Z")) == (True, True, False)
+    # When February's closing invoice is voided: February is open again, January stays closed
+    voided = acme.post(f"/v1/invoices/{closing['2026-02-01']['id']}/void", json={"reason": "wrong plan"})
+    assert voided.status_code == 200, voided.text
+    assert (_refused(acme, "jan-2", "2026-01-15T00:00:00Z"), _refused(acme, "feb-2", "2026-02-15T00:00:00Z")) == (
+        True, False)
+    # And a store from before the closed periods were kept apart fills them from its invoices when opened
+    with ledger.database.transaction(write=True) as cursor:
+        cursor.execute("DROP TABLE tally_closed_periods")
+    documents.migrate(ledger.database)
+    assert (_refused(acme, "jan-3", "2026-01-15T00:00:00Z"), _refused(acme, "feb-3", "2026-02-15T00:00:00Z")) == (
+        True, False)
 
 
 def test_credit_notes_by_lines_or_amount_never_take_an_invoice_below_zero(acme, ledger):

@@ -35,7 +35,7 @@ class DocumentModel:
     documents are read once and written once, at `flush`."""
 
     name = NAME
-    tables = ("tally_documents",)
+    tables = ("tally_documents", "tally_closed_periods")
 
     def __init__(self) -> None:
         self._batch: dict[tuple[str, str], tuple[Document | None, int, bool]] = {}  # (document, position, changed)
