@@ -49,7 +49,8 @@ class StructAsDict(Transcoding):
 
 
 class SetAsList(Transcoding):
-    """Stores a set (a wallet's fired alerts, in a snapshot) as a sorted list."""
+    """Stores a set (in a snapshot: a wallet's fired alerts, a customer's limits crossed) as a sorted list;
+    its tuples come back as lists, made tuples again."""
 
     type = set
     name = "set"
@@ -58,7 +59,7 @@ class SetAsList(Transcoding):
         return sorted(obj)
 
     def decode(self, data: Any) -> set:
-        return set(data)
+        return {tuple(item) if isinstance(item, list) else item for item in data}
 
 
 # Every value stored inside an event or a snapshot. All applications know all of them: they share one store.

@@ -35,6 +35,10 @@ class ChangedMeanwhile(Conflict):
 
 
 class Customers(TallyApplication):
+    # a record gains an event at each limit crossed (once per window: daily windows, a few features, ~1,000 a
+    # year), and checks read it whole when it changes (measured: 21 ms for 1,000 events folded)
+    snapshotting_intervals = {CustomerEntitlements: 100}  # noqa: RUF012 (eventsourcing's class setting)
+
     def register(self, by: Actor, tenant_id: UUID, spec: CustomerSpec) -> Customer:
         self._check_parent(tenant_id, spec.external_id, spec.parent_external_id)
         self._check_invoicing(tenant_id, spec.currency, spec.details)

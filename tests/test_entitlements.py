@@ -5,7 +5,7 @@ acknowledged."""
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 from uuid import UUID
@@ -201,6 +201,26 @@ def test_the_first_check_beyond_a_limit_records_entitlement_exceeded_once_per_wi
     # And the listing (a read) records nothing
     acme.get("/v1/customers/acme/entitlements")
     assert len(_crossings(ledger)) == 4
+
+
+def test_a_long_record_of_crossings_is_read_from_its_snapshot_and_still_records_each_crossing_once(acme, ledger):
+    # Given 150 days, each with the daily image limit crossed once (a record read whole at each change)
+    tenant, by = _tenant(ledger), Actor("system:test")
+    days = [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=n) for n in range(150)]
+    for day in days:
+        ledger.customers.exceed(by, tenant, "acme", "img", day, day + timedelta(days=1), Decimal(10), Decimal(10),
+                                Decimal(1), False)
+    # Then the record is read from a snapshot (taken at its 100th event) and the events after it, and is
+    # what folding all its events gives
+    record = ledger.customers.entitlements(tenant, "acme")
+    assert [s.originator_version for s in ledger.customers.snapshots.get(record.id)] == [100]
+    folded = ledger.customers.replayed(record.id)
+    assert (record.version, record.crossings, record.overrides) == (151, folded.crossings, folded.overrides)
+    assert len(record.crossings) == 150
+    # And a crossing from before the snapshot is known: recording it again records nothing
+    ledger.customers.exceed(by, tenant, "acme", "img", days[3], days[4], Decimal(10), Decimal(10), Decimal(1), False)
+    assert ledger.customers.entitlements(tenant, "acme").version == 151
+    assert len(_crossings(ledger)) == 150
 
 
 @pytest.fixture
