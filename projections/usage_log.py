@@ -285,14 +285,16 @@ class UsageLog:
         return self.board.get("usage") if self.board is not None else self.last_position()
 
     def entries(self, after: int, limit: int) -> list[Entry]:
-        """Up to `limit` entries after position `after`, in log order: from the ring of recent entries
-        as far as it holds them in order (no read of the store), else from the log."""
-        if found := self._recent_entries(after, limit):
+        """Up to `limit` entries after position `after`, in log order (fewer only at the log's end):
+        from the ring of recent entries as far as it holds them in order (no read of the store), the
+        rest from the log."""
+        found = self._recent_entries(after, limit)
+        if len(found) == limit:
             return found
         with self.database.transaction() as cursor:
             rows = cursor.execute(f"SELECT {ENTRY} FROM tally_usage WHERE position > ? ORDER BY position LIMIT ?",
-                                  (after, limit)).all()
-        return [Entry(*row) for row in rows]
+                                  (found[-1].position if found else after, limit - len(found))).all()
+        return found + [Entry(*row) for row in rows]
 
     def _recent_entries(self, after: int, limit: int) -> list[Entry]:
         """`entries` from the ring: those it holds from position `after + 1` on (committed: not only the
