@@ -44,6 +44,7 @@ from domain.price import FlatPrice
 from domain.pricing import Transaction
 from domain.subscription import Subscription
 from domain.subscriptions import Subscriptions
+from domain.tenant import Tenant
 from domain.tenants import Tenants
 from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
@@ -154,7 +155,7 @@ class Ledger:
         self.usage_runner = UsageRunner(self.usage, self.database)  # for catching up on demand
         self._immutable: dict[tuple, Any] = {}  # plan versions and meters never change once made
         self.memo = Memo(self.tenants.recorder, self.runner.applied, (ApiKey, Customer, CustomerEntitlements,
-                                                                      Subscription, Wallet),
+                                                                      Subscription, Tenant, Wallet),
                          new_kinds=(Subscription, Wallet))
         self.counters = UsageCounters(self.usage, self._window_readings)
         self._next_due: dict[str, tuple[Any, datetime]] = {}  # the clock's: subscription -> (what it saw, when due)
@@ -386,7 +387,8 @@ class Ledger:
         closed = self.documents.closed_periods(str(tenant_id), customers)
         if not closed:
             return {}
-        grace = timedelta(hours=self.tenants.tenant(tenant_id).settings.grace_period_hours)
+        grace = self.memo.get(("grace", tenant_id), lambda: (
+            timedelta(hours=self.tenants.tenant(tenant_id).settings.grace_period_hours), [tenant_id]))
         found = {customer: usage_cutoff([(moment_of(start), moment_of(end), number)], grace, now)
                  for customer, (start, end, number) in closed.items()}
         return {customer: cutoff for customer, cutoff in found.items() if cutoff is not None}

@@ -3,13 +3,14 @@
 Queries answer the stored JSON bytes as they are: a read is a look-up, never a re-encoding.
 """
 
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
 
 from domain.money import decode_hook, encode_hook
-from projections.store import Cursor, Database
+from projections.store import Cursor, Database, lock_position, positions, save_position
 from projections.usage_log import microseconds
 from projections.views import VIEW_TYPES, Document
 
@@ -52,6 +53,9 @@ CLOSED_PERIODS = """CREATE TABLE IF NOT EXISTS tally_closed_periods (
         tenant_id TEXT NOT NULL, customer TEXT NOT NULL, period_start_us BIGINT NOT NULL,
         period_end_us BIGINT NOT NULL, number TEXT NOT NULL, PRIMARY KEY (tenant_id, customer))"""
 CLOSED = ("finalized", "paid")
+# a count of the changes to the closed periods (in tally_positions), for the processes that keep them in memory
+CLOSED_CHANGES = "closed_periods"
+CLOSED_KEPT = 100_000  # customers' closed periods a process keeps in memory
 
 
 def migrate(database: Database) -> None:
@@ -88,6 +92,7 @@ def _close(cursor: Cursor, tenant_id: str, customers: set[str]) -> None:
     cursor.execute_many("INSERT INTO tally_closed_periods (tenant_id, customer, period_start_us, period_end_us, "
                         "number) VALUES (?, ?, ?, ?, ?)",
                         [(tenant_id, customer, *period) for customer, period in latest.items()])
+    save_position(cursor, CLOSED_CHANGES, lock_position(cursor, CLOSED_CHANGES) + 1)
 
 
 def _chunks(items: list[str], size: int = 1_000) -> Iterator[list[str]]:
@@ -100,6 +105,12 @@ class Documents:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        # each customer's closed period (None: none) as of `_changes` changes, kept: every usage batch reads
+        # its customers' (measured, 1,000 customers each with a year of invoices: ingest at 75,010 events/s
+        # reading them from the table for each batch)
+        self._closed: dict[tuple[str, str], tuple[int, int, str] | None] = {}
+        self._changes = -1
+        self._lock = threading.Lock()
 
     def by_code(self, collection: str, tenant_id: str, code: str) -> bytes | None:
         return self._one(
@@ -164,14 +175,26 @@ class Documents:
         return [msgspec.json.decode(body) for (body,) in rows]
 
     def closed_periods(self, tenant_id: str, customers: set[str]) -> dict[str, tuple[int, int, str]]:
-        """Each of these customers' latest closed period, if it has one: (start, end, in µs; invoice number)."""
-        found = {}
-        with self.database.transaction() as cursor:
-            for chunk in _chunks(sorted(customers)):
-                found.update((customer, (start, end, number)) for customer, start, end, number in cursor.execute(
-                    "SELECT customer, period_start_us, period_end_us, number FROM tally_closed_periods WHERE "
-                    f"tenant_id = ? AND customer IN ({','.join('?' * len(chunk))})", (tenant_id, *chunk)).all())
-        return found
+        """Each of these customers' latest closed period, if it has one: (start, end, in µs; invoice number).
+        Kept in memory until the closed periods change (a count of their changes, read each time)."""
+        changes = positions(self.database, [CLOSED_CHANGES])[0]
+        with self._lock:
+            if changes != self._changes or len(self._closed) > CLOSED_KEPT:
+                self._closed, self._changes = {}, changes
+            kept = {customer: self._closed.get((tenant_id, customer), False) for customer in customers}
+        missing = sorted(customer for customer, period in kept.items() if period is False)
+        if missing:
+            read = dict.fromkeys(missing)
+            with self.database.transaction() as cursor:
+                for chunk in _chunks(missing):
+                    read.update((customer, (start, end, number)) for customer, start, end, number in cursor.execute(
+                        "SELECT customer, period_start_us, period_end_us, number FROM tally_closed_periods WHERE "
+                        f"tenant_id = ? AND customer IN ({','.join('?' * len(chunk))})", (tenant_id, *chunk)).all())
+            kept.update(read)
+            with self._lock:
+                if self._changes == changes:  # (else read before a change that dropped what was kept: not kept)
+                    self._closed.update(((tenant_id, customer), period) for customer, period in read.items())
+        return {customer: period for customer, period in kept.items() if period}
 
     def statuses(self, collection: str, document_ids: list[str]) -> dict[str, str]:
         """The `status` field of each of these documents that exists, by id."""

@@ -17,6 +17,7 @@ from api.ledger import Ledger
 from domain.errors import Conflict
 from domain.money import encode_hook
 from projections import documents
+from projections.documents import Documents
 from projections.views import private_id
 
 FEE = {"type": "flat", "currency": "USD", "amount": "30.00", "pay_in": "advance"}
@@ -256,6 +257,11 @@ def test_late_usage_within_grace_is_an_adjustment_on_the_next_invoice_and_after_
     assert_problem(one, 422, "timestamp")
 
 
+def _tenant_of(ledger) -> UUID:
+    with ledger.database.transaction() as cursor:
+        return UUID(cursor.execute("SELECT tenant_id FROM tally_documents WHERE collection = 'customers'").one()[0])
+
+
 def _refused(admin, event_id: str, when: str) -> bool:
     """Whether a usage event at `when` is refused as falling in a closed period (else it is accepted)."""
     answer = admin.post("/v1/events/batch", json={"events": [
@@ -276,11 +282,19 @@ def test_usage_is_refused_up_to_the_latest_closed_period_a_voided_one_reopens_an
     # Then usage up to February's end is refused, and March's is taken
     assert (_refused(acme, "jan", "2026-01-15T00:00:00Z"), _refused(acme, "feb", "2026-02-15T00:00:00Z"),
             _refused(acme, "mar", "2026-03-01T12:00:00Z")) == (True, True, False)
-    # When February's closing invoice is voided: February is open again, January stays closed
+    elsewhere = Documents(ledger.database)  # another server's, keeping the closed periods it read
+    tenant = str(_tenant_of(ledger))
+    assert elsewhere.closed_periods(tenant, {"acme"})["acme"][2] == closing["2026-02-01"]["number"]
+    # When February's closing invoice is voided: February is open again, January stays closed, in every server
     voided = acme.post(f"/v1/invoices/{closing['2026-02-01']['id']}/void", json={"reason": "wrong plan"})
     assert voided.status_code == 200, voided.text
     assert (_refused(acme, "jan-2", "2026-01-15T00:00:00Z"), _refused(acme, "feb-2", "2026-02-15T00:00:00Z")) == (
         True, False)
+    assert elsewhere.closed_periods(tenant, {"acme"})["acme"][2] == closing["2026-01-01"]["number"]
+    # And a longer grace period counts at once: January's has not ended by Mar 2 with 1,000 hours
+    assert acme.patch("/v1/tenant", json={"grace_period_hours": 1000}).status_code == 200
+    assert not _refused(acme, "jan-4", "2026-01-15T00:00:00Z")
+    assert acme.patch("/v1/tenant", json={"grace_period_hours": 24}).status_code == 200
     # And a store from before the closed periods were kept apart fills them from its invoices when opened
     with ledger.database.transaction(write=True) as cursor:
         cursor.execute("DROP TABLE tally_closed_periods")

@@ -32,13 +32,16 @@ uuid4s send them, or (`--ids ordered`) UUIDv7s, as the SDK's EventSender makes t
 then takes random ids at random places in its index, and UUIDv7s at its end. Event times are the
 same 1,000 in every batch, or (`--times growing`) later in each batch than in the one before, as live
 traffic sends them: the usage read model, whose index goes by customer and time, then writes each
-batch at its end instead of all over it. Not a test: it prints, it does not assert speed. Targets
+batch at its end instead of all over it. With `--invoiced-months M`, before the server starts, every
+customer is subscribed to a monthly plan M months before this month and billed month by month by the
+clock (its closing invoices finalized): the run then ingests for a tenant with that much history
+(ingestion reads each batch's customers' closed periods). Not a test: it prints, it does not assert speed. Targets
 (issue 3): >= 100,000 events/s embedded, >= 60,000 on PostgreSQL, ratio >= 1.0, memory flat over 10
 million events.
 
     .venv/bin/python -m ops.bench.ingest [--store sqlite|postgres|both] [--events 200000] [--senders 4]
         [--inflight 2] [--batch-size 1000] [--ids random|ordered] [--times repeated|growing] [--customers 4]
-        [--api-check-max 2000000]
+        [--invoiced-months 0] [--api-check-max 2000000]
         [--prebuild-mb 64]
 """
 
@@ -70,6 +73,14 @@ from urllib.parse import urlencode
 import httpx
 import psycopg
 
+from domain.aggregate import Actor
+from domain.customer import CustomerSpec
+from domain.meter import MeterSpec
+from domain.plan import PlanSpec
+from domain.plan_version import PlanVersionSpec
+from domain.price import FlatPrice, PerUnitPrice
+from domain.subscription import SubscriptionSpec
+from domain.tenant import TenantSettings
 from ops import services
 from projections import usage_log
 from projections.store import Cursor, Database
@@ -408,17 +419,61 @@ def memory_kb(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-def prepare(api: httpx.Client, shape: Shape, warm_up: int) -> None:
-    """The count meter and the customers, through the API; then one warm-up batch (not timed), number
-    `warm_up` (after those of the run: its ids and times are none of theirs)."""
-    meter = {"code": METER, "name": "Bench events", "event_name": EVENT_NAME, "aggregation": "count"}
-    expect(api.post("/v1/meters", json=meter), 201)
-    for n in range(shape.customers):
-        customer = {"external_id": f"cus-{n}", "name": f"Customer {n}", "currency": "USD"}
-        expect(api.post("/v1/customers", json=customer), 201)
+def prepare(api: httpx.Client, shape: Shape, warm_up: int, billed: bool) -> None:
+    """The count meter and the customers, through the API (unless `billed`: `bill_history` made them);
+    then one warm-up batch (not timed), number `warm_up` (after those of the run: its ids and times
+    are none of theirs)."""
+    if not billed:
+        meter = {"code": METER, "name": "Bench events", "event_name": EVENT_NAME, "aggregation": "count"}
+        expect(api.post("/v1/meters", json=meter), 201)
+        for n in range(shape.customers):
+            customer = {"external_id": shape.customer(n), "name": f"Customer {n}", "currency": "USD"}
+            expect(api.post("/v1/customers", json=customer), 201)
     answer = expect(api.post(PATH, content=body(shape, shape.template(), warm_up),
                              headers={"Content-Type": "application/json"}), 202)
     assert answer.json()["accepted"] == shape.batch_size, answer.text
+
+
+def bill_history(url: str, shape: Shape, months: int) -> int:
+    """Before the server starts, straight through the ledger on its store: the tenant (24 hours' grace),
+    the count meter, a monthly plan ($10.00 in advance, $0.001 an event), and each customer subscribed
+    `months` months before this one began, billed month by month by the clock (each period's closing
+    invoice finalized after its grace): the invoices a tenant has after that long. The server then
+    keeps this tenant (its first). Returns how many invoices were issued."""
+    from api.ledger import Ledger
+
+    ledger, by = Ledger(url), Actor("system:bench")
+    try:
+        tenant = ledger.command(ledger.tenants.open_tenant, by, TenantSettings(name="Bench", grace_period_hours=24)).id
+        ledger.catalogue.define_meter(by, tenant, MeterSpec(code=METER, name="Bench events", event_name=EVENT_NAME,
+                                                            aggregation="count"))
+        ledger.catalogue.define_plan(by, tenant, PlanSpec(code="bench", name="Bench", currency="USD", interval="month"))
+        ledger.catalogue.publish_plan_version(by, tenant, "bench", PlanVersionSpec(prices=(
+            FlatPrice(currency="USD", amount=Decimal("10.00"), pay_in="advance"),
+            PerUnitPrice(currency="USD", meter_code=METER, unit_amount=Decimal("0.001")))))
+        now = datetime.now(UTC)
+        months_ago = [_month_start(now, back) for back in range(months, -1, -1)]
+        for n in range(shape.customers):
+            ledger.customers.register(by, tenant, CustomerSpec(external_id=shape.customer(n), name=f"Customer {n}",
+                                                               currency="USD"))
+            ledger.subscriptions.start(by, tenant, SubscriptionSpec(customer=shape.customer(n), plan_code="bench",
+                                                                    start_at=months_ago[0], billing_anchor="calendar"))
+        ledger.runner.catch_up()
+        issued = 0
+        for start in months_ago:
+            issued += ledger.close_periods(start)
+            if start + timedelta(hours=25) <= now:
+                ledger.close_periods(start + timedelta(hours=25))
+        ledger.runner.catch_up()
+        return issued
+    finally:
+        ledger.close()
+
+
+def _month_start(moment: datetime, back: int) -> datetime:
+    """The start of the month `back` months before the one of `moment` (UTC)."""
+    months = moment.year * 12 + moment.month - 1 - back
+    return datetime(months // 12, months % 12 + 1, 1, tzinfo=UTC)
 
 
 def expect(answer: httpx.Response, status: int) -> httpx.Response:
@@ -553,9 +608,12 @@ def bench(store: str, args: argparse.Namespace) -> Result:
         folder = Path(temp)
         url = (stack.enter_context(services.postgres(durable=True)) if store == "postgres"
                else f"sqlite:///{folder / 'events.sqlite'}")
+        if args.invoiced_months:
+            log(f"{store}: {args.customers:,} customers billed for {args.invoiced_months} months before the run")
+            log(f"{store}: {bill_history(url, shape, args.invoiced_months):,} invoice changes by the clock")
         with serving(url, folder) as server, httpx.Client(
                 base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"}, timeout=60) as api:
-            prepare(api, shape, batches)
+            prepare(api, shape, batches, billed=args.invoiced_months > 0)
             rss_before = memory_kb(server.process.pid, "VmRSS")
             log(f"{store}: sending {args.events:,} events ({args.senders} senders x {args.inflight} in flight)")
             sent = run_senders(server, shape, batches, args.senders, args.inflight, args.prebuild_mb)
@@ -627,6 +685,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--times", choices=("repeated", "growing"), default="repeated",
                         help="event times: the same in every batch, or growing from batch to batch (default repeated)")
     parser.add_argument("--customers", type=int, default=4, help="customers the events go to (default 4)")
+    parser.add_argument("--invoiced-months", type=int, default=0,
+                        help="bill every customer for this many months before the run (default 0)")
     parser.add_argument("--api-check-max", type=int, default=2_000_000,
                         help="check the count meter over the API up to this many events (default 2,000,000)")
     parser.add_argument("--prebuild-mb", type=int, default=64,
