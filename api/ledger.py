@@ -40,7 +40,7 @@ from domain.metering import Reading, transactions_of
 from domain.money import Amount
 from domain.periods import Period
 from domain.plan_version import PlanVersionSpec
-from domain.price import FlatPrice
+from domain.price import FlatPrice, PercentagePrice
 from domain.pricing import Transaction
 from domain.subscription import Subscription
 from domain.subscriptions import Subscriptions
@@ -82,8 +82,10 @@ def _periods(subscription: Subscription, moments: Iterable[datetime]) -> set[Per
             if subscription.billing_start <= moment and (ends_at is None or moment < ends_at)}
 
 
-def _meters(specs: Iterable[PlanVersionSpec]) -> set[str]:
-    return {price.meter_code for spec in specs for price in spec.prices if price.meter_code is not None}
+def _meters(specs: Iterable[PlanVersionSpec], kind: type = object) -> set[str]:
+    """The meters these plan versions' prices (of this kind) read."""
+    return {price.meter_code for spec in specs for price in spec.prices
+            if price.meter_code is not None and isinstance(price, kind)}
 
 
 def _moment(text: str) -> datetime:
@@ -252,24 +254,33 @@ class Ledger:
         )
 
     def _lines(self, subscription: Subscription, period: Period, kind: str, as_of: datetime | None = None,
-               prefetched: Prefetched | None = None) -> tuple[list[invoice.InvoiceLine], list[invoice.Segment]]:
-        """A period's invoice lines of that kind (no late usage), and the period's contract segments."""
+               prefetched: Prefetched | None = None,
+               counted: int | None = None) -> tuple[list[invoice.InvoiceLine], list[invoice.Segment]]:
+        """A period's invoice lines of that kind (no late usage), and the period's contract segments
+        (`counted`: see `_usage`)."""
         tenant_id = subscription.tenant_id
-        specs = {number: self._version_spec(tenant_id, subscription.plan_code, number)
-                 for _, number in subscription.versions}
+        specs, parts = self._segments(subscription, period)
         conversion = {
             price.pricing_unit: self.catalogue.pricing_unit(tenant_id, price.pricing_unit).spec.conversion_rate
             for spec in specs.values() for price in spec.prices if price.pricing_unit is not None}
-        parts = invoice.segments(subscription.versions, specs, period, subscription.billing_start, subscription.ends_at)
         start = max(period.start, subscription.billing_start)
         first = subscription.version_at(start)
         billed = invoice.Segment(start, period.end, first, specs[first])
         if kind == "advance":
             return invoice.advance_lines(subscription.plan_code, billed, period, conversion,
                                          subscription.currency), parts
-        usage = self._usage(tenant_id, subscription.customer, _meters(specs.values()), period, as_of, prefetched)
+        usage = self._usage(tenant_id, subscription.customer, _meters(specs.values()), period, as_of, prefetched,
+                            counted)
         return invoice.closing_lines(subscription.plan_code, parts, period, usage, conversion, subscription.currency,
                                      billed), parts
+
+    def _segments(self, subscription: Subscription,
+                  period: Period) -> tuple[dict[int, PlanVersionSpec], list[invoice.Segment]]:
+        """The subscription's plan versions, and the period's parts under each."""
+        specs = {number: self._version_spec(subscription.tenant_id, subscription.plan_code, number)
+                 for _, number in subscription.versions}
+        return specs, invoice.segments(subscription.versions, specs, period, subscription.billing_start,
+                                       subscription.ends_at)
 
     def _late_usage(self, subscription: Subscription, period: Period,
                     as_of: datetime | None) -> tuple[list[invoice.InvoiceLine], Decimal]:
@@ -519,13 +530,20 @@ class Ledger:
         return found
 
     def _usage(self, tenant_id: UUID, customer: str, meter_codes: set[str], span: Period,
-               as_of: datetime | None = None, prefetched: Prefetched | None = None) -> invoice.Usage:
+               as_of: datetime | None = None, prefetched: Prefetched | None = None,
+               counted: int | None = None) -> invoice.Usage:
         """A customer's usage as the invoice lines read it: the read model plus the log's tail (or the
         log as it stood `as_of`). The meters' events in `span` are read at once (but a weighted_sum's,
-        which needs the level held before a range), unless `prefetched` holds them already."""
+        which needs the level held before a range), unless `prefetched` holds them already. `counted`
+        (what the usage has cost so far, the log counted up to that position at least): a quantity is the
+        entitlement counters' (but a weighted_sum's), which follow the log in memory, and only a
+        percentage price's events are read (measured, a debit pass for a customer with a million events
+        in its period: 2.9 s reading them)."""
         tenant = str(tenant_id)
         if prefetched is not None:
             low, high, read = prefetched
+        elif counted is not None:
+            low, high, read = 0, 0, {}
         else:
             low, high = microseconds(span.start), microseconds(span.end)
             names = self._event_names(tenant_id, meter_codes)
@@ -543,6 +561,8 @@ class Ledger:
 
         def quantity(meter_code: str, start: datetime, end: datetime) -> Decimal:
             meter = self._meter_spec(tenant_id, meter_code)
+            if counted is not None and meter.aggregation != "weighted_sum":
+                return self.counters.used(tenant, customer, meter, microseconds(start), microseconds(end), counted)
             return report(reader(meter), customer, meter, start, end, None, ()).total
 
         def transactions(meter_code: str, start: datetime, end: datetime) -> list[Transaction]:
@@ -589,10 +609,12 @@ class Ledger:
         wallet, of its children) taken off, and grants whose time has come expired."""
         drawing = {found.customer, *([body["external_id"] for body in self.documents.children(
             "customers", str(tenant_id), {found.customer})] if found.spec.pooled else [])}
+        counted = self.usage.published()  # every usage acknowledged before the read counts
         for customer, wallets_of in self._holders(tenant_id, drawing).items():
             wallets_of = [found if wallet.id == found.id else wallet for wallet in wallets_of]
-            self.wallets.pending(tenant_id, customer, wallets_of, self._usage_costs(tenant_id, customer, [now]),
-                                 self._feature_meters(tenant_id, wallets_of), now)
+            costs = self._usage_costs(tenant_id, customer, [now], counted)
+            self.wallets.pending(tenant_id, customer, wallets_of, costs, self._feature_meters(tenant_id, wallets_of),
+                                 now)
         with acting(CLOCK):
             found.expire(now)  # in this copy only: the clock records it
         return wallets.view(found)
@@ -643,11 +665,12 @@ class Ledger:
         holders = self._holders(tenant_id, set(moments))
         subscriptions = self._subscriptions_of_many(tenant_id, set(holders))
         charges = self.wallets.find_many([UsageCharges.create_id(tenant_id, customer) for customer in holders])
-        prefetched = self._prefetch(tenant_id, {customer: subscriptions.get(customer, []) for customer in holders},
-                                    {customer: moments[customer] for customer in holders})
+        mine = {customer: subscriptions.get(customer, []) for customer in holders}
+        counted = self._count_ahead(tenant_id, mine, moments)
+        prefetched = self._prefetch(tenant_id, mine, {customer: moments[customer] for customer in holders})
         changed: dict[UUID, Any] = {}
         for customer, wallets_of in holders.items():
-            costs = self._usage_costs(tenant_id, customer, moments[customer], subscriptions.get(customer, []),
+            costs = self._usage_costs(tenant_id, customer, moments[customer], counted, mine[customer],
                                       prefetched.get(customer))
             changed.update((found.id, found) for found in self.wallets.charge(
                 DEBITER, tenant_id, customer, charges.get(UsageCharges.create_id(tenant_id, customer)), wallets_of,
@@ -699,15 +722,45 @@ class Ledger:
     def _partition(self, tenant: str, customer: str) -> int | None:
         return usage_readings.partition_of(tenant, customer) if self.distributed else None
 
+    def _count_ahead(self, tenant_id: UUID, subscriptions: dict[str, list[Subscription]],
+                     moments: Mapping[str, set[datetime]]) -> int:
+        """For a debit pass: the counters of the quantities its customers' costs take (see `_usage`),
+        those not counted yet begun for them all at once (one read a window, not one a customer).
+        Returns the position of the log they count up to."""
+        wanted: dict[str, dict[tuple[str, int, int], tuple[MeterSpec, int, int]]] = {}  # (a spec is not hashable)
+        for customer, mine in subscriptions.items():
+            for subscription in mine:
+                for period in _periods(subscription, moments[customer]):
+                    for part in self._segments(subscription, period)[1]:
+                        for price in part.spec.prices:
+                            if price.meter_code is None or isinstance(price, PercentagePrice):
+                                continue
+                            meter = self._meter_spec(tenant_id, price.meter_code)
+                            if meter.aggregation != "weighted_sum":
+                                start, end = microseconds(part.start), microseconds(part.end)
+                                wanted.setdefault(customer, {})[meter.code, start, end] = (meter, start, end)
+        return self.counters.prime(str(tenant_id), {customer: list(windows.values()) for customer, windows in
+                                                    wanted.items()}, self._windows_readings)
+
+    def _windows_readings(self, tenant: str, customers: list[str], names: list[str], start_us: int,
+                          end_us: int) -> dict[str, dict[str, list[Reading]]]:
+        """The counters' source for many customers: their readings of these event names in the window."""
+        found = usage_readings.fresh_many(self.database, self.usage, tenant,
+                                          {customer: self._partition(tenant, customer) for customer in customers},
+                                          names, start_us, end_us)
+        return {customer: {name: inside for name, (inside, _) in by_name.items()}
+                for customer, by_name in found.items()}
+
     def _prefetch(self, tenant_id: UUID, subscriptions: dict[str, list[Subscription]],
                   moments: dict[str, set[datetime]]) -> dict[str, Prefetched]:
-        """For a debit pass: these customers' usage in all the periods their `moments` fall in, read
-        at once (a few queries for them all)."""
+        """For a debit pass: these customers' events in all the periods their `moments` fall in, of the
+        meters of percentage prices (the others' quantities are counted: see `_usage`), read at once (a
+        few queries for them all)."""
         periods = [period for customer, mine in subscriptions.items() for subscription in mine
                    for period in _periods(subscription, moments[customer])]
         codes = {code for mine in subscriptions.values() for subscription in mine
-                 for code in _meters(self._version_spec(tenant_id, subscription.plan_code, number)
-                                     for _, number in subscription.versions)}
+                 for code in _meters((self._version_spec(tenant_id, subscription.plan_code, number)
+                                      for _, number in subscription.versions), PercentagePrice)}
         names = self._event_names(tenant_id, codes)
         if not periods or not names:
             return {}
@@ -718,16 +771,17 @@ class Ledger:
                                          names, low, high)
         return {customer: (low, high, mine) for customer, mine in read.items()}
 
-    def _usage_costs(self, tenant_id: UUID, customer: str, moments: Iterable[datetime],
+    def _usage_costs(self, tenant_id: UUID, customer: str, moments: Iterable[datetime], counted: int,
                      subscriptions: list[Subscription] | None = None,
                      prefetched: Prefetched | None = None) -> dict[str, Decimal]:
         """What the customer's usage has cost so far (fiat, the invoice's metered line amounts), by
-        charge key (subscription, period, meter), in each period that holds one of `moments`.
-        `subscriptions`, `prefetched`: the customer's, and its usage, if read already."""
+        charge key (subscription, period, meter), in each period that holds one of `moments`, the log
+        counted up to position `counted` at least (see `_usage`). `subscriptions`, `prefetched`: the
+        customer's, and its usage, if read already."""
         costs: dict[str, Decimal] = {}
         for subscription in subscriptions if subscriptions is not None else self._subscriptions(tenant_id, customer):
             for period in _periods(subscription, moments):
-                for line in self._lines(subscription, period, "closing", prefetched=prefetched)[0]:
+                for line in self._lines(subscription, period, "closing", prefetched=prefetched, counted=counted)[0]:
                     if line.meter_code is not None:
                         key = charge_key(subscription.id, period.start, line.meter_code)
                         costs[key] = costs.get(key, Decimal(0)) + line.amount

@@ -24,7 +24,7 @@ WATCH_LIMIT customers, all counters are dropped and counted afresh as checks com
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from decimal import Decimal
 
 import msgspec
@@ -44,6 +44,8 @@ FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops th
 WATCH_LIMIT = 100_000  # customers with counters in one process
 Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
 ReadingsOf = Callable[[str, str, MeterSpec, int, int], list[Reading]]  # tenant, customer, meter, start, end
+# tenant, customers, event names, start, end -> each customer's readings by event name
+ReadingsOfMany = Callable[[str, list[str], list[str], int, int], Mapping[str, Mapping[str, Iterable[Reading]]]]
 OWN = "position, event_name, timestamp_us, event_id, properties, kind"  # a check's own entries
 _properties = msgspec.json.Decoder(dict)
 _BARE: dict = {}
@@ -83,6 +85,20 @@ class _Watched:
                     running.add(reading)
 
 
+def _begin(watched: _Watched, meter: MeterSpec, start_us: int, end_us: int,
+           readings: Iterable[Reading]) -> tuple[MeterSpec, Running]:
+    """A counter of the meter's window from its readings (every acknowledged one, up to where the customer's
+    entries are counted at least: the later ones are followed), kept; the meter's past windows go."""
+    running = Running(meter)
+    for reading in readings:
+        if reading.position <= watched.through and matches(meter, reading):
+            running.add(reading)
+    found = (meter, running)
+    watched.keep({**{key: value for key, value in watched.counters.items()
+                     if key[0] != meter.code or key[2] > start_us}, (meter.code, start_us, end_us): found})
+    return found
+
+
 class UsageCounters:
     def __init__(self, log: UsageLog, readings_of: ReadingsOf) -> None:
         """`readings_of(tenant, customer, meter, start_us, end_us)`: the customer's readings of the
@@ -104,45 +120,69 @@ class UsageCounters:
     def stop(self) -> None:
         self._follower.stop()
 
-    def used(self, tenant: str, customer: str, meter: MeterSpec, start_us: int, end_us: int) -> Decimal:
-        """The meter's value over [start_us, end_us) for the customer, counting every event logged."""
+    def used(self, tenant: str, customer: str, meter: MeterSpec, start_us: int, end_us: int,
+             last: int | None = None) -> Decimal:
+        """The meter's value over [start_us, end_us) for the customer, counting every event logged (up to
+        `last` at least, when the caller read where the log ends)."""
         with self._lock:
-            watched = self._watch(tenant, customer)
-            window = (meter.code, start_us, end_us)
-            found = watched.counters.get(window)
+            watched = self._watch(tenant, customer, last)
+            found = watched.counters.get((meter.code, start_us, end_us))
             if found is None:
-                running = Running(meter)
-                for reading in self.readings_of(tenant, customer, meter, start_us, end_us):
-                    if reading.position <= watched.through and matches(meter, reading):  # later ones: followed
-                        running.add(reading)
-                found = (meter, running)
-                watched.keep({**{key: value for key, value in watched.counters.items()
-                                 if key[0] != meter.code or key[2] > start_us}, window: found})  # past windows go
+                found = _begin(watched, meter, start_us, end_us,
+                               self.readings_of(tenant, customer, meter, start_us, end_us))
             return found[1].value
+
+    def prime(self, tenant: str, wanted: Mapping[str, Collection[tuple[MeterSpec, int, int]]],
+              read: ReadingsOfMany) -> int:
+        """Begin the counters of these customers' windows (meter, start, end) not kept yet, the
+        readings of many customers read at once for each window (`used` reads one customer's):
+        `read(tenant, customers, event names, start_us, end_us)` gives each customer's by event name.
+        Returns the position of the log they count up to (for `used`)."""
+        with self._lock:
+            missing: dict[tuple[int, int], dict[str, list[MeterSpec]]] = {}
+            last = self.log.published()  # once for them all (on PostgreSQL a query)
+            for customer, windows in wanted.items():
+                counters = self._watch(tenant, customer, last).counters
+                for meter, start_us, end_us in windows:
+                    if (meter.code, start_us, end_us) not in counters:
+                        missing.setdefault((start_us, end_us), {}).setdefault(customer, []).append(meter)
+            for (start_us, end_us), meters_of in missing.items():
+                names = sorted({meter.event_name for meters in meters_of.values() for meter in meters})
+                found = read(tenant, list(meters_of), names, start_us, end_us)
+                for customer, meters in meters_of.items():
+                    watched = self._watched.get((tenant, customer))
+                    if watched is None:  # dropped since (the log far ahead): `used` counts it afresh
+                        continue
+                    for meter in meters:
+                        _begin(watched, meter, start_us, end_us, found.get(customer, {}).get(meter.event_name, ()))
+        return last
 
     def stamp(self, tenant: str, customer: str) -> int:
         """A position that changes whenever the customer's usage does (a new entry or a void)."""
         with self._lock:
             return self._watch(tenant, customer).stamp
 
-    def _watch(self, tenant: str, customer: str) -> _Watched:
-        """The customer's counters, with every entry of its logged so far counted."""
+    def _watch(self, tenant: str, customer: str, last: int | None = None) -> _Watched:
+        """The customer's counters, with every entry of its logged so far (up to `last`, when the caller
+        read where the log ends) counted."""
+        last = self.log.published() if last is None else last
         watched = self._watched.get((tenant, customer))
         if watched is None:
             if len(self._watched) >= WATCH_LIMIT:
                 self._watched.clear()
             # nothing counted yet: its counters start from its readings up to here (the entries the process
             # has followed too: it may have followed entries committed but not published yet)
-            position = max(self.log.published(), self._position)
+            position = max(last, self._position)
             if not self._watched:  # the first: nobody's counters had entries to add up to here
                 self._position = position
             watched = self._watched[tenant, customer] = _Watched(position)
             return watched
-        last = self.log.published()
         if last > self._position:
             self._from_recent(last)
         if last - self._position > SCAN_LIMIT:  # the follower is behind: catch everyone up once, here
             self._add(self._rows_after(self._position))
+            if (tenant, customer) not in self._watched:  # far behind: every counter dropped, this one's too
+                return self._watch(tenant, customer, last)  # counted afresh
         if last > watched.through:
             after = max(watched.through, self._position)  # what the follower added is counted
             if after < last:  # else the follower added them all: no query (a query's GIL hand-overs cost ms)

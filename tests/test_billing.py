@@ -264,8 +264,9 @@ def _tenant_of(ledger) -> UUID:
 
 def _refused(admin, event_id: str, when: str) -> bool:
     """Whether a usage event at `when` is refused as falling in a closed period (else it is accepted)."""
-    answer = admin.post("/v1/events/batch", json={"events": [
-        {"event_id": event_id, "customer": "acme", "event_name": "llm", "timestamp": when, "properties": {"tokens": 1}}]})
+    event = {"event_id": event_id, "customer": "acme", "event_name": "llm", "timestamp": when,
+             "properties": {"tokens": 1}}
+    answer = admin.post("/v1/events/batch", json={"events": [event]})
     assert answer.status_code == 202, answer.text
     return bool(answer.json()["rejected"])
 

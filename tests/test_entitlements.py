@@ -381,6 +381,23 @@ def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_th
         str(80 + 20 * SCAN_LIMIT), str(9 + 2 * SCAN_LIMIT)]
 
 
+def test_a_check_whose_counters_fell_far_behind_the_log_counts_its_customer_afresh(acme, ledger, monkeypatch):
+    """More than FOLLOW_LIMIT entries behind (the follower stopped, no ring), a check drops every
+    customer's counters rather than read them all: its own customer's too, counted afresh."""
+    monkeypatch.setattr(ledger.usage, "recent", None)  # as on PostgreSQL: no ring of recent entries
+    monkeypatch.setattr(usage_counters, "SCAN_LIMIT", 10)
+    monkeypatch.setattr(usage_counters, "FOLLOW_LIMIT", 40)
+    _and_beta_follower_stopped(acme, ledger)
+    assert check(acme, "ai")["used"] == "0"  # watched
+    events = [{"event_id": f"b-{n}", "customer": "beta", "event_name": "llm", "timestamp": "2026-01-15T00:00:00Z",
+               "properties": {"tokens": 1}} for n in range(100)]
+    events.append({"event_id": "a-0", "customer": "acme", "event_name": "llm", "timestamp": "2026-01-15T00:00:00Z",
+                   "properties": {"tokens": 7}})
+    assert acme.post("/v1/events/batch", json={"events": events}).json()["accepted"] == 101
+    assert check(acme, "ai")["used"] == "7"
+    assert check(acme, "ai", customer="beta")["used"] == "100"
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL servers may be on other machines
 def test_what_any_server_on_the_embedded_store_commits_counts_from_the_ring_and_gaps_from_the_log(
         acme, ledger, database_url, monkeypatch):

@@ -10,6 +10,7 @@ from conftest import assert_problem, client, created
 from eventsourcing.persistence import IntegrityError
 
 from api.clock import BillingClock
+from projections import usage_readings
 from projections.views import private_id
 
 WALLET = {"customer": "acme", "name": "AI credits", "credit_unit": "credit", "currency": "USD",
@@ -163,6 +164,33 @@ def test_usage_is_debited_in_the_spending_order_at_once_and_once_only(metered, l
     assert len(closing) == 1
     invoice = metered.get(f"/v1/invoices/{closing[0]['id']}").json()
     assert (invoice["total"], invoice["credits_applied"], invoice["amount_due"]) == ("7.00", "6.50", "0.50")
+
+
+def test_a_balance_and_a_debit_count_the_period_s_usage_without_reading_its_events_again(metered, ledger,
+                                                                                          monkeypatch):
+    """What usage has cost so far (a live balance, a debit pass) takes each meter's quantity from the
+    counters that follow the log (but a weighted_sum's), not from the period's events read again: a
+    customer with millions of events in its period would have them read at every debit pass."""
+    wallet = created(metered.post("/v1/wallets", json=WALLET))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(metered.post(f"{url}/grants", json={"amount": "500", "kind": "paid"}))
+    use(metered, "u-1", 100)
+    assert metered.get(url).json()["balance"] == "400"  # the counters begin here, from the period's events
+    reads = []
+    for name in ("fresh", "fresh_many"):
+        original = getattr(usage_readings, name)
+        monkeypatch.setattr(usage_readings, name, lambda *a, _original=original, **k: reads.append(a) or _original(
+            *a, **k))
+    for n in range(3):
+        use(metered, f"u-{n + 2}", 10)
+        assert metered.get(url).json()["balance"] == str(390 - 10 * n)
+        assert ledger.debit_usage() == (2 if n == 0 else 1)
+    assert metered.get(url).json()["balance"] == "370" and reads == []
+    # And January's invoice, read from the events, bills what the wallet paid: nothing is due
+    ledger.close_periods(datetime(2026, 2, 3, tzinfo=UTC))
+    closing, = metered.get("/v1/invoices", params={"customer": "acme", "status": "finalized"}).json()["data"]
+    invoice = metered.get(f"/v1/invoices/{closing['id']}").json()
+    assert (invoice["total"], invoice["credits_applied"], invoice["amount_due"]) == ("1.30", "1.30", "0.00")
 
 
 def test_wallets_are_spent_by_priority_and_only_for_the_features_they_apply_to(metered, ledger):
