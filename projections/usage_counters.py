@@ -85,13 +85,14 @@ class _Watched:
                     running.add(reading)
 
 
-def _begin(watched: _Watched, meter: MeterSpec, start_us: int, end_us: int,
-           readings: Iterable[Reading]) -> tuple[MeterSpec, Running]:
-    """A counter of the meter's window from its readings (every acknowledged one, up to where the customer's
-    entries are counted at least: the later ones are followed), kept; the meter's past windows go."""
+def _begin(watched: _Watched, meter: MeterSpec, start_us: int, end_us: int, readings: Iterable[Reading],
+           upto: int) -> tuple[MeterSpec, Running]:
+    """A counter of the meter's window from its readings up to position `upto`: every entry of the
+    customer the other counters have counted or been given (read after them: they hold every one up to
+    there); the later ones come as they are followed. Kept; the meter's past windows go."""
     running = Running(meter)
     for reading in readings:
-        if reading.position <= watched.through and matches(meter, reading):
+        if reading.position <= upto and matches(meter, reading):
             running.add(reading)
     found = (meter, running)
     watched.keep({**{key: value for key, value in watched.counters.items()
@@ -128,8 +129,8 @@ class UsageCounters:
             watched = self._watch(tenant, customer, last)
             found = watched.counters.get((meter.code, start_us, end_us))
             if found is None:
-                found = _begin(watched, meter, start_us, end_us,
-                               self.readings_of(tenant, customer, meter, start_us, end_us))
+                found = _begin(watched, meter, start_us, end_us, self.readings_of(
+                    tenant, customer, meter, start_us, end_us), max(watched.through, self._position))
             return found[1].value
 
     def prime(self, tenant: str, wanted: Mapping[str, Collection[tuple[MeterSpec, int, int]]],
@@ -138,23 +139,27 @@ class UsageCounters:
         readings of many customers read at once for each window (`used` reads one customer's):
         `read(tenant, customers, event names, start_us, end_us)` gives each customer's by event name.
         Returns the position of the log they count up to (for `used`)."""
+        missing: dict[tuple[int, int], dict[str, tuple[_Watched, int, list[MeterSpec]]]] = {}
         with self._lock:
-            missing: dict[tuple[int, int], dict[str, list[MeterSpec]]] = {}
             last = self.log.published()  # once for them all (on PostgreSQL a query)
             for customer, windows in wanted.items():
-                counters = self._watch(tenant, customer, last).counters
+                watched = self._watch(tenant, customer, last)
+                seen = max(watched.through, self._position)  # its entries counted or followed, up to here
                 for meter, start_us, end_us in windows:
-                    if (meter.code, start_us, end_us) not in counters:
-                        missing.setdefault((start_us, end_us), {}).setdefault(customer, []).append(meter)
-            for (start_us, end_us), meters_of in missing.items():
-                names = sorted({meter.event_name for meters in meters_of.values() for meter in meters})
-                found = read(tenant, list(meters_of), names, start_us, end_us)
-                for customer, meters in meters_of.items():
-                    watched = self._watched.get((tenant, customer))
-                    if watched is None:  # dropped since (the log far ahead): `used` counts it afresh
-                        continue
+                    if (meter.code, start_us, end_us) not in watched.counters:
+                        missing.setdefault((start_us, end_us), {}).setdefault(customer, (watched, seen, []))[2].append(
+                            meter)
+        for (start_us, end_us), pending in missing.items():  # read without the lock: checks go on meanwhile
+            names = sorted({meter.event_name for _, _, meters in pending.values() for meter in meters})
+            found = read(tenant, list(pending), names, start_us, end_us)
+            with self._lock:
+                for customer, (watched, seen, meters) in pending.items():
+                    if self._watched.get((tenant, customer)) is not watched or watched.stamp > seen:
+                        continue  # dropped, or entries of it added meanwhile (not to this window): `used` begins it
                     for meter in meters:
-                        _begin(watched, meter, start_us, end_us, found.get(customer, {}).get(meter.event_name, ()))
+                        if (meter.code, start_us, end_us) not in watched.counters:
+                            _begin(watched, meter, start_us, end_us,
+                                   found.get(customer, {}).get(meter.event_name, ()), seen)
         return last
 
     def stamp(self, tenant: str, customer: str) -> int:

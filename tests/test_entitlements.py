@@ -28,6 +28,7 @@ from ops.bench.entitlements import customer as bench_customer
 from ops.bench.entitlements import set_up_http
 from projections import usage_counters
 from projections.usage_counters import SCAN_LIMIT
+from projections.usage_log import microseconds
 from projections.views import private_id
 
 
@@ -379,6 +380,29 @@ def test_a_check_counts_its_own_new_entries_and_the_log_follower_never_counts_th
     assert between == [str(9 + 2 * SCAN_LIMIT)]
     assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == [
         str(80 + 20 * SCAN_LIMIT), str(9 + 2 * SCAN_LIMIT)]
+
+
+def test_counters_begun_for_many_customers_at_once_count_every_event_even_one_logged_during_their_read(
+        acme, ledger):
+    """`UsageCounters.prime` (a debit pass's) reads without holding the counters: an entry of a
+    customer followed meanwhile is not in that read, so that customer's window is left for `used`."""
+    _and_beta_follower_stopped(acme, ledger)
+    tenant, tokens = str(_tenant(ledger)), ledger._meter_spec(_tenant(ledger), "tokens")
+    window = (tokens, microseconds(at("2026-01-01T00:00:00")), microseconds(at("2026-02-01T00:00:00")))
+    use(acme, "a-1", "llm", "2026-01-10T00:00:00Z", tokens=5)
+    assert check(acme, "ai", customer="beta")["used"] == "0"  # beta watched (the follower then reads the log)
+
+    def read_while_logging(*args):
+        found = ledger._windows_readings(*args)  # read first: the entries below are not in it
+        ledger.usage.append(tenant, [UsageEvent(event_id=f"{who}-late", customer=who, event_name="llm",
+                                                timestamp=at("2026-01-11T00:00:00"), properties={"tokens": 7})
+                                     for who in ("acme", "beta")], at("2026-01-20T00:00:00"))
+        ledger.counters.follow()
+        return found
+
+    ledger.counters.prime(tenant, {"acme": [window], "beta": [window]}, read_while_logging)
+    assert [ledger.counters.used(tenant, who, *window) for who in ("acme", "beta")] == [12, 7]
+    assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["12", "7"]
 
 
 def test_a_check_whose_counters_fell_far_behind_the_log_counts_its_customer_afresh(acme, ledger, monkeypatch):
