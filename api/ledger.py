@@ -229,16 +229,18 @@ class Ledger:
         """The live draft of the closing invoice of the current period (API.md "Invoices")."""
         subscription = self._subscription_of(tenant_id, customer, subscription_id, now)
         return self._computed(subscription, subscription.period_at(max(now, subscription.billing_start)),
-                              "closing", "upcoming")
+                              "closing", "upcoming", counted=self.usage.published())
 
     def _computed(self, subscription: Subscription, period: Period, kind: str, status: str,
                   late: bool = True, as_of: datetime | None = None,
-                  loaded: Mapping[UUID, Any] = _NONE) -> invoice.Invoice:
+                  loaded: Mapping[UUID, Any] = _NONE, counted: int | None = None) -> invoice.Invoice:
         """A period's invoice of that kind, computed from the contract, its prices and the usage so far
         (with `late`, a closing invoice also carries the previous period's late usage); `as_of`: from
-        the usage and the settings as they stood then; `loaded`: the tenant and customer, if read already."""
+        the usage and the settings as they stood then; `loaded`: the tenant and customer, if read already;
+        `counted`: the period's quantities from the counters (see `_usage`: the live draft, not an issued
+        invoice, which is computed from its events)."""
         tenant_id, customer = subscription.tenant_id, subscription.customer
-        lines, parts = self._lines(subscription, period, kind, as_of)
+        lines, parts = self._lines(subscription, period, kind, as_of, counted=counted)
         credits = Decimal(0)
         if kind == "closing":
             credits = self._covered(subscription, period, as_of, loaded)

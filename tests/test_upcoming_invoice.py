@@ -7,6 +7,8 @@ from decimal import Decimal
 import pytest
 from conftest import assert_problem, created
 
+from projections import usage_readings
+
 NOW = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)  # November has 30 days: 10 of them are left
 TIERS = [{"up_to": "10", "unit_amount": "1.00", "flat_amount": "5.00"},
          {"up_to": "20.5", "unit_amount": "0.50"}, {"up_to": None, "unit_amount": "0.10", "flat_amount": "2.00"}]
@@ -167,6 +169,29 @@ def test_usage_shows_on_the_upcoming_invoice_as_soon_as_it_is_acknowledged(billi
     for n in range(1, 4):
         use(billing, "acme", "llm", n * 10 + n)  # a distinct event each time
         assert amounts(billing.get(url).json()) == [f"{sum(k * 11 for k in range(1, n + 1))}.00"]
+
+
+def test_the_upcoming_invoice_counts_new_usage_without_reading_the_period_s_events_again(billing, monkeypatch):
+    """The live draft takes its quantities from the counters that follow the log (a customer with a
+    million events in its period: 3.6-4.0 s a read before, 1 ms once counted); an issued invoice is
+    still computed from its events, and says the same."""
+    url, _, _ = subscribe(billing, [
+        {"type": "graduated", "meter_code": "tokens", "currency": "USD", "tiers": TIERS},
+        {"type": "percentage", "meter_code": "payments", "currency": "USD", "rate": "0.02"}])
+    use(billing, "acme", "llm", "20", "0.5")
+    use(billing, "acme", "payment", "100", field="amount")
+    first = billing.get(url).json()  # the counters begin here
+    reads = []
+    for name in ("fresh", "fresh_many"):
+        original = getattr(usage_readings, name)
+        monkeypatch.setattr(usage_readings, name, lambda *a, _original=original, **k: reads.append(tuple(a[4])) or _original(
+            *a, **k))
+    use(billing, "acme", "llm", "4.5")
+    again = billing.get(url).json()
+    assert amounts(first)[0] == "20.25" and amounts(again)[0] == "22.70"  # 20.25 + 4.5 x 0.10 + 2.00 (tier 3)
+    assert set(reads) == {("payment",)}  # only the percentage price's events are read
+    monkeypatch.undo()
+    assert billing.get(url).json() == again
 
 
 def test_no_running_subscription_is_a_404(billing):
