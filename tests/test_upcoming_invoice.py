@@ -181,11 +181,11 @@ def test_the_upcoming_invoice_counts_new_usage_without_reading_the_period_s_even
     use(billing, "acme", "llm", "20", "0.5")
     use(billing, "acme", "payment", "100", field="amount")
     first = billing.get(url).json()  # the counters begin here
-    reads = []
+    reads = []  # the event names of each read of the usage read model
     for name in ("fresh", "fresh_many"):
         original = getattr(usage_readings, name)
-        monkeypatch.setattr(usage_readings, name, lambda *a, _original=original, **k: reads.append(tuple(a[4])) or _original(
-            *a, **k))
+        monkeypatch.setattr(usage_readings, name,
+                            lambda *a, _original=original, **k: reads.append(tuple(a[4])) or _original(*a, **k))
     use(billing, "acme", "llm", "4.5")
     again = billing.get(url).json()
     assert amounts(first)[0] == "20.25" and amounts(again)[0] == "22.70"  # 20.25 + 4.5 x 0.10 + 2.00 (tier 3)
