@@ -4,7 +4,7 @@ reads its own writes."""
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -729,20 +729,23 @@ class Ledger:
         """For a debit pass: the counters of the quantities its customers' costs take (see `_usage`),
         those not counted yet begun for them all at once (one read a window, not one a customer).
         Returns the position of the log they count up to."""
-        wanted: dict[str, dict[tuple[str, int, int], tuple[MeterSpec, int, int]]] = {}  # (a spec is not hashable)
-        for customer, mine in subscriptions.items():
-            for subscription in mine:
-                for period in _periods(subscription, moments[customer]):
-                    for part in self._segments(subscription, period)[1]:
-                        for price in part.spec.prices:
-                            if price.meter_code is None or isinstance(price, PercentagePrice):
-                                continue
-                            meter = self._meter_spec(tenant_id, price.meter_code)
-                            if meter.aggregation != "weighted_sum":
-                                start, end = microseconds(part.start), microseconds(part.end)
-                                wanted.setdefault(customer, {})[meter.code, start, end] = (meter, start, end)
-        return self.counters.prime(str(tenant_id), {customer: list(windows.values()) for customer, windows in
-                                                    wanted.items()}, self._windows_readings)
+        wanted = {customer: {(meter.code, start, end): (meter, start, end)  # (a spec is not hashable)
+                             for subscription in mine for period in _periods(subscription, moments[customer])
+                             for meter, start, end in self._counted_windows(subscription, period)}
+                  for customer, mine in subscriptions.items()}
+        return self.counters.prime(str(tenant_id), {customer: list(windows.values())
+                                                    for customer, windows in wanted.items() if windows},
+                                   self._windows_readings)
+
+    def _counted_windows(self, subscription: Subscription, period: Period) -> Iterator[tuple[MeterSpec, int, int]]:
+        """The windows (meter, start, end in µs) whose quantities the period's closing lines take from the
+        counters: each part's metered prices, but percentage prices and weighted_sum meters (see `_usage`)."""
+        for part in self._segments(subscription, period)[1]:
+            for price in part.spec.prices:
+                if price.meter_code is not None and not isinstance(price, PercentagePrice):
+                    meter = self._meter_spec(subscription.tenant_id, price.meter_code)
+                    if meter.aggregation != "weighted_sum":
+                        yield meter, microseconds(part.start), microseconds(part.end)
 
     def _windows_readings(self, tenant: str, customers: list[str], names: list[str], start_us: int,
                           end_us: int) -> dict[str, dict[str, list[Reading]]]:
@@ -882,8 +885,8 @@ class Ledger:
     def _window_readings(self, tenant: str, customer: str, meter: MeterSpec, start_us: int,
                          end_us: int) -> list[Reading]:
         """The counters' source: every acknowledged reading of the meter's event name in the window."""
-        return usage_readings.fresh(self.database, self.usage, tenant, customer, (meter.event_name,), start_us,
-                                    end_us, self._partition(tenant, customer), False)[meter.event_name][0]
+        return self._windows_readings(tenant, [customer], [meter.event_name], start_us, end_us)[customer][
+            meter.event_name]
 
     def _paid_for(self, tenant_id: UUID, customer: str, feature_code: str, now: datetime) -> bool:
         """Whether a wallet that pays for the feature has credits left beyond its overdraft, its usage

@@ -74,7 +74,8 @@ def verify(ledger: Ledger, progress: Progress = lambda step, done, of: None) -> 
     with tempfile.TemporaryDirectory(prefix="tally-verify-") as folder:
         scratch = Database(f"sqlite:///{Path(folder) / 'scratch.sqlite'}", durable=False)
         try:
-            scratch.migrate(SCHEMA + (documents.CLOSED_PERIODS,) + usage_readings.SCHEMA + audit.SCHEMA)
+            scratch.migrate(SCHEMA + usage_readings.SCHEMA + audit.SCHEMA)
+            documents.migrate(scratch)
             _rebuild(ledger, scratch, bounds, progress)
             for table in TABLES:
                 yield from _compare(table, ledger.database, scratch, bounds[table.model], ledger.usage.database)

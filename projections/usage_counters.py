@@ -147,8 +147,8 @@ class UsageCounters:
                 seen = max(watched.through, self._position)  # its entries counted or followed, up to here
                 for meter, start_us, end_us in windows:
                     if (meter.code, start_us, end_us) not in watched.counters:
-                        missing.setdefault((start_us, end_us), {}).setdefault(customer, (watched, seen, []))[2].append(
-                            meter)
+                        pending = missing.setdefault((start_us, end_us), {})
+                        pending.setdefault(customer, (watched, seen, []))[2].append(meter)
         for (start_us, end_us), pending in missing.items():  # read without the lock: checks go on meanwhile
             names = sorted({meter.event_name for _, _, meters in pending.values() for meter in meters})
             found = read(tenant, list(pending), names, start_us, end_us)
