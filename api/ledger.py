@@ -48,7 +48,7 @@ from domain.tenant import Tenant
 from domain.tenants import Tenants
 from domain.wallet import GrantSpec, Wallet
 from domain.wallets import Wallets
-from projections import audit, documents, usage_readings, wallets
+from projections import audit, documents, usage_hours, usage_readings, wallets
 from projections.board import Board
 from projections.documents import Documents
 from projections.drivers import inprocess
@@ -210,9 +210,12 @@ class Ledger:
     def usage_report(self, tenant_id: UUID, customer: str, meter_code: str, start: datetime, end: datetime,
                      window: Window | None, group_by: tuple[str, ...]) -> UsageReport:
         """A customer's usage of one meter: the read model plus the log's unapplied tail (fresh to the last 202)."""
-        meter = self.catalogue.meter(tenant_id, meter_code).spec
-        return report(self._usage_reader(str(tenant_id), customer, meter), customer, meter, start, end, window,
-                      group_by)
+        meter, tenant = self.catalogue.meter(tenant_id, meter_code).spec, str(tenant_id)
+        now_us = microseconds(self.now())
+        return report(self._usage_reader(tenant, customer, meter), customer, meter, start, end, window, group_by,
+                      lambda start_us, end_us: usage_hours.segments(
+                          self.database, self.usage, tenant, customer, meter, start_us, end_us,
+                          self._partition(tenant, customer), now_us))
 
     def _usage_reader(self, tenant: str, customer: str, meter: MeterSpec, as_of: datetime | None = None) -> Read:
         if as_of is not None:

@@ -93,6 +93,9 @@ def aggregate(meter: MeterSpec, readings: Sequence[Reading], start_us: int, end_
     raise AssertionError(meter.aggregation)
 
 
+State = tuple[int, str, list[str], str | None, tuple[int, int]]  # a Running's, as `Running.state` gives
+
+
 class Running:
     """A meter's value kept up as readings arrive, in any order: what `aggregate` gives for them all.
     Not for a weighted_sum, whose value depends on each reading's neighbours in time. The caller
@@ -126,6 +129,31 @@ class Running:
             self.held = value if self.held is None else max(self.held, value)
         elif self.held is None or (reading.timestamp_us, reading.position) > self.last:  # latest
             self.held, self.last = value, (reading.timestamp_us, reading.position)
+
+    def merge(self, other: "Running") -> None:
+        """Take in another counter's readings (of the same meter): as if each had been added here."""
+        self.count += other.count
+        self.total += other.total
+        self.seen |= other.seen
+        if other.held is None:
+            return
+        if self.meter.aggregation == "max":
+            self.held = other.held if self.held is None else max(self.held, other.held)
+        elif self.held is None or other.last > self.last:  # latest
+            self.held, self.last = other.held, other.last
+
+    def state(self) -> "State":
+        """What it holds, as plain values (exact decimals as text) to keep and give back to `of`."""
+        return (self.count, str(self.total), sorted(self.seen), None if self.held is None else str(self.held),
+                self.last)
+
+    @classmethod
+    def of(cls, meter: MeterSpec, state: "State") -> "Running":
+        running = cls(meter)
+        count, total, seen, held, last = state
+        running.count, running.total, running.seen = count, Decimal(total), set(seen)
+        running.held, running.last = (None if held is None else Decimal(held)), tuple(last)
+        return running
 
     @property
     def value(self) -> Decimal:

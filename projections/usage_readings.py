@@ -32,11 +32,21 @@ SCHEMA = (
         tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL,
         event_id TEXT NOT NULL, position BIGINT NOT NULL, properties TEXT NOT NULL,
         PRIMARY KEY (tenant_id, customer, event_name, timestamp_us, position)) WITHOUT ROWID""",
+    # meters' states of whole hours, kept by usage reports (projections/usage_hours.py): a span of a day's
+    # hours [start_us, end_us) a row; every write here deletes the spans of the hours it touches
+    """CREATE TABLE IF NOT EXISTS tally_usage_hours (
+        tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_name TEXT NOT NULL, start_us BIGINT NOT NULL,
+        meter TEXT NOT NULL, end_us BIGINT NOT NULL, hours TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, customer, event_name, start_us, meter)) WITHOUT ROWID""",
 )
 COLUMNS = "tenant_id, customer, event_name, timestamp_us, event_id, position, properties"
 KEY = "tenant_id, customer, event_name, timestamp_us, position"
 DELETE = ("DELETE FROM tally_usage_readings WHERE tenant_id = ? AND customer = ? AND event_name = ? "
           "AND timestamp_us = ? AND event_id = ?")
+HOUR, DAY = 3_600_000_000, 86_400_000_000
+# the kept spans holding an hour (a span never crosses a day's end): tenant, customer, event name, hour x 3
+UNKEEP = ("DELETE FROM tally_usage_hours WHERE tenant_id = ? AND customer = ? AND event_name = ? AND start_us > ? "
+          "AND start_us <= ? AND end_us > ?")
 IN_PROCESS = "usage"  # the in-process runner's position; the Faust worker keeps one per partition
 USAGE_TOPIC = "tally.usage"  # filled by the relay (gateways/kafka.py), consumed by the worker
 PARTITIONS = 4
@@ -101,7 +111,10 @@ def apply(cursor: Cursor, entries: Sequence[Entry]) -> None:
 
 
 def write(cursor: Cursor, puts: dict[Key, Put], deletes: list[Key]) -> None:
-    """Write what `reduce` gave."""
+    """Write what `reduce` gave, and drop the kept hours it changes."""
+    hours = {(tenant, customer, name, t - t % HOUR) for tenant, customer, name, t, _ in (*puts, *deletes)}
+    if hours:
+        cursor.execute_many(UNKEEP, [(*key, hour - DAY, hour, hour) for *key, hour in sorted(hours)])
     if deletes:
         cursor.execute_many(DELETE, deletes)
     if puts:
@@ -176,18 +189,26 @@ def fresh_many(database: Database, log: UsageLog, tenant_id: str, customers: Map
                 "AND customer = ? AND event_name = ? AND timestamp_us < ? ORDER BY timestamp_us DESC, position DESC "
                 "LIMIT ?", (tenant_id, customer, name, start_us, BEFORE_LIMIT)).all()]
     applied = {customer: int(positions.get(position_name(partition), 0)) for customer, partition in customers.items()}
-    rows = {(c, name, event_id): (t, p, props) for c, name, event_id, t, p, props in found}  # the tail overlaps
+    rows = {(c, name, event_id): (t, p, props) for c, name, event_id, t, p, props in found}
     tail = log.tail(min(applied.values(), default=0), tenant_id, who, names)
-    puts, deletes = reduce(entry for entry in tail if entry.position > applied[entry.customer])
-    for _, c, name, _, event_id in deletes:
-        rows.pop((c, name, event_id), None)
-    for _, c, name, t, event_id, p, props in puts.values():
-        rows.setdefault((c, name, event_id), (t, p, props))
+    rows = merged(rows, [entry for entry in tail if entry.position > applied[entry.customer]])
     readings: dict[str, dict[str, list[Reading]]] = {c: {name: [] for name in names} for c in who}
     for (c, name, event_id), (t, p, props) in rows.items():
         readings[c][name].append(Reading(t, p, _properties.decode(props), event_id))
     return {c: {name: _split(sorted(each, key=lambda r: r.position), start_us, end_us)
                 for name, each in mine.items()} for c, mine in readings.items()}
+
+
+def merged(rows: dict[tuple[str, str, str], Sequence], tail: Iterable[Entry]) -> dict[tuple[str, str, str], Sequence]:
+    """The read model's rows (by customer, event name and event id: time, position, properties) with the
+    log's entries it has not applied: a void drops its event; an event there already stays (the rows may
+    have been read after the read model applied some of the entries)."""
+    puts, deletes = reduce(tail)
+    for _, c, name, _, event_id in deletes:
+        rows.pop((c, name, event_id), None)
+    for _, c, name, t, event_id, p, props in puts.values():
+        rows.setdefault((c, name, event_id), (t, p, props))
+    return rows
 
 
 def as_of(log: UsageLog, tenant_id: str, customer: str, event_name: str, start_us: int, end_us: int,

@@ -1,0 +1,189 @@
+"""Usage reports from kept hour states (projections/usage_hours.py): the same answers as from the
+events, whatever is kept, applied or late; on both stores."""
+
+import random
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+
+from api.ledger import Ledger
+from domain.aggregate import Actor
+from domain.meter import MeterSpec
+from domain.tenant import TenantSettings
+from domain.usage import UsageEvent
+from projections import usage_hours, usage_readings
+from projections.usage import report
+from projections.usage_log import Entry, microseconds
+
+SETUP = Actor("test:setup")
+DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
+RECORDED = datetime(2026, 11, 20, tzinfo=UTC)
+METERS = {  # every aggregation kept hour by hour, with filters and group_by
+    "calls": dict(aggregation="count"),
+    "eu_calls": dict(aggregation="count", filters={"region": ["eu"]}, group_by=("model",)),
+    "tokens": dict(aggregation="sum", field="tokens", group_by=("model", "region")),
+    "peak": dict(aggregation="max", field="tokens", group_by=("model",)),
+    "users": dict(aggregation="unique_count", field="user", group_by=("region",)),
+    "last": dict(aggregation="latest", field="tokens", filters={"model": ["m1", "m2"]}),
+}
+
+
+@pytest.fixture
+def metered(ledger: Ledger) -> UUID:
+    tenant = ledger.command(ledger.tenants.open_tenant, SETUP, TenantSettings(name="Hours")).id
+    for code, spec in METERS.items():
+        ledger.catalogue.define_meter(SETUP, tenant, MeterSpec(code=code, name=code, event_name="llm", **spec))
+    return tenant
+
+
+def events(count: int, seed: int, days: int = 3, prefix: str = "e") -> list[UsageEvent]:
+    """Events over `days` days from DAY0, some with a property missing or not a number."""
+    rng = random.Random(seed)
+    found = []
+    for n in range(count):
+        properties = {"tokens": rng.choice([rng.randint(1, 500), f"{rng.randint(1, 99)}.5", "n/a"]),
+                      "model": rng.choice(["m1", "m2", "m3"]), "user": f"u{rng.randint(1, 40)}"}
+        if rng.random() < 0.8:
+            properties["region"] = rng.choice(["eu", "us"])
+        found.append(UsageEvent(event_id=f"{prefix}{n}", customer="acme", event_name="llm",
+                                timestamp=DAY0 + timedelta(seconds=rng.randint(0, days * 86_400 - 1)),
+                                properties=properties))
+    return found
+
+
+def append(ledger: Ledger, tenant: UUID, batch: list[UsageEvent]) -> None:
+    ledger.usage.append(str(tenant), batch, RECORDED)
+
+
+def from_events(ledger: Ledger, tenant: UUID, code: str, start: datetime, end: datetime, window, group_by):
+    """The report as computed from every event (the read model and the tail), no hours kept."""
+    meter = ledger.catalogue.meter(tenant, code).spec
+    return report(ledger._usage_reader(str(tenant), "acme", meter), "acme", meter, start, end, window, group_by)
+
+
+def kept(ledger: Ledger) -> int:
+    with ledger.database.transaction() as cursor:
+        return cursor.execute("SELECT COUNT(*) FROM tally_usage_hours").one()[0]
+
+
+RANGES = [  # (start, end, window): whole days, odd minutes, a range inside one hour, a partial day
+    (DAY0, DAY0 + timedelta(days=3), "day"),
+    (DAY0 + timedelta(minutes=17), DAY0 + timedelta(days=2, hours=5, minutes=3), "hour"),
+    (DAY0 + timedelta(hours=30, minutes=5), DAY0 + timedelta(hours=30, minutes=55), None),
+    (DAY0 - timedelta(hours=2), DAY0 + timedelta(hours=20, seconds=1), None),
+]
+
+
+@pytest.mark.parametrize("code", list(METERS))
+def test_a_report_from_kept_hours_equals_the_report_from_the_events(ledger, metered, code):
+    # Given 1,500 events over three days, two thirds applied by the read model, the rest in the log's tail
+    append(ledger, metered, events(1_000, seed=7))
+    ledger.usage_runner.catch_up()
+    append(ledger, metered, events(500, seed=8, prefix="t"))
+    group_bys = [(), *((name,) for name in METERS[code].get("group_by", ()))]
+    for start, end, window in RANGES:
+        for group_by in group_bys:
+            expected = from_events(ledger, metered, code, start, end, window, group_by)
+            # When the report is read twice: once from the events (keeping its whole hours), then from them
+            first = ledger.usage_report(metered, "acme", code, start, end, window, group_by)
+            again = ledger.usage_report(metered, "acme", code, start, end, window, group_by)
+            # Then both equal the report from the events
+            assert first == expected, (start, end, window, group_by)
+            assert again == expected, (start, end, window, group_by)
+    # And once the tail is applied too, the same from hours kept
+    ledger.usage_runner.catch_up()
+    for start, end, window in RANGES:
+        assert ledger.usage_report(metered, "acme", code, start, end, window, ()) == \
+            from_events(ledger, metered, code, start, end, window, ())
+    assert kept(ledger) > 0
+    for start, end, window in RANGES:
+        assert ledger.usage_report(metered, "acme", code, start, end, window, ()) == \
+            from_events(ledger, metered, code, start, end, window, ())
+
+
+def test_the_second_report_reads_only_the_hours_it_did_not_keep(ledger, metered, monkeypatch):
+    # Given two days of events, applied, and a report of them read once
+    append(ledger, metered, events(2_000, seed=3, days=2))
+    ledger.usage_runner.catch_up()
+    start, end = DAY0 + timedelta(minutes=30), DAY0 + timedelta(days=2)
+    first = ledger.usage_report(metered, "acme", "tokens", start, end, "hour", ("model",))
+    read: list[tuple[int, int]] = []
+    rows = usage_hours._rows
+    monkeypatch.setattr(usage_hours, "_rows", lambda cursor, key, ranges: read.extend(ranges) or rows(cursor, key,
+                                                                                                         ranges))
+    # When it is read again
+    again = ledger.usage_report(metered, "acme", "tokens", start, end, "hour", ("model",))
+    # Then it is the same, and only the partial first hour was read from the events
+    assert again == first
+    assert read == [(microseconds(start), microseconds(DAY0 + timedelta(hours=1)))]
+
+
+def test_late_events_and_voids_in_kept_hours_count_applied_or_not(ledger, metered):
+    # Given a day of events, applied, and its hours kept by a report
+    append(ledger, metered, events(300, seed=11, days=1))
+    ledger.usage_runner.catch_up()
+    day = (DAY0, DAY0 + timedelta(days=1), "hour")
+    before = ledger.usage_report(metered, "acme", "tokens", *day, ())
+    assert kept(ledger) > 0
+    # When a late event lands in a kept hour: first in the log's tail, then applied
+    late = UsageEvent(event_id="late", customer="acme", event_name="llm", timestamp=DAY0 + timedelta(hours=5),
+                      properties={"tokens": 1_000, "model": "m1", "region": "eu"})
+    append(ledger, metered, [late])
+    tail = ledger.usage_report(metered, "acme", "tokens", *day, ())
+    ledger.usage_runner.catch_up()
+    applied = ledger.usage_report(metered, "acme", "tokens", *day, ())
+    # Then it counts either way, in its hour
+    for found in (tail, applied):
+        assert found.total == before.total + 1_000
+        assert found.buckets[5].value == before.buckets[5].value + 1_000
+        assert found == from_events(ledger, metered, "tokens", *day, ())
+    # And a void of it drops it again, in the tail and applied
+    ledger.usage.void(str(metered), "acme", ["late"], "test", RECORDED)
+    assert ledger.usage_report(metered, "acme", "tokens", *day, ()) == before
+    ledger.usage_runner.catch_up()
+    assert ledger.usage_report(metered, "acme", "tokens", *day, ()) == before
+
+
+def test_hours_read_before_the_read_model_moved_on_are_not_kept(ledger, metered, monkeypatch):
+    # Given a day of events, applied
+    append(ledger, metered, events(200, seed=5, days=1))
+    ledger.usage_runner.catch_up()
+    day = (DAY0, DAY0 + timedelta(days=1), None)
+    late = UsageEvent(event_id="race", customer="acme", event_name="llm", timestamp=DAY0 + timedelta(hours=3),
+                      properties={"tokens": 7, "model": "m1"})
+    tail = ledger.usage.tail
+
+    def meanwhile(*args):  # the report has read its events and the tail; the runner applies a late event now
+        found = tail(*args)
+        append(ledger, metered, [late])
+        ledger.usage_runner.catch_up()
+        return found
+
+    monkeypatch.setattr(ledger.usage, "tail", meanwhile)
+    ledger.usage_report(metered, "acme", "tokens", *day, ())  # reads without the late event
+    monkeypatch.setattr(ledger.usage, "tail", tail)
+    # When the day is read again
+    # Then the late event counts: what the first report read was not kept, the read model having moved on
+    assert kept(ledger) == 0
+    assert ledger.usage_report(metered, "acme", "tokens", *day, ()) == \
+        from_events(ledger, metered, "tokens", *day, ())
+    assert kept(ledger) > 0
+
+
+def test_the_worker_s_writes_drop_the_kept_hours_they_touch(ledger, metered):
+    # Given kept hours of a day, and the partition the customer's events go to on Kafka
+    append(ledger, metered, events(100, seed=2, days=1))
+    ledger.usage_runner.catch_up()
+    ledger.usage_report(metered, "acme", "calls", DAY0, DAY0 + timedelta(days=1), None, ())
+    with ledger.database.transaction() as cursor:
+        spans = cursor.execute("SELECT start_us, end_us FROM tally_usage_hours").all()
+    assert spans == [(microseconds(DAY0), microseconds(DAY0 + timedelta(days=1)))]
+    partition = usage_readings.partition_of(str(metered), "acme")
+    # When the Faust worker applies an event at 7:00 of that day
+    at = microseconds(DAY0 + timedelta(hours=7))
+    entry = Entry(10_000, str(metered), "acme", "kafka-1", "llm", at, at, "{}", "event")
+    with ledger.database.transaction(write=True) as cursor:
+        usage_readings.apply_partition(cursor, partition, [entry])
+    # Then the day's span is gone (the next report reads the events)
+    assert kept(ledger) == 0
