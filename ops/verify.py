@@ -8,6 +8,8 @@
 2. Every snapshot in the store is compared with its aggregate folded from its events alone.
 3. Every finalized invoice is computed again from the events recorded by the moment it was
    finalized, and compared byte for byte with what was recorded.
+4. Every hour usage reports keep (projections/usage_hours.py) is computed again from the usage read
+   model's events in it (the read model itself checked in 1) and compared.
 
 A difference names the model, the row's key and what differs. `tally replay --from-scratch`
 rebuilds a read model; `tally replay --model snapshots` takes the snapshots again.
@@ -18,14 +20,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from eventsourcing.utils import get_topic
 
 from api.ledger import Ledger
 from domain.billing import IssuedInvoice
+from domain.meter import MeterSpec
 from domain.money import encode_hook
-from projections import audit, documents, usage_readings
+from projections import audit, documents, usage_hours, usage_readings
 from projections.drivers.inprocess import NAME as DOCUMENTS
 from projections.drivers.inprocess import DocumentModel, Runner, UsageRunner
 from projections.store import SCHEMA, Database, positions
@@ -81,6 +85,7 @@ def verify(ledger: Ledger, progress: Progress = lambda step, done, of: None) -> 
                 yield from _compare(table, ledger.database, scratch, bounds[table.model], ledger.usage.database)
         finally:
             scratch.close()
+    yield from _kept_hours(ledger)
     yield from _snapshots(ledger, progress)
     yield from _invoices(ledger, progress)
 
@@ -160,6 +165,22 @@ def _later(table: Table, columns: tuple[str, ...], row: Any, bound: int) -> bool
 
 def _key(table: Table, row: Any) -> str:
     return "/".join(str(value) for value in row[:len(table.key)])
+
+
+def _kept_hours(ledger: Ledger) -> Iterator[Difference]:
+    """Each hour usage reports keep against the read model's events in it (checked against the logs above)."""
+    by_signature: dict[str, dict[str, MeterSpec]] = {}
+
+    def meter_of(tenant_id: str, signature: str) -> MeterSpec | None:
+        if tenant_id not in by_signature:
+            codes = ledger.database.query(
+                "SELECT code FROM tally_documents WHERE collection = 'meters' AND tenant_id = ?", (tenant_id,))
+            meters = [ledger.catalogue.meter(UUID(tenant_id), code).spec for code, in codes]
+            by_signature[tenant_id] = {usage_hours.signature(meter): meter for meter in meters}
+        return by_signature[tenant_id].get(signature)
+
+    for key, detail in usage_hours.differences(ledger.database, meter_of):
+        yield Difference("usage_hours", key, f"tally_usage_hours: {detail}")
 
 
 def _snapshots(ledger: Ledger, progress: Progress) -> Iterator[Difference]:

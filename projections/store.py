@@ -170,9 +170,13 @@ class Database:
                     connection.execute(f"PRAGMA {name} = {value}")
 
     @contextmanager
-    def transaction(self, write: bool = False) -> Iterator[Cursor]:
+    def transaction(self, write: bool = False, snapshot: bool = False) -> Iterator[Cursor]:
+        """A transaction; with `snapshot`, every read in it sees the store as of its first (SQLite's
+        transactions always do; PostgreSQL's then run at REPEATABLE READ)."""
         if self.postgres:
             with self.pool.connection() as connection, connection.transaction():
+                if snapshot:
+                    connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 if getattr(self.local, "relaxed", False):
                     connection.execute("SET LOCAL synchronous_commit = off")
                 yield Cursor(connection.cursor(), postgres=True)

@@ -21,7 +21,7 @@ Not for a weighted_sum (a level held across hours) nor for time travel (`as_of` 
 """
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import msgspec
 
@@ -77,20 +77,49 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
         with database.transaction() as cursor:
             rows.update(_rows(cursor, key, [(hour, hour + HOUR) for hour in touched & kept.keys()]))
         kept = {hour: states for hour, states in kept.items() if hour not in touched}
-    computed: dict[int, States] = {}
-    reads = meter.field is not None or bool(meter.filters) or bool(meter.group_by)  # else the count needs no properties
-    for (_, _, event_id), (timestamp_us, position, properties) in merged(rows, tail).items():
-        reading = Reading(timestamp_us, position, _properties.decode(properties) if reads else _BARE, event_id)
-        if start_us <= timestamp_us < end_us and matches(meter, reading):
-            states = computed.setdefault(max(start_us, timestamp_us - timestamp_us % HOUR), {})
-            group = group_of(meter, reading)
-            (states.get(group) or states.setdefault(group, Running(meter))).add(reading)
+    computed = _hourly(meter, merged(rows, tail), start_us, end_us)
     skip, ended = kept.keys() | touched, min(last, now_us // HOUR * HOUR)
     _keep(database, name, applied, key, code,
           [(hour, computed.get(hour, {})) for hour in range(first, ended, HOUR) if hour not in skip])
     bounds = [start_us, *(hour for hour in range(first, last + 1, HOUR) if start_us < hour < end_us), end_us]
     return [(low, high, kept[low] if low in kept else computed.get(low, {}))
             for low, high in zip(bounds, bounds[1:], strict=False)]
+
+
+def _hourly(meter: MeterSpec, rows: Mapping[tuple, Sequence], start_us: int, end_us: int) -> dict[int, States]:
+    """The meter's states of the events in [start_us, end_us) hour by hour (the first hour from
+    start_us), from rows as `merged` gives them."""
+    computed: dict[int, States] = {}
+    reads = meter.field is not None or bool(meter.filters) or bool(meter.group_by)  # else the count needs no properties
+    for (_, _, event_id), (timestamp_us, position, properties) in rows.items():
+        reading = Reading(timestamp_us, position, _properties.decode(properties) if reads else _BARE, event_id)
+        if start_us <= timestamp_us < end_us and matches(meter, reading):
+            states = computed.setdefault(max(start_us, timestamp_us - timestamp_us % HOUR), {})
+            group = group_of(meter, reading)
+            (states.get(group) or states.setdefault(group, Running(meter))).add(reading)
+    return computed
+
+
+def differences(database: Database, meter_of: Callable[[str, str], MeterSpec | None]) -> Iterator[tuple[str, str]]:
+    """Each kept span whose states are not what the read model's events in it give (`tally audit verify`):
+    its key and what differs. `meter_of(tenant_id, signature)`: the meter whose states those are (None:
+    no meter has that definition any more; such a span is never read, and not compared). Read in one
+    snapshot: a span there has had no write in its hours since it was kept."""
+    with database.transaction(snapshot=True) as cursor:
+        for tenant, customer, name, start, code, end, body in cursor.execute(
+                "SELECT tenant_id, customer, event_name, start_us, meter, end_us, hours FROM tally_usage_hours").all():
+            meter = meter_of(tenant, code)
+            if meter is None:
+                continue
+            kept = {hour: {tuple(group): Running.of(meter, state).state() for group, state in states}
+                    for hour, states in _kept.decode(body)}
+            computed = {hour: {group: running.state() for group, running in states.items()}
+                        for hour, states in _hourly(meter, _rows(cursor, (tenant, customer, name), [(start, end)]),
+                                                    start, end).items()}
+            for hour in sorted(kept.keys() | computed.keys()):
+                if kept.get(hour, {}) != computed.get(hour, {}):
+                    yield (f"{tenant}/{customer}/{name}/{meter.code}/{hour}",
+                           f"kept {kept.get(hour, {})} where the events give {computed.get(hour, {})}")
 
 
 def _keep(database: Database, name: str, applied: int, key: tuple[str, str, str], code: str,

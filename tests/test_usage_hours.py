@@ -19,6 +19,7 @@ from projections.usage_log import Entry, microseconds
 SETUP = Actor("test:setup")
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 RECORDED = datetime(2026, 11, 20, tzinfo=UTC)
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
 METERS = {  # every aggregation kept hour by hour, with filters and group_by
     "calls": dict(aggregation="count"),
     "eu_calls": dict(aggregation="count", filters={"region": ["eu"]}, group_by=("model",)),
@@ -31,6 +32,9 @@ METERS = {  # every aggregation kept hour by hour, with filters and group_by
 
 @pytest.fixture
 def metered(ledger: Ledger) -> UUID:
+    """A tenant with METERS, the ledger's clock stopped after the days the tests use (whole hours
+    are kept once they have ended)."""
+    ledger.subscriptions.clock = lambda: NOW
     tenant = ledger.command(ledger.tenants.open_tenant, SETUP, TenantSettings(name="Hours")).id
     for code, spec in METERS.items():
         ledger.catalogue.define_meter(SETUP, tenant, MeterSpec(code=code, name=code, event_name="llm", **spec))
@@ -187,3 +191,45 @@ def test_the_worker_s_writes_drop_the_kept_hours_they_touch(ledger, metered):
         usage_readings.apply_partition(cursor, partition, [entry])
     # Then the day's span is gone (the next report reads the events)
     assert kept(ledger) == 0
+
+
+def test_verify_names_a_kept_hour_the_events_do_not_give_and_a_replay_repairs_it(ledger, metered):
+    from ops.replay import replay
+    from ops.verify import verify
+    # Given a day's hours kept by a report, and verify finding nothing
+    append(ledger, metered, events(400, seed=13, days=1))
+    ledger.usage_runner.catch_up()
+    day = (DAY0, DAY0 + timedelta(days=1), "hour", ("model",))
+    honest = ledger.usage_report(metered, "acme", "tokens", *day)
+    assert kept(ledger) > 0 and list(verify(ledger)) == []
+    # When a kept sum is changed behind Tally's back
+    with ledger.database.transaction(write=True) as cursor:
+        body = cursor.execute("SELECT hours FROM tally_usage_hours").one()[0]
+        hour, states = usage_hours._kept.decode(body)[2]
+        group, (count, total, *rest) = states[0]
+        changed = [[h, s] for h, s in usage_hours._kept.decode(body)]
+        changed[2][1][0] = (group, (count, str(int(total.split(".")[0]) + 1), *rest))
+        cursor.execute("UPDATE tally_usage_hours SET hours = ?", (usage_hours._encode(changed).decode(),))
+    # Then verify names that hour of that meter and group, and the report shows the change
+    found = list(verify(ledger))
+    assert [(d.model, d.key.rsplit("/", 2)[1:]) for d in found] == [("usage_hours", ["tokens", str(hour)])], found
+    assert group[0] in found[0].detail
+    assert ledger.usage_report(metered, "acme", "tokens", *day) != honest
+    # And a replay of the usage model from scratch repairs it
+    replay(ledger, ["usage"], from_scratch=True)
+    assert kept(ledger) == 0
+    assert ledger.usage_report(metered, "acme", "tokens", *day) == honest
+    assert kept(ledger) > 0 and list(verify(ledger)) == []
+
+
+def test_only_hours_that_have_ended_are_kept(ledger, metered):
+    # Given events all day, and the clock at 05:30 of that day
+    append(ledger, metered, events(300, seed=17, days=1))
+    ledger.usage_runner.catch_up()
+    ledger.subscriptions.clock = lambda: DAY0 + timedelta(hours=5, minutes=30)
+    # When the whole day is reported
+    ledger.usage_report(metered, "acme", "calls", DAY0, DAY0 + timedelta(days=1), "hour", ())
+    # Then the five hours that ended are kept, not the current one nor those to come
+    with ledger.database.transaction() as cursor:
+        spans = cursor.execute("SELECT start_us, end_us FROM tally_usage_hours").all()
+    assert spans == [(microseconds(DAY0), microseconds(DAY0 + timedelta(hours=5)))]
