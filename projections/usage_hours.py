@@ -21,7 +21,7 @@ Not for a weighted_sum (a level held across hours) nor for time travel (`as_of` 
 """
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgspec
 
@@ -75,9 +75,12 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
     touched = {entry.timestamp_us - entry.timestamp_us % HOUR for entry in tail}
     if touched & kept.keys():  # late events in kept hours, not applied yet: those hours from their events
         with database.transaction() as cursor:
-            rows.update(_rows(cursor, key, [(hour, hour + HOUR) for hour in touched & kept.keys()]))
+            rows += _rows(cursor, key, [(hour, hour + HOUR) for hour in touched & kept.keys()])
         kept = {hour: states for hour, states in kept.items() if hour not in touched}
-    computed = _hourly(meter, merged(rows, tail), start_us, end_us)
+    if tail:  # the rows may hold some of the tail's events (read after the read model applied them)
+        found = merged({(customer, meter.event_name, event_id): rest for event_id, *rest in rows}, tail)
+        rows = [(event_id, *rest) for (_, _, event_id), rest in found.items()]
+    computed = _hourly(meter, rows, start_us, end_us)
     skip, ended = kept.keys() | touched, min(last, now_us // HOUR * HOUR)
     _keep(database, name, applied, key, code,
           [(hour, computed.get(hour, {})) for hour in range(first, ended, HOUR) if hour not in skip])
@@ -86,16 +89,16 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
             for low, high in zip(bounds, bounds[1:], strict=False)]
 
 
-def _hourly(meter: MeterSpec, rows: Mapping[tuple, Sequence], start_us: int, end_us: int) -> dict[int, States]:
+def _hourly(meter: MeterSpec, rows: Iterable[Sequence], start_us: int, end_us: int) -> dict[int, States]:
     """The meter's states of the events in [start_us, end_us) hour by hour (the first hour from
-    start_us), from rows as `merged` gives them."""
+    start_us), from rows of (event id, time, position, properties)."""
     computed: dict[int, States] = {}
     reads = meter.field is not None or bool(meter.filters) or bool(meter.group_by)  # else the count needs no properties
-    for (_, _, event_id), (timestamp_us, position, properties) in rows.items():
+    for event_id, timestamp_us, position, properties in rows:
         reading = Reading(timestamp_us, position, _properties.decode(properties) if reads else _BARE, event_id)
         if start_us <= timestamp_us < end_us and matches(meter, reading):
             states = computed.setdefault(max(start_us, timestamp_us - timestamp_us % HOUR), {})
-            group = group_of(meter, reading)
+            group = group_of(meter, reading) if meter.group_by else ()
             (states.get(group) or states.setdefault(group, Running(meter))).add(reading)
     return computed
 
@@ -166,9 +169,6 @@ def _gaps(start_us: int, end_us: int, kept: Iterable[int]) -> list[tuple[int, in
     return gaps + [(low, end_us)] if low < end_us else gaps
 
 
-def _rows(cursor: Cursor, key: tuple[str, str, str], ranges: Sequence[tuple[int, int]]) -> dict[tuple, tuple]:
-    """The read model's rows in these ranges of time, as `merged` takes them (by customer, event name and
-    event id: time, position, properties)."""
-    _, customer, name = key
-    return {(customer, name, event_id): rest for low, high in ranges
-            for event_id, *rest in cursor.execute(READINGS, (*key, low, high)).all()}
+def _rows(cursor: Cursor, key: tuple[str, str, str], ranges: Sequence[tuple[int, int]]) -> list[tuple]:
+    """The read model's rows in these ranges of time: (event id, time, position, properties)."""
+    return [row for low, high in ranges for row in cursor.execute(READINGS, (*key, low, high)).all()]
