@@ -34,6 +34,7 @@ from projections.usage_readings import merged, position_name
 HOUR = 3_600_000_000
 DAY = 24 * HOUR
 MAX_SEEN = 1_000  # an hour with more distinct values (unique_count) is not kept: read from its events
+KEEP_FROM = 1_000  # a read of fewer events keeps nothing (reading them again costs less than keeping them)
 Group = tuple[str | None, ...]
 States = dict[Group, Running]
 Segment = tuple[int, int, States]  # [low, high) and the meter's states in it, by group
@@ -46,8 +47,10 @@ SPANS = ("SELECT start_us, end_us, hours FROM tally_usage_hours WHERE tenant_id 
          "AND event_name = ? AND start_us > ? AND start_us < ? AND meter = ?")
 KEEP = ("INSERT INTO tally_usage_hours (tenant_id, customer, event_name, start_us, meter, end_us, hours) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_name, start_us, meter) DO NOTHING")
+# in time order, as the events are aggregated (a max's value among equal ones is the first's: 10 or 10.0)
 READINGS = ("SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
-            "AND customer = ? AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ?")
+            "AND customer = ? AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ? "
+            "ORDER BY timestamp_us, position")
 
 
 def signature(meter: MeterSpec) -> str:
@@ -61,7 +64,8 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
              end_us: int, partition: int | None, now_us: int) -> list[Segment]:
     """The meter's states over [start_us, end_us), cut at every hour: each whole hour's from what is kept
     or from its events, the rest from events; every acknowledged event counted (the log's tail too).
-    Whole hours ended by `now_us` that were read from their events are kept for the next report."""
+    Whole hours ended by `now_us` that were read from their events are kept for the next report, when
+    it read KEEP_FROM events or more."""
     assert meter.aggregation != "weighted_sum", "a weighted_sum needs the level held across hours"
     key = (tenant_id, customer, meter.event_name)
     first, last = -(-start_us // HOUR) * HOUR, end_us // HOUR * HOUR  # the whole hours: [first, last)
@@ -77,13 +81,15 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
         with database.transaction() as cursor:
             rows += _rows(cursor, key, [(hour, hour + HOUR) for hour in touched & kept.keys()])
         kept = {hour: states for hour, states in kept.items() if hour not in touched}
+    read = len(rows)
     if tail:  # the rows may hold some of the tail's events (read after the read model applied them)
         found = merged({(customer, meter.event_name, event_id): rest for event_id, *rest in rows}, tail)
-        rows = [(event_id, *rest) for (_, _, event_id), rest in found.items()]
+        rows = sorted(((event_id, *rest) for (_, _, event_id), rest in found.items()), key=lambda row: row[1:3])
     computed = _hourly(meter, rows, start_us, end_us)
     skip, ended = kept.keys() | touched, min(last, now_us // HOUR * HOUR)
-    _keep(database, name, applied, key, code,
-          [(hour, computed.get(hour, {})) for hour in range(first, ended, HOUR) if hour not in skip])
+    if read >= KEEP_FROM:
+        _keep(database, name, applied, key, code,
+              [(hour, computed.get(hour, {})) for hour in range(first, ended, HOUR) if hour not in skip])
     bounds = [start_us, *(hour for hour in range(first, last + 1, HOUR) if start_us < hour < end_us), end_us]
     return [(low, high, kept[low] if low in kept else computed.get(low, {}))
             for low, high in zip(bounds, bounds[1:], strict=False)]
