@@ -112,13 +112,14 @@ def _hourly(meter: MeterSpec, rows: Iterable[Sequence], start_us: int, end_us: i
 def differences(database: Database, meter_of: Callable[[str, str], MeterSpec | None]) -> Iterator[tuple[str, str]]:
     """Each kept span whose states are not what the read model's events in it give (`tally audit verify`):
     its key and what differs. `meter_of(tenant_id, signature)`: the meter whose states those are (None:
-    no meter has that definition any more; such a span is never read, and not compared). Read in one
-    snapshot: a span there has had no write in its hours since it was kept."""
+    the tenant has no such meter, which a report never keeps). Read in one snapshot: a span there has
+    had no write in its hours since it was kept."""
     with database.transaction(snapshot=True) as cursor:
         for tenant, customer, name, start, code, end, body in cursor.execute(
                 "SELECT tenant_id, customer, event_name, start_us, meter, end_us, hours FROM tally_usage_hours").all():
             meter = meter_of(tenant, code)
             if meter is None:
+                yield f"{tenant}/{customer}/{name}/{code}/{start}", "kept for a meter the tenant does not have"
                 continue
             kept = {hour: {tuple(group): Running.of(meter, state).state() for group, state in states}
                     for hour, states in _kept.decode(body)}

@@ -226,6 +226,11 @@ def test_verify_names_a_kept_hour_the_events_do_not_give_and_a_replay_repairs_it
     assert kept(ledger) == 0
     assert ledger.usage_report(metered, "acme", "tokens", *day) == honest
     assert kept(ledger) > 0 and list(verify(ledger)) == []
+    # And values kept for no meter of the tenant are named too
+    with ledger.database.transaction(write=True) as cursor:
+        cursor.execute("INSERT INTO tally_usage_hours SELECT tenant_id, customer, event_name, start_us, 'nothing', "
+                       "end_us, hours FROM tally_usage_hours")
+    assert [d.detail for d in verify(ledger)] == ["tally_usage_hours: kept for a meter the tenant does not have"]
 
 
 def test_only_hours_that_have_ended_are_kept(ledger, metered):
