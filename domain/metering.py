@@ -108,7 +108,7 @@ class Running:
         self.meter, self.count, self.total = meter, 0, ZERO
         self.seen: set[str | None] = set()  # unique_count's values
         self.held: Decimal | None = None  # max's and latest's value so far
-        self.last = (0, 0)  # latest's: (time, position) of the value held
+        self.last = (0, 0)  # (time, position) of the value held (max: of its earliest reading)
 
     def add(self, reading: Reading) -> None:
         meter = self.meter
@@ -125,8 +125,10 @@ class Running:
             return
         if meter.aggregation == "sum":
             self.total += value
-        elif meter.aggregation == "max":
-            self.held = value if self.held is None else max(self.held, value)
+        elif meter.aggregation == "max":  # equal values written differently (7, 7.0): the earliest's, as `aggregate`
+            moment = (reading.timestamp_us, reading.position)
+            if self.held is None or value > self.held or (value == self.held and moment < self.last):
+                self.held, self.last = value, moment
         elif self.held is None or (reading.timestamp_us, reading.position) > self.last:  # latest
             self.held, self.last = value, (reading.timestamp_us, reading.position)
 
@@ -138,7 +140,8 @@ class Running:
         if other.held is None:
             return
         if self.meter.aggregation == "max":
-            self.held = other.held if self.held is None else max(self.held, other.held)
+            if self.held is None or other.held > self.held or (other.held == self.held and other.last < self.last):
+                self.held, self.last = other.held, other.last
         elif self.held is None or other.last > self.last:  # latest
             self.held, self.last = other.held, other.last
 

@@ -47,10 +47,8 @@ SPANS = ("SELECT start_us, end_us, hours FROM tally_usage_hours WHERE tenant_id 
          "AND event_name = ? AND start_us > ? AND start_us < ? AND meter = ?")
 KEEP = ("INSERT INTO tally_usage_hours (tenant_id, customer, event_name, start_us, meter, end_us, hours) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_name, start_us, meter) DO NOTHING")
-# in time order, as the events are aggregated (a max's value among equal ones is the first's: 10 or 10.0)
 READINGS = ("SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
-            "AND customer = ? AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ? "
-            "ORDER BY timestamp_us, position")
+            "AND customer = ? AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ?")
 
 
 def signature(meter: MeterSpec) -> str:
@@ -84,7 +82,7 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
     read = len(rows)
     if tail:  # the rows may hold some of the tail's events (read after the read model applied them)
         found = merged({(customer, meter.event_name, event_id): rest for event_id, *rest in rows}, tail)
-        rows = sorted(((event_id, *rest) for (_, _, event_id), rest in found.items()), key=lambda row: row[1:3])
+        rows = [(event_id, *rest) for (_, _, event_id), rest in found.items()]
     computed = _hourly(meter, rows, start_us, end_us)
     skip, ended = kept.keys() | touched, min(last, now_us // HOUR * HOUR)
     if read >= KEEP_FROM:

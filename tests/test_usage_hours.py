@@ -265,21 +265,22 @@ def test_a_report_of_few_events_keeps_nothing(ledger, metered, monkeypatch):
 
 def test_a_maximum_among_equal_values_is_written_as_the_first_of_them_was(ledger, metered):
     # Given equal token counts written three ways in two hours, and an earlier one still in the log's tail
-    def at(minutes: int, tokens: object, event_id: str) -> UsageEvent:
+    def at(minutes: int, tokens: object, event_id: str, model: str = "m1") -> UsageEvent:
         return UsageEvent(event_id=event_id, customer="acme", event_name="llm",
-                          timestamp=DAY0 + timedelta(minutes=minutes), properties={"tokens": tokens, "model": "m1"})
-    append(ledger, metered, [at(70, "7.0", "a"), at(80, 7, "b"), at(130, "7.00", "c")])
+                          timestamp=DAY0 + timedelta(minutes=minutes), properties={"tokens": tokens, "model": model})
+    append(ledger, metered, [at(80, 7, "b", "m2"), at(130, "7.00", "c"), at(70, "7.0", "a")])
     ledger.usage_runner.catch_up()
     day = (DAY0, DAY0 + timedelta(days=1))
-    for window in (None, "hour"):
-        # When the maximum is read from the events and then from the hours kept
-        first = ledger.usage_report(metered, "acme", "peak", *day, window, ())
-        again = ledger.usage_report(metered, "acme", "peak", *day, window, ())
+    queries = [(window, group_by) for window in (None, "hour") for group_by in ((), ("model",))]
+    for window, group_by in queries:
+        # When the maximum is read from the events and then from the hours kept, by model or not
+        first = ledger.usage_report(metered, "acme", "peak", *day, window, group_by)
+        again = ledger.usage_report(metered, "acme", "peak", *day, window, group_by)
         # Then it is written as the earliest of the equal values is, as from the events
-        assert encode(first) == encode(again) == encode(from_events(ledger, metered, "peak", *day, window, ()))
+        assert encode(first) == encode(again) == encode(from_events(ledger, metered, "peak", *day, window, group_by))
         assert str(first.total) == "7.0"
-    append(ledger, metered, [at(65, "7.000", "late")])
-    for window in (None, "hour"):
-        assert encode(ledger.usage_report(metered, "acme", "peak", *day, window, ())) == \
-            encode(from_events(ledger, metered, "peak", *day, window, ()))
+    append(ledger, metered, [at(65, "7.000", "late", "m2")])
+    for window, group_by in queries:
+        assert encode(ledger.usage_report(metered, "acme", "peak", *day, window, group_by)) == \
+            encode(from_events(ledger, metered, "peak", *day, window, group_by))
     assert str(ledger.usage_report(metered, "acme", "peak", *day, None, ()).total) == "7.000"
