@@ -671,7 +671,7 @@ class Ledger:
         subscriptions = self._subscriptions_of_many(tenant_id, set(holders))
         charges = self.wallets.find_many([UsageCharges.create_id(tenant_id, customer) for customer in holders])
         mine = {customer: subscriptions.get(customer, []) for customer in holders}
-        counted = self._count_ahead(tenant_id, mine, moments)
+        counted = self._count_ahead(tenant_id, mine, moments, through)
         prefetched = self._prefetch(tenant_id, mine, {customer: moments[customer] for customer in holders})
         changed: dict[UUID, Any] = {}
         for customer, wallets_of in holders.items():
@@ -728,17 +728,18 @@ class Ledger:
         return usage_readings.partition_of(tenant, customer) if self.distributed else None
 
     def _count_ahead(self, tenant_id: UUID, subscriptions: dict[str, list[Subscription]],
-                     moments: Mapping[str, set[datetime]]) -> int:
+                     moments: Mapping[str, set[datetime]], through: int) -> int:
         """For a debit pass: the counters of the quantities its customers' costs take (see `_usage`),
         those not counted yet begun for them all at once (one read a window, not one a customer).
-        Returns the position of the log they count up to."""
+        Returns the position of the log they count up to: `through` at least, the pass's last entry
+        (which may not be published yet: its charges say they reached it)."""
         wanted = {customer: {(meter.code, start, end): (meter, start, end)  # (a spec is not hashable)
                              for subscription in mine for period in _periods(subscription, moments[customer])
                              for meter, start, end in self._counted_windows(subscription, period)}
                   for customer, mine in subscriptions.items()}
         return self.counters.prime(str(tenant_id), {customer: list(windows.values())
                                                     for customer, windows in wanted.items() if windows},
-                                   self._windows_readings)
+                                   self._windows_readings, through)
 
     def _counted_windows(self, subscription: Subscription, period: Period) -> Iterator[tuple[MeterSpec, int, int]]:
         """The windows (meter, start, end in µs) whose quantities the period's closing lines take from the

@@ -22,6 +22,7 @@ once instead (every check scanning the same long stretch costs more). Memory is 
 WATCH_LIMIT customers, all counters are dropped and counted afresh as checks come.
 """
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -49,6 +50,12 @@ ReadingsOfMany = Callable[[str, list[str], list[str], int, int], Mapping[str, Ma
 OWN = "position, event_name, timestamp_us, event_id, properties, kind"  # a check's own entries
 _properties = msgspec.json.Decoder(dict)
 _BARE: dict = {}
+# set while a check runs on the event loop (api/http.py `Call.quick`): a window's first read is not made there
+QUICK: contextvars.ContextVar[bool] = contextvars.ContextVar("tally_quick", default=False)
+
+
+class Slow(Exception):
+    """A counter must begin from its readings, which takes long: not on the event loop (see `QUICK`)."""
 
 
 class _Watched:
@@ -124,24 +131,59 @@ class UsageCounters:
     def used(self, tenant: str, customer: str, meter: MeterSpec, start_us: int, end_us: int,
              last: int | None = None) -> Decimal:
         """The meter's value over [start_us, end_us) for the customer, counting every event logged (up to
-        `last` at least, when the caller read where the log ends)."""
+        `last` at least, when the caller read where the log ends).
+
+        A window not counted yet begins from the customer's readings, read without the lock (a customer
+        with a million events takes seconds: other checks go on meanwhile); on the event loop (`QUICK`)
+        that read is not made here: `Slow` tells the caller to ask again from a thread."""
+        window = (meter.code, start_us, end_us)
         with self._lock:
             watched = self._watch(tenant, customer, last)
-            found = watched.counters.get((meter.code, start_us, end_us))
-            if found is None:
-                found = _begin(watched, meter, start_us, end_us, self.readings_of(
-                    tenant, customer, meter, start_us, end_us), max(watched.through, self._position))
+            if (found := watched.counters.get(window)) is not None:
+                return found[1].value
+            seen = max(watched.through, self._position)  # its entries counted or followed, up to here
+        if QUICK.get():
+            raise Slow(f"{customer}: the counter of {meter.code} from {start_us} begins from its readings")
+        readings = self.readings_of(tenant, customer, meter, start_us, end_us)
+        with self._lock:
+            if self._watched.get((tenant, customer)) is watched:  # else dropped meanwhile: counted afresh below
+                if (found := watched.counters.get(window)) is None:
+                    found = self._begin_after_read(tenant, customer, watched, meter, (start_us, end_us), readings, seen)
+                if found is not None:
+                    return found[1].value
+            watched = self._watch(tenant, customer, last)  # rare (a void, the counters dropped): under the lock
+            found = watched.counters.get(window) or _begin(watched, meter, start_us, end_us, self.readings_of(
+                tenant, customer, meter, start_us, end_us), max(watched.through, self._position))
             return found[1].value
 
+    def _begin_after_read(self, tenant: str, customer: str, watched: _Watched, meter: MeterSpec,
+                          window: tuple[int, int], readings: Iterable[Reading],
+                          seen: int) -> tuple[MeterSpec, Running] | None:
+        """Begin a window from readings read (without the lock) after its customer's entries were counted
+        up to `seen`: those up to `seen`, then the customer's entries followed since, from the log (the
+        lock held). None if one of those is a void (its counters are counted afresh)."""
+        (start_us, end_us), upto = window, max(watched.through, self._position)
+        if watched.stamp <= seen:  # none of its entries followed during the read
+            return _begin(watched, meter, start_us, end_us, readings, seen)
+        since = []
+        for position, name, timestamp_us, event_id, properties, kind in self.log.database.query_rows(
+                OWN, self._own, (seen, upto, tenant, customer)):
+            if kind == "void":
+                return None
+            if name == meter.event_name and start_us <= timestamp_us < end_us:
+                since.append(Reading(timestamp_us, position, _properties.decode(properties), event_id))
+        return _begin(watched, meter, start_us, end_us, [*(r for r in readings if r.position <= seen), *since], upto)
+
     def prime(self, tenant: str, wanted: Mapping[str, Collection[tuple[MeterSpec, int, int]]],
-              read: ReadingsOfMany) -> int:
+              read: ReadingsOfMany, at_least: int = 0) -> int:
         """Begin the counters of these customers' windows (meter, start, end) not kept yet, the
         readings of many customers read at once for each window (`used` reads one customer's):
         `read(tenant, customers, event names, start_us, end_us)` gives each customer's by event name.
-        Returns the position of the log they count up to (for `used`)."""
+        Returns the position of the log they count up to (for `used`): where it was published, or
+        `at_least` (a position committed) if further."""
         missing: dict[tuple[int, int], dict[str, tuple[_Watched, int, list[MeterSpec]]]] = {}
         with self._lock:
-            last = self.log.published()  # once for them all (on PostgreSQL a query)
+            last = max(self.log.published(), at_least)  # once for them all (on PostgreSQL a query)
             for customer, windows in wanted.items():
                 watched = self._watch(tenant, customer, last)
                 seen = max(watched.through, self._position)  # its entries counted or followed, up to here

@@ -2,6 +2,7 @@
 windows, soft vs hard limits, boolean and config features, and usage counted the moment it is
 acknowledged."""
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -403,6 +404,88 @@ def test_counters_begun_for_many_customers_at_once_count_every_event_even_one_lo
     ledger.counters.prime(tenant, {"acme": [window], "beta": [window]}, read_while_logging)
     assert [ledger.counters.used(tenant, who, *window) for who in ("acme", "beta")] == [12, 7]
     assert [check(acme, "ai", customer=who)["used"] for who in ("acme", "beta")] == ["12", "7"]
+
+
+def test_a_counter_begins_from_a_read_made_without_holding_the_counters(acme, ledger, monkeypatch):
+    """A window's first read (seconds for a customer with a million events) holds no lock: another
+    customer's check is answered meanwhile."""
+    _and_beta_follower_stopped(acme, ledger)
+    assert check(acme, "ai", customer="beta")["used"] == "0"  # beta's counter begun
+    use(acme, "a-1", "llm", "2026-01-10T00:00:00Z", tokens=5)
+    tenant, tokens = str(_tenant(ledger)), ledger._meter_spec(_tenant(ledger), "tokens")
+    window = (tokens, microseconds(at("2026-01-01T00:00:00")), microseconds(at("2026-02-01T00:00:00")))
+    read, answered, in_time = ledger.counters.readings_of, threading.Event(), []
+
+    def slow_read(*args):
+        other = threading.Thread(target=lambda: ledger.counters.used(tenant, "beta", *window) == 0 and answered.set(),
+                                 daemon=True)
+        other.start()
+        other.join(5)
+        in_time.append(answered.is_set())
+        return read(*args)
+
+    monkeypatch.setattr(ledger.counters, "readings_of", slow_read)
+    # When acme's window begins, beta is asked for during its read
+    assert ledger.counters.used(tenant, "acme", *window) == 5
+    # Then beta was answered then, not after the read
+    assert in_time == [True]
+
+
+def test_entries_followed_while_a_counter_reads_count_once_and_a_void_then_counts_afresh(acme, ledger, monkeypatch):
+    """Entries of the customer followed during its window's first read are not in that read: they are
+    read from the log after it; a void among them has the window counted afresh."""
+    _and_beta_follower_stopped(acme, ledger)
+    tenant, tokens = str(_tenant(ledger)), ledger._meter_spec(_tenant(ledger), "tokens")
+    window = (tokens, microseconds(at("2026-01-01T00:00:00")), microseconds(at("2026-02-01T00:00:00")))
+    use(acme, "a-1", "llm", "2026-01-10T00:00:00Z", tokens=5)
+    assert check(acme, "ai", customer="acme")["used"] == "5"  # acme watched (its month counted)
+    month, read = (tokens, window[1], microseconds(at("2026-01-21T00:00:00"))), ledger.counters.readings_of
+
+    def read_while_logging(*args):
+        found = read(*args)  # read first: the entries below are not in it
+        ledger.usage.append(tenant, [UsageEvent(event_id=f"late-{n}", customer="acme", event_name="llm",
+                                                timestamp=at("2026-01-11T00:00:00"), properties={"tokens": 7})
+                                     for n in range(3)], at("2026-01-20T00:00:00"))
+        ledger.counters.follow()  # followed, added to acme's month counter
+        return found
+
+    monkeypatch.setattr(ledger.counters, "readings_of", read_while_logging)
+    # When a new window of acme begins (to the 21st) while three entries are logged and followed
+    # Then both windows count them once
+    assert ledger.counters.used(tenant, "acme", *month) == 5 + 21
+    assert ledger.counters.used(tenant, "acme", *window) == 5 + 21
+
+    def read_while_voiding(*args):
+        found = read(*args)
+        ledger.usage.void(tenant, "acme", ["late-0"], "test", at("2026-01-20T00:00:00"))
+        ledger.counters.follow()
+        return found
+
+    monkeypatch.setattr(ledger.counters, "readings_of", read_while_voiding)
+    week = (tokens, window[1], microseconds(at("2026-01-14T00:00:00")))
+    # And when one is voided during another window's read, that window is counted afresh
+    assert ledger.counters.used(tenant, "acme", *week) == 5 + 14
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # on PostgreSQL a check runs in a thread anyway
+def test_a_check_that_must_begin_a_counter_reads_off_the_event_loop(acme, ledger, monkeypatch):
+    """On the embedded store a check runs on the event loop; one whose counter must begin from the
+    customer's readings (seconds for a million events) is run again in a thread, the loop free."""
+    ledger.subscriptions.clock = lambda: at("2026-01-20T00:00:00")
+    use(acme, "a-1", "llm", "2026-01-10T00:00:00Z", tokens=5)
+    read, loops = ledger.counters.readings_of, []
+
+    def read_and_look(*args):
+        try:
+            loops.append(asyncio.get_running_loop())
+        except RuntimeError:  # none: a thread of the pool
+            loops.append(None)
+        return read(*args)
+
+    monkeypatch.setattr(ledger.counters, "readings_of", read_and_look)
+    assert check(acme, "ai")["used"] == "5"
+    assert check(acme, "ai")["used"] == "5"  # counted: no read
+    assert loops == [None]
 
 
 def test_a_check_whose_counters_fell_far_behind_the_log_counts_its_customer_afresh(acme, ledger, monkeypatch):

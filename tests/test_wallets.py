@@ -166,6 +166,29 @@ def test_usage_is_debited_in_the_spending_order_at_once_and_once_only(metered, l
     assert (invoice["total"], invoice["credits_applied"], invoice["amount_due"]) == ("7.00", "6.50", "0.50")
 
 
+def test_a_debit_pass_counts_every_entry_it_charges_through_even_one_not_published_yet(metered, ledger,
+                                                                                       monkeypatch):
+    """A pass reads the log's entries as committed; the position published to the checks may lag
+    behind them. Its charges say they reached its last entry, so its costs count up to there."""
+    ledger.counters.stop()  # the counters follow the log when the test says
+    wallet = created(metered.post("/v1/wallets", json=WALLET))
+    url = f"/v1/wallets/{wallet['id']}"
+    created(metered.post(f"{url}/grants", json={"amount": "1000", "kind": "paid"}))
+    use(metered, "u-1", 100)
+    assert ledger.debit_usage() == 1  # acme's month counted up to u-1
+    published = ledger.usage.published()
+    use(metered, "u-2", 40)  # committed, but (below) not published yet
+    monkeypatch.setattr(ledger.usage, "published", lambda: published)
+    # When a pass charges through u-2
+    assert ledger.debit_usage() == 1
+    monkeypatch.undo()
+    # Then u-2 is debited, and nothing is left to debit
+    debits = [t["amount"] for t in metered.get(f"{url}/transactions").json()["data"] if t["type"] == "debit"]
+    assert sorted(debits) == ["-100", "-40"]
+    assert ledger.debit_usage() == 0
+    assert metered.get(url).json()["balance"] == "860"
+
+
 def test_a_balance_and_a_debit_count_the_period_s_usage_without_reading_its_events_again(metered, ledger,
                                                                                           monkeypatch):
     """What usage has cost so far (a live balance, a debit pass) takes each meter's quantity from the
