@@ -55,7 +55,7 @@ from projections.drivers import inprocess
 from projections.drivers.inprocess import Runner, UsageRunner
 from projections.memo import Memo
 from projections.store import SCHEMA, Database, advance_position, positions
-from projections.usage import Read, UsageReport, Window, report
+from projections.usage import Read, Segments, UsageReport, Window, report
 from projections.usage_counters import UsageCounters
 from projections.usage_log import UsageLog, microseconds, moment_of, ring_of
 from projections.views import private_id, public_id
@@ -90,6 +90,19 @@ def _meters(specs: Iterable[PlanVersionSpec], kind: type = object) -> set[str]:
 
 def _moment(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class _Lazy:
+    """A mapping read when first asked (`get`), once."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Any]]) -> None:
+        self._read: Callable[[], Mapping[str, Any]] | None = read
+        self._found: Mapping[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        if self._read is not None:
+            self._found, self._read = self._read(), None
+        return self._found.get(key)
 
 
 def store_env(database_url: str) -> tuple[dict[str, str], str, str]:
@@ -211,11 +224,15 @@ class Ledger:
                      window: Window | None, group_by: tuple[str, ...]) -> UsageReport:
         """A customer's usage of one meter: the read model plus the log's unapplied tail (fresh to the last 202)."""
         meter, tenant = self.catalogue.meter(tenant_id, meter_code).spec, str(tenant_id)
-        now_us = microseconds(self.now())
         return report(self._usage_reader(tenant, customer, meter), customer, meter, start, end, window, group_by,
-                      lambda start_us, end_us: usage_hours.segments(
-                          self.database, self.usage, tenant, customer, meter, start_us, end_us,
-                          self._partition(tenant, customer), now_us))
+                      self._hours(tenant, customer, meter))
+
+    def _hours(self, tenant: str, customer: str, meter: MeterSpec) -> Segments:
+        """The meter's values hour by hour, from the hours kept (projections/usage_hours.py)."""
+        now_us = microseconds(self.now())
+        return lambda start_us, end_us: usage_hours.segments(
+            self.database, self.usage, tenant, customer, meter, start_us, end_us, self._partition(tenant, customer),
+            now_us)
 
     def _usage_reader(self, tenant: str, customer: str, meter: MeterSpec, as_of: datetime | None = None) -> Read:
         if as_of is not None:
@@ -544,7 +561,7 @@ class Ledger:
         entitlement counters' (but a weighted_sum's), which follow the log in memory, and only a
         percentage price's events are read (measured, a debit pass for a customer with a million events
         in its period: 2.9 s reading them)."""
-        tenant = str(tenant_id)
+        tenant, hourly = str(tenant_id), False
         if prefetched is not None:
             low, high, read = prefetched
         elif counted is not None:
@@ -552,23 +569,29 @@ class Ledger:
         else:
             low, high = microseconds(span.start), microseconds(span.end)
             names = self._event_names(tenant_id, meter_codes)
-            read = {} if not names or as_of is not None else usage_readings.fresh(
+            # hours kept by a usage report: the quantities from them, the events read only if a price needs them
+            hourly = bool(names) and as_of is None and usage_hours.kept_any(
+                self.database, tenant, customer, names, low, high)
+            read = {} if not names or as_of is not None else _Lazy(lambda: usage_readings.fresh(
                 self.database, self.usage, tenant, customer, names, low, high, self._partition(tenant, customer),
-                before=False)
+                before=False))
 
         def reader(meter: MeterSpec) -> Read:
-            inside = read.get(meter.event_name)
-            if inside is None:
-                return self._usage_reader(tenant, customer, meter, as_of)
-            return lambda start_us, end_us: (
-                ([r for r in inside[0] if start_us <= r.timestamp_us < end_us], []) if low <= start_us <= end_us <= high
-                else self._usage_reader(tenant, customer, meter)(start_us, end_us))
+            def read_range(start_us: int, end_us: int) -> tuple[list[Reading], list[Reading]]:
+                inside = read.get(meter.event_name)  # (read at the first call: quantities may need none)
+                if inside is None:
+                    return self._usage_reader(tenant, customer, meter, as_of)(start_us, end_us)
+                if low <= start_us <= end_us <= high:
+                    return [r for r in inside[0] if start_us <= r.timestamp_us < end_us], []
+                return self._usage_reader(tenant, customer, meter)(start_us, end_us)
+            return read_range
 
         def quantity(meter_code: str, start: datetime, end: datetime) -> Decimal:
             meter = self._meter_spec(tenant_id, meter_code)
             if counted is not None and meter.aggregation != "weighted_sum":
                 return self.counters.used(tenant, customer, meter, microseconds(start), microseconds(end), counted)
-            return report(reader(meter), customer, meter, start, end, None, ()).total
+            return report(reader(meter), customer, meter, start, end, None, (),
+                          self._hours(tenant, customer, meter) if hourly else None).total
 
         def transactions(meter_code: str, start: datetime, end: datetime) -> list[Transaction]:
             meter = self._meter_spec(tenant_id, meter_code)

@@ -93,6 +93,16 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
             for low, high in zip(bounds, bounds[1:], strict=False)]
 
 
+def kept_any(database: Database, tenant_id: str, customer: str, event_names: Sequence[str], start_us: int,
+             end_us: int) -> bool:
+    """Whether any hour of these event names in [start_us, end_us) is kept for the customer (one look
+    at the kept hours' key)."""
+    marks = ",".join("?" * len(event_names))
+    return bool(database.query(
+        f"SELECT 1 FROM tally_usage_hours WHERE tenant_id = ? AND customer = ? AND event_name IN ({marks}) "
+        "AND start_us > ? AND start_us < ? LIMIT 1", (tenant_id, customer, *event_names, start_us - DAY, end_us)))
+
+
 def _hourly(meter: MeterSpec, rows: Iterable[Sequence], start_us: int, end_us: int) -> dict[int, States]:
     """The meter's states of the events in [start_us, end_us) hour by hour (the first hour from
     start_us), from rows of (event id, time, position, properties)."""

@@ -3,6 +3,7 @@ events, whatever is kept, applied or late; on both stores."""
 
 import random
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from uuid import UUID
 
 import msgspec
@@ -10,8 +11,14 @@ import pytest
 
 from api.ledger import Ledger
 from domain.aggregate import Actor
+from domain.billing import IssuedInvoice
+from domain.customer import CustomerSpec
 from domain.meter import MeterSpec
 from domain.money import encode_hook
+from domain.plan import PlanSpec
+from domain.plan_version import PlanVersionSpec
+from domain.price import PercentagePrice, PerUnitPrice
+from domain.subscription import SubscriptionSpec
 from domain.tenant import TenantSettings
 from domain.usage import UsageEvent
 from projections import usage_hours, usage_readings
@@ -284,3 +291,39 @@ def test_a_maximum_among_equal_values_is_written_as_the_first_of_them_was(ledger
         assert encode(ledger.usage_report(metered, "acme", "peak", *day, window, group_by)) == \
             encode(from_events(ledger, metered, "peak", *day, window, group_by))
     assert str(ledger.usage_report(metered, "acme", "peak", *day, None, ()).total) == "7.000"
+
+
+def test_an_invoice_takes_its_quantities_from_kept_hours_and_bills_what_the_events_give(ledger, metered,
+                                                                                        monkeypatch):
+    # Given acme on a plan pricing tokens (sum), calls (count) and a percentage of tokens, from Nov 1,
+    # three days of its usage, and November's hours kept by usage reports
+    ledger.customers.register(SETUP, metered, CustomerSpec(external_id="acme", name="Acme", currency="USD"))
+    ledger.catalogue.define_plan(SETUP, metered, PlanSpec(code="pro", name="Pro", currency="USD", interval="month"))
+    ledger.catalogue.publish_plan_version(SETUP, metered, "pro", PlanVersionSpec(prices=(
+        PerUnitPrice(meter_code="tokens", currency="USD", unit_amount=Decimal("0.001")),
+        PerUnitPrice(meter_code="calls", currency="USD", unit_amount=Decimal("0.01")),
+        PercentagePrice(meter_code="tokens", currency="USD", rate=Decimal("2.5")))))
+    subscription = ledger.subscriptions.start(SETUP, metered, SubscriptionSpec(
+        customer="acme", plan_code="pro", start_at=DAY0, billing_anchor="calendar"))
+    ledger.runner.catch_up()
+    append(ledger, metered, events(600, seed=29))
+    ledger.usage_runner.catch_up()
+    month = (DAY0, datetime(2026, 12, 1, tzinfo=UTC), "day", ())
+    for code in ("tokens", "calls"):
+        ledger.usage_report(metered, "acme", code, *month)
+    read: list[tuple[int, int]] = []
+    rows, segments, hourly = usage_hours._rows, usage_hours.segments, []
+    monkeypatch.setattr(usage_hours, "_rows", lambda cursor, key, ranges: read.extend(ranges) or rows(cursor, key,
+                                                                                                         ranges))
+    monkeypatch.setattr(usage_hours, "segments", lambda *args: hourly.append(args[4].code) or segments(*args))
+    # When November is billed and its closing invoice finalized
+    ledger.close_periods(datetime(2026, 12, 3, tzinfo=UTC))
+    invoice_id = IssuedInvoice.create_id(subscription.id, "closing", DAY0)
+    recorded, again = ledger.recomputed(invoice_id)
+    # Then its quantities came from the kept hours (no hour of November read from its events) and it
+    # bills exactly what its events give (computed again from them, as `tally audit verify` does)
+    assert {"tokens", "calls"} <= set(hourly) and [line for line in read if line[1] > line[0]] == []
+    assert encode(recorded) == encode(again)
+    quantities = {(line.meter_code, str(line.quantity)) for line in recorded.lines if line.meter_code}
+    assert {("calls", str(from_events(ledger, metered, "calls", *month).total)),
+            ("tokens", str(from_events(ledger, metered, "tokens", *month).total))} < quantities  # and the percentage
