@@ -555,8 +555,10 @@ class Ledger:
                as_of: datetime | None = None, prefetched: Prefetched | None = None,
                counted: int | None = None) -> invoice.Usage:
         """A customer's usage as the invoice lines read it: the read model plus the log's tail (or the
-        log as it stood `as_of`). The meters' events in `span` are read at once (but a weighted_sum's,
-        which needs the level held before a range), unless `prefetched` holds them already. `counted`
+        log as it stood `as_of`). The meters' events in `span` are read at once, when first needed (but a
+        weighted_sum's, which needs the level held before a range), unless `prefetched` holds them
+        already; a quantity comes from the hours usage reports keep when the customer has any in `span`
+        (projections/usage_hours.py: then only a percentage price's events are read). `counted`
         (what the usage has cost so far, the log counted up to that position at least): a quantity is the
         entitlement counters' (but a weighted_sum's), which follow the log in memory, and only a
         percentage price's events are read (measured, a debit pass for a customer with a million events
