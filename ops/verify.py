@@ -27,7 +27,6 @@ from eventsourcing.utils import get_topic
 
 from api.ledger import Ledger
 from domain.billing import IssuedInvoice
-from domain.meter import MeterSpec
 from domain.money import encode_hook
 from projections import audit, documents, usage_hours, usage_readings
 from projections.drivers.inprocess import NAME as DOCUMENTS
@@ -169,17 +168,9 @@ def _key(table: Table, row: Any) -> str:
 
 def _kept_hours(ledger: Ledger) -> Iterator[Difference]:
     """Each hour usage reports keep against the read model's events in it (checked against the logs above)."""
-    by_signature: dict[str, dict[str, MeterSpec]] = {}
-
-    def meter_of(tenant_id: str, signature: str) -> MeterSpec | None:
-        if tenant_id not in by_signature:
-            codes = ledger.database.query(
-                "SELECT code FROM tally_documents WHERE collection = 'meters' AND tenant_id = ?", (tenant_id,))
-            meters = [ledger.catalogue.meter(UUID(tenant_id), code).spec for code, in codes]
-            by_signature[tenant_id] = {usage_hours.signature(meter): meter for meter in meters}
-        return by_signature[tenant_id].get(signature)
-
-    for key, detail in usage_hours.differences(ledger.database, meter_of):
+    meters = {(tenant_id, usage_hours.signature(spec)): spec for tenant_id, body in ledger.documents.each("meters")
+              for spec in (ledger.catalogue.meter(UUID(tenant_id), body["code"]).spec,)}
+    for key, detail in usage_hours.differences(ledger.database, lambda tenant_id, code: meters.get((tenant_id, code))):
         yield Difference("usage_hours", key, f"tally_usage_hours: {detail}")
 
 

@@ -69,7 +69,7 @@ def report(read: Read, customer: str, meter: MeterSpec, start: datetime, end: da
     if window is not None and (end_us - start_us) // WINDOW_US[window] >= MAX_BUCKETS:
         raise Invalid("window", f"more than {MAX_BUCKETS} buckets: choose a wider window or a shorter range")
     if segments is not None and meter.aggregation != "weighted_sum":
-        buckets, total = _merged(segments(start_us, end_us), meter, edges(start_us, end_us, window), group_by)
+        buckets, total = _from_hours(segments(start_us, end_us), meter, edges(start_us, end_us, window), group_by)
         return UsageReport(meter.code, customer, moment_of(start_us), moment_of(end_us), Amount(total), buckets)
     inside, before = read(start_us, end_us)
     inside = [r for r in inside if matches(meter, r)]
@@ -90,7 +90,7 @@ def report(read: Read, customer: str, meter: MeterSpec, start: datetime, end: da
     return UsageReport(meter.code, customer, moment_of(start_us), moment_of(end_us), Amount(total), buckets)
 
 
-def _merged(pieces: list[tuple[int, int, dict[tuple[str | None, ...], Running]]], meter: MeterSpec,
+def _from_hours(pieces: list[tuple[int, int, dict[tuple[str | None, ...], Running]]], meter: MeterSpec,
             bounds: list[int], group_by: tuple[str, ...]) -> tuple[list[Bucket], Decimal]:
     """The buckets and the total from the meter's states hour by hour (each bucket holds whole pieces)."""
     pick = [meter.group_by.index(name) for name in group_by]

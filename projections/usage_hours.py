@@ -29,10 +29,8 @@ from domain.meter import MeterSpec
 from domain.metering import Reading, Running, State, group_of, matches
 from projections.store import Cursor, Database, lock_position
 from projections.usage_log import UsageLog
-from projections.usage_readings import merged, position_name
+from projections.usage_readings import DAY, HOUR, merged, position_name
 
-HOUR = 3_600_000_000
-DAY = 24 * HOUR
 MAX_SEEN = 1_000  # an hour with more distinct values (unique_count) is not kept: read from its events
 KEEP_FROM = 1_000  # a read of fewer events keeps nothing (reading them again costs less than keeping them)
 Group = tuple[str | None, ...]
@@ -71,7 +69,7 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
     with database.transaction() as cursor:
         found = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (name,)).one()
         applied = int(found[0]) if found else 0
-        kept = _spans(cursor, key, meter, first, last)
+        kept = _spans(cursor, key, meter, code, first, last)
         rows = _rows(cursor, key, _gaps(start_us, end_us, kept))
     tail = log.tail(applied, tenant_id, (customer,), (meter.event_name,))
     touched = {entry.timestamp_us - entry.timestamp_us % HOUR for entry in tail}
@@ -162,12 +160,14 @@ def _keep(database: Database, name: str, applied: int, key: tuple[str, str, str]
             cursor.execute_many(KEEP, [(*key, start, code, end, _encode(kept).decode()) for start, end, kept in spans])
 
 
-def _spans(cursor: Cursor, key: tuple[str, str, str], meter: MeterSpec, first: int, last: int) -> dict[int, States]:
-    """The kept hours in [first, last), with their states (an hour with none: no events)."""
+def _spans(cursor: Cursor, key: tuple[str, str, str], meter: MeterSpec, code: str, first: int,
+           last: int) -> dict[int, States]:
+    """The meter's (its signature: `code`) kept hours in [first, last), with their states (an hour with
+    none: no events)."""
     hours: dict[int, States] = {}
     if first >= last:
         return hours
-    for start, end, body in cursor.execute(SPANS, (*key, first - DAY, last, signature(meter))).all():
+    for start, end, body in cursor.execute(SPANS, (*key, first - DAY, last, code)).all():
         held = dict(_kept.decode(body))
         for hour in range(max(start, first), min(end, last), HOUR):
             hours[hour] = {tuple(group): Running.of(meter, state) for group, state in held.get(hour, ())}

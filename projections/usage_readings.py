@@ -44,7 +44,7 @@ KEY = "tenant_id, customer, event_name, timestamp_us, position"
 DELETE = ("DELETE FROM tally_usage_readings WHERE tenant_id = ? AND customer = ? AND event_name = ? "
           "AND timestamp_us = ? AND event_id = ?")
 HOUR, DAY = 3_600_000_000, 86_400_000_000
-# the kept spans holding an hour (a span never crosses a day's end): tenant, customer, event name, hour x 3
+# the kept spans holding an hour (never across a day's end): tenant, customer, event name, hour - DAY, hour, hour
 UNKEEP = ("DELETE FROM tally_usage_hours WHERE tenant_id = ? AND customer = ? AND event_name = ? AND start_us > ? "
           "AND start_us <= ? AND end_us > ?")
 IN_PROCESS = "usage"  # the in-process runner's position; the Faust worker keeps one per partition
