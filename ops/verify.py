@@ -63,8 +63,8 @@ TABLES = (
     Table(audit.NAME, "tally_audit", ("tenant_id", "position"), (True, False), ("stream_id", "occurred_us"),
           "position"),
     Table(usage_readings.IN_PROCESS, "tally_usage_readings",
-          ("tenant_id", "customer", "event_name", "timestamp_us", "position"), (True, True, True, False, False),
-          ("event_id", "properties"), "position"),
+          ("tenant_id", "customer", "event_name", "hour_us", "position"), (True, True, True, False, False),
+          ("timestamp_us", "event_id", "properties"), "position"),
 )
 
 

@@ -29,7 +29,7 @@ from domain.meter import MeterSpec
 from domain.metering import Reading, Running, State, group_of, matches
 from projections.store import Cursor, Database, lock_position
 from projections.usage_log import UsageLog
-from projections.usage_readings import DAY, HOUR, merged, position_name
+from projections.usage_readings import DAY, HOUR, SPAN, merged, position_name, span
 
 MAX_SEEN = 1_000  # an hour with more distinct values (unique_count) is not kept: read from its events
 KEEP_FROM = 1_000  # a read of fewer events keeps nothing (reading them again costs less than keeping them)
@@ -46,7 +46,7 @@ SPANS = ("SELECT start_us, end_us, hours FROM tally_usage_hours WHERE tenant_id 
 KEEP = ("INSERT INTO tally_usage_hours (tenant_id, customer, event_name, start_us, meter, end_us, hours) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer, event_name, start_us, meter) DO NOTHING")
 READINGS = ("SELECT event_id, timestamp_us, position, properties FROM tally_usage_readings WHERE tenant_id = ? "
-            "AND customer = ? AND event_name = ? AND timestamp_us >= ? AND timestamp_us < ?")
+            f"AND customer = ? AND event_name = ? AND {SPAN}")
 
 
 def signature(meter: MeterSpec) -> str:
@@ -186,4 +186,4 @@ def _gaps(start_us: int, end_us: int, kept: Iterable[int]) -> list[tuple[int, in
 
 def _rows(cursor: Cursor, key: tuple[str, str, str], ranges: Sequence[tuple[int, int]]) -> list[tuple]:
     """The read model's rows in these ranges of time: (event id, time, position, properties)."""
-    return [row for low, high in ranges for row in cursor.execute(READINGS, (*key, low, high)).all()]
+    return [row for low, high in ranges for row in cursor.execute(READINGS, (*key, *span(low, high))).all()]

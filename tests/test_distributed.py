@@ -86,9 +86,8 @@ def tally(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
 
 def snapshot(database: Database) -> list[tuple]:
     with database.transaction() as cursor:
-        return cursor.execute("SELECT tenant_id, customer, event_name, timestamp_us, event_id, position, properties "
-                              "FROM tally_usage_readings ORDER BY tenant_id, customer, event_name, timestamp_us, "
-                              "event_id").all()
+        return cursor.execute(f"SELECT {usage_readings.COLUMNS} FROM tally_usage_readings "
+                              f"ORDER BY {usage_readings.KEY}").all()
 
 
 def replayed(usage: UsageLog) -> list[tuple]:
@@ -254,31 +253,46 @@ def test_a_dropped_read_model_rebuilt_by_replay_is_the_live_one(kind, tmp_path, 
         ledger.close()
 
 
-OLD_READINGS = usage_readings.SCHEMA[0].replace("timestamp_us, position))", "timestamp_us, event_id))")
+OLD_COLUMNS = "tenant_id, customer, event_name, timestamp_us, event_id, position, properties"
 
 
+def old_readings(key_end: str) -> str:
+    """The read model's table as it was before it was keyed by the hour (by the time, then `key_end`)."""
+    return ("CREATE TABLE IF NOT EXISTS tally_usage_readings (tenant_id TEXT NOT NULL, customer TEXT NOT NULL, "
+            "event_name TEXT NOT NULL, timestamp_us BIGINT NOT NULL, event_id TEXT NOT NULL, position BIGINT NOT NULL, "
+            f"properties TEXT NOT NULL, PRIMARY KEY (tenant_id, customer, event_name, timestamp_us, {key_end})) "
+            "WITHOUT ROWID")
+
+
+@pytest.mark.parametrize("key_end", ["event_id", "position"])
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_a_read_model_keyed_by_event_id_is_re_keyed_with_its_rows_and_positions(kind, tmp_path, request):
+def test_a_read_model_keyed_by_time_is_re_keyed_by_the_hour_with_its_rows_and_positions(kind, key_end, tmp_path,
+                                                                                          request):
     url = f"sqlite:///{tmp_path / 'views.sqlite'}" if kind == "sqlite" else request.getfixturevalue("postgres_database")
     database = Database(url)
     try:
-        # Given a read model from before its key ended with the log position: rows sharing a time, and its position
-        database.migrate([*store.SCHEMA, OLD_READINGS])
+        # Given a read model from before it was keyed by the hour: rows sharing a time, one before 1970, and its
+        # position
+        database.migrate([*store.SCHEMA, old_readings(key_end)])
         rows = [("t", "acme", "llm", 5, "b", 1, "{}"), ("t", "acme", "llm", 5, "a", 2, '{"n":1}'),
-                ("t", "zeta", "llm", 3, "c", 3, "{}")]
+                ("t", "zeta", "llm", -3_599_999_999, "c", 3, "{}"), ("t", "zeta", "llm", 7_200_000_000, "d", 4, "{}")]
         with database.transaction(write=True) as cursor:
-            cursor.execute_many(f"INSERT INTO tally_usage_readings ({usage_readings.COLUMNS}) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            cursor.execute_many(f"INSERT INTO tally_usage_readings ({OLD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             lock_position(cursor, usage_readings.IN_PROCESS)
-            save_position(cursor, usage_readings.IN_PROCESS, 3)
-        assert _key(database) == ["tenant_id", "customer", "event_name", "timestamp_us", "event_id"]
+            save_position(cursor, usage_readings.IN_PROCESS, 4)
+        assert _key(database) == ["tenant_id", "customer", "event_name", "timestamp_us", key_end]
         # When it is opened (twice: the second finds nothing to do)
         usage_readings.migrate(database)
         usage_readings.migrate(database)
-        # Then it is keyed by position after the time, with the same rows and position
-        assert _key(database) == ["tenant_id", "customer", "event_name", "timestamp_us", "position"]
-        assert sorted(map(tuple, snapshot(database))) == sorted(rows)
-        assert positions(database, [usage_readings.IN_PROCESS]) == [3]
+        # Then it is keyed by the hour (floored, as Python floors it), then the position, with the same rows and
+        # position
+        assert _key(database) == ["tenant_id", "customer", "event_name", "hour_us", "position"]
+        hour = usage_readings.HOUR
+        assert sorted(map(tuple, snapshot(database))) == sorted(
+            (t, c, n, at - at % hour, p, at, e, props) for t, c, n, at, e, p, props in rows)
+        assert [row[3] for row in sorted(map(tuple, snapshot(database)), key=lambda row: row[4])] == [
+            0, 0, -hour, 2 * hour]
+        assert positions(database, [usage_readings.IN_PROCESS]) == [4]
     finally:
         database.close()
 

@@ -1,7 +1,7 @@
 """Usage totals (issue 3, second part): the six aggregations, filters, group_by, hour/day buckets,
 half-open boundaries and late events — pure first, then over HTTP on both stores."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -9,6 +9,9 @@ from conftest import assert_problem, client, created
 
 from domain.meter import MeterSpec
 from domain.metering import Reading, aggregate
+from domain.usage import UsageEvent
+from projections import usage_readings
+from projections.usage_log import microseconds
 
 HOUR = 3_600_000_000
 
@@ -183,3 +186,32 @@ def test_groups_seen_only_before_the_range_do_not_show_in_a_sum(metered):
     body = usage(metered, group_by="model", **DAY).json()
     # Then only m1 has a bucket
     assert [(b["group"]["model"], b["value"]) for b in body["buckets"]] == [("m1", "4")]
+
+
+# --- the read model ---------------------------------------------------------------------------------
+
+def test_the_read_model_drops_voided_events_hour_by_hour_and_gives_the_newest_events_before_a_range(
+        ledger, monkeypatch):
+    # Given events over three hours, recorded out of time order within each hour, applied to the read model
+    monkeypatch.setattr(usage_readings, "BEFORE_LIMIT", 4)
+    monkeypatch.setattr(usage_readings, "VOIDS_A_STATEMENT", 2)
+    base, now = datetime(2026, 11, 1, tzinfo=UTC), datetime.now(UTC)
+    minutes = [50, 10, 40, 20, 30, 70, 65, 130, 125, 5, 15]  # event i's time; its log position follows i
+    ledger.usage.append("t", [UsageEvent(event_id=f"e{i}", customer="acme", event_name="llm.call",
+                                         timestamp=base + timedelta(minutes=m), properties={"n": i})
+                              for i, m in enumerate(minutes)], now)
+    ledger.usage_runner.catch_up()
+    # When four of the first hour's events and one of the third hour's are voided, and the voids applied
+    assert ledger.usage.void("t", "acme", ["e0", "e1", "e2", "e3", "e8"], "key_x", now) == (5, [])
+    ledger.usage_runner.catch_up()
+    # Then the read model holds the others, each under its hour
+    with ledger.database.transaction() as cursor:
+        rows = cursor.execute("SELECT event_id, hour_us FROM tally_usage_readings").all()
+    start = microseconds(base)
+    assert sorted(map(tuple, rows)) == [("e10", start), ("e4", start), ("e5", start + HOUR), ("e6", start + HOUR),
+                                        ("e7", start + 2 * HOUR), ("e9", start)]
+    # And the newest four before 02:10 are the newest by time (the read model keeps an hour's by position)
+    inside, before = usage_readings.fresh(ledger.database, ledger.usage, "t", "acme", ["llm.call"],
+                                          start + 130 * 60_000_000, start + 3 * HOUR, None)["llm.call"]
+    assert [r.event_id for r in inside] == ["e7"]
+    assert [r.event_id for r in before] == ["e5", "e6", "e4", "e10"]
