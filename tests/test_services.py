@@ -1,6 +1,7 @@
 """ops.services really starts, serves and stops PostgreSQL and Tansu."""
 
 import socket
+import threading
 from pathlib import Path
 
 import psycopg
@@ -58,3 +59,40 @@ def test_tansu_is_stopped_when_the_body_raises():
         with tansu() as address:
             raise RuntimeError("boom")
     assert not accepts_connections(address)
+
+
+def test_a_ledger_on_postgres_holds_a_connection_an_application_and_never_more_than_32(postgres_database):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api.ledger import Ledger
+    from domain.aggregate import Actor
+    from domain.tenant import TenantSettings
+
+    def held() -> int:
+        with psycopg.connect(postgres_database, autocommit=True) as connection:
+            return connection.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND pid <> pg_backend_pid()").fetchone()[0]
+
+    ledger = Ledger(postgres_database)
+    try:
+        # Given a ledger (six event-sourced applications and its read models), idle
+        idle = held()
+        # When 16 threads open tenants at once, and a thread counts the connections meanwhile
+        peak, done = [idle], threading.Event()
+
+        def count() -> None:
+            while not done.is_set():
+                peak.append(held())
+
+        counter = threading.Thread(target=count)
+        counter.start()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda n: ledger.command(ledger.tenants.open_tenant, Actor("test:setup"),
+                                                    TenantSettings(name=f"t{n}")), range(64)))
+        done.set()
+        counter.join()
+        # Then it held one connection an application and a few for its read models, and 32 at most under load
+        assert idle <= 16, idle
+        assert max(peak) <= 32, max(peak)
+    finally:
+        ledger.close()
