@@ -2,8 +2,10 @@
 
 - The billing clock closes periods, finalizes due drafts and records grants' expiries.
 - The debits charge wallets for the usage logged since their last pass.
+- The busy hours: the ended hours of customers with many events are kept for their meters, so their
+  reports and invoices need not read those events (projections/usage_hours.py).
 
-Embedded, `tally serve` runs both; distributed, `tally worker` does. However many processes run
+Embedded, `tally serve` runs them; distributed, `tally worker` does. However many processes run
 them, one at a time runs each job (a PostgreSQL advisory lock; on SQLite a lock file beside the
 store), and each is idempotent anyway: an invoice's id derives from its period, numbers are taken
 in the finalize's own save, and a debit records the usage position it covers.
@@ -19,6 +21,7 @@ from api.ledger import Ledger
 log = logging.getLogger("tally.clock")
 LOCK = "billing-clock"
 DEBITS_LOCK = "wallet-debits"
+HOURS_LOCK = "usage-hours"
 
 
 def utc_now() -> datetime:
@@ -70,6 +73,11 @@ class BillingClock(Periodic):
     def _pass(self) -> int:
         now = self.now()
         return self.ledger.close_periods(now) + self.ledger.expire_grants(now)
+
+
+def busy_hours(ledger: Ledger, interval: float) -> Periodic:
+    """The ended hours of busy customers kept for their meters (`Ledger.keep_busy_hours`)."""
+    return Periodic(ledger, HOURS_LOCK, interval, ledger.keep_busy_hours, "busy customers' hours kept")
 
 
 def debits(ledger: Ledger, interval: float) -> Periodic:

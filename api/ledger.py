@@ -231,6 +231,21 @@ class Ledger:
         return report(self._usage_reader(tenant, customer, meter), customer, meter, start, end, window, group_by,
                       self._hours(tenant, customer, meter))
 
+    def keep_busy_hours(self) -> int:
+        """Keep the ended hours of customers' busy hours for their meters, before any report reads
+        them (usage_hours.keep_busy): their reports and invoices then read the kept hours. How many
+        customers' event names were marked busy."""
+        specs: dict[tuple[str, str], list[MeterSpec]] = {}
+
+        def meters(tenant: str, event_name: str) -> list[MeterSpec]:
+            if not specs:  # read once a pass, when some hour is marked
+                for tenant_id, body in self.documents.each("meters"):
+                    spec = self._meter_spec(UUID(tenant_id), body["code"])
+                    specs.setdefault((tenant_id, spec.event_name), []).append(spec)
+            return specs.get((tenant, event_name), [])
+
+        return usage_hours.keep_busy(self.database, self.usage, meters, self._partition, microseconds(self.now()))
+
     def _hours(self, tenant: str, customer: str, meter: MeterSpec) -> Segments:
         """The meter's values hour by hour, from the hours kept (projections/usage_hours.py)."""
         now_us = microseconds(self.now())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from api.clock import BillingClock, debits
+from api.clock import BillingClock, Periodic, busy_hours, debits
 from api.ledger import Ledger
 from domain.aggregate import Actor
 from domain.api_key import ROLES, ApiKey
@@ -71,7 +71,7 @@ def serve(settings: config.Config) -> None:
               for n in range(1, settings.workers)]
     for process in others:
         process.start()
-    jobs = [BillingClock(ledger, settings.billing_interval_seconds), debits(ledger, settings.debit_interval_seconds)]
+    jobs = _jobs(ledger, settings)
     if not ledger.distributed:  # distributed, `tally worker` runs them
         for job in jobs:
             job.start()
@@ -114,6 +114,12 @@ def _serve_more(settings: config.Config) -> None:
         ledger.close()
 
 
+def _jobs(ledger: Ledger, settings: config.Config) -> list[Periodic]:
+    """Tally's own jobs (api/clock.py): the busy hours are kept as often as the billing clock runs."""
+    return [BillingClock(ledger, settings.billing_interval_seconds), debits(ledger, settings.debit_interval_seconds),
+            busy_hours(ledger, settings.billing_interval_seconds)]
+
+
 def _run_api(ledger: Ledger, listening: socket.socket, follow: bool) -> None:
     import uvicorn
 
@@ -146,8 +152,7 @@ def worker(settings: config.Config) -> None:
 
     bootstrap = _distributed(settings, "worker")
     ledger = Ledger(settings.database_url, distributed=True)
-    # one worker at a time runs each job
-    jobs = [BillingClock(ledger, settings.billing_interval_seconds), debits(ledger, settings.debit_interval_seconds)]
+    jobs = _jobs(ledger, settings)  # one worker at a time runs each
     for job in jobs:
         job.start()
     print(f"Tally worker: {bootstrap} -> {_safe(settings.database_url)}", flush=True)

@@ -10,8 +10,10 @@ their states, and the events only of the hours not kept: the range's partial fir
 the current hour, hours never read before.
 
 A kept hour is exactly its events as of the position the read model had applied when they were read:
-- the states are written only if that position has not moved since (the read model's position row
-  is locked for it, as the runners lock it to write), and
+- the states are written with the read model's position row locked (as the runners lock it to
+  write); if the read model has moved on since the read, the hours its writes touched meanwhile (the
+  customer's entries of that name applied since, read from the log) are not kept, the others are (so
+  steady ingest of other customers does not stop hours being kept), and
 - every write of the read model (an event put, or a void, by either driver) deletes the spans of
   the hours it touches, in its own transaction (`usage_readings.write`).
 The log's tail the read model has not applied yet counts on top, as everywhere (DESIGN.md
@@ -84,11 +86,32 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
     computed = _hourly(meter, rows, start_us, end_us)
     skip, ended = kept.keys() | touched, min(last, now_us // HOUR * HOUR)
     if read >= KEEP_FROM:
-        _keep(database, name, applied, key, code,
+        _keep(database, log, name, applied, key, code,
               [(hour, computed.get(hour, {})) for hour in range(first, ended, HOUR) if hour not in skip])
     bounds = [start_us, *(hour for hour in range(first, last + 1, HOUR) if start_us < hour < end_us), end_us]
     return [(low, high, kept[low] if low in kept else computed.get(low, {}))
             for low, high in zip(bounds, bounds[1:], strict=False)]
+
+
+def keep_busy(database: Database, log: UsageLog, meters: Callable[[str, str], Sequence[MeterSpec]],
+              partition_of: Callable[[str, str], int | None], now_us: int) -> int:
+    """Keep, without waiting for a report, the ended hours of each customer's events of a name marked
+    busy (usage_readings.BUSY events in an hour) for each meter of that name (`meters(tenant_id,
+    event_name)`; not a weighted_sum), from the start of the marked hour's day (a late event drops its
+    day's kept hours: they are kept again), then drop the marks. How many were marked."""
+    ended = now_us - now_us % HOUR
+    with database.transaction() as cursor:
+        marked = cursor.execute("SELECT tenant_id, customer, event_name, MIN(hour_us) FROM tally_usage_busy "
+                                "WHERE hour_us < ? GROUP BY tenant_id, customer, event_name", (ended,)).all()
+    for tenant_id, customer, name, first in marked:
+        for meter in meters(tenant_id, name):
+            if meter.aggregation != "weighted_sum":
+                segments(database, log, tenant_id, customer, meter, first - first % DAY, ended,
+                         partition_of(tenant_id, customer), now_us)
+        with database.transaction(write=True) as cursor:
+            cursor.execute("DELETE FROM tally_usage_busy WHERE tenant_id = ? AND customer = ? AND event_name = ? "
+                           "AND hour_us < ?", (tenant_id, customer, name, ended))
+    return len(marked)
 
 
 def kept_any(database: Database, tenant_id: str, customer: str, event_names: Sequence[str], start_us: int,
@@ -138,11 +161,27 @@ def differences(database: Database, meter_of: Callable[[str, str], MeterSpec | N
                            f"kept {kept.get(hour, {})} where the events give {computed.get(hour, {})}")
 
 
-def _keep(database: Database, name: str, applied: int, key: tuple[str, str, str], code: str,
+def _keep(database: Database, log: UsageLog, name: str, applied: int, key: tuple[str, str, str], code: str,
           hours: Sequence[tuple[int, States]]) -> None:
-    """Keep these whole hours' states, in spans of consecutive hours within a day, if the read model
-    is still at `applied` (what they were read at); an hour with too many distinct values is not kept."""
-    spans: list[list] = []  # [start, end, hours]
+    """Keep these whole hours' states, read as of the read model's position `applied`, in spans of
+    consecutive hours within a day; an hour with too many distinct values is not kept. The position's
+    row is locked (the read model's writers wait): if the read model has moved on since, the hours
+    its writes touched meanwhile (the key's entries applied since, from the log) are not kept; a
+    write after this one deletes the spans it touches."""
+    with database.transaction(write=True) as cursor:
+        now_at = lock_position(cursor, name)
+        if now_at != applied:
+            moved = {entry.timestamp_us - entry.timestamp_us % HOUR
+                     for entry in log.tail(applied, key[0], (key[1],), (key[2],)) if entry.position <= now_at}
+            hours = [(hour, states) for hour, states in hours if hour not in moved]
+        if spans := _as_spans(hours):
+            cursor.execute_many(KEEP, [(*key, start, code, end, _encode(kept).decode()) for start, end, kept in spans])
+
+
+def _as_spans(hours: Sequence[tuple[int, States]]) -> list[list]:
+    """Hours' states as spans of consecutive hours within a day: [start, end, [(hour, states), ...]]
+    (an hour with no events holds nothing; one with over MAX_SEEN distinct values breaks the span)."""
+    spans: list[list] = []
     for hour, states in hours:
         if any(len(running.seen) > MAX_SEEN for running in states.values()):
             continue
@@ -153,11 +192,7 @@ def _keep(database: Database, name: str, applied: int, key: tuple[str, str, str]
             spans.append([hour, hour + HOUR, []])
         if held:
             spans[-1][2].append((hour, held))
-    if not spans:
-        return
-    with database.transaction(write=True) as cursor:
-        if lock_position(cursor, name) == applied:  # else the hours may have changed since they were read
-            cursor.execute_many(KEEP, [(*key, start, code, end, _encode(kept).decode()) for start, end, kept in spans])
+    return spans
 
 
 def _spans(cursor: Cursor, key: tuple[str, str, str], meter: MeterSpec, code: str, first: int,

@@ -1,9 +1,9 @@
 """The usage read model: each customer's events by name and time, voids applied.
 
-One row per recorded event, keyed by `(tenant, customer, event name, time, log position)`; a void
-(which carries its event's name and time) deletes it. Rows are
-indexed by (customer, event name, time), which the log is not (the log keeps only what ingest needs,
-so ingest stays fast). Totals are computed from the rows by `domain.metering` when asked, so a meter
+One row per recorded event, keyed by `(tenant, customer, event name, hour of its time, log
+position)`; a void (which carries its event's name and time) deletes it. Rows are indexed by
+customer, event name and time, which the log is not (the log keeps only what ingest needs, so
+ingest stays fast). Totals are computed from the rows by `domain.metering` when asked, so a meter
 defined after its events counts them all, and a void is a plain delete.
 
 `reduce` is the pure part; both drivers (the in-process runner and the Faust worker) call `apply`,
@@ -15,6 +15,7 @@ The hot path reads the read model plus the log's tail after the position the mod
 
 import logging
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
@@ -41,6 +42,11 @@ SCHEMA = (
         tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_name TEXT NOT NULL, start_us BIGINT NOT NULL,
         meter TEXT NOT NULL, end_us BIGINT NOT NULL, hours TEXT NOT NULL,
         PRIMARY KEY (tenant_id, customer, event_name, start_us, meter)) WITHOUT ROWID""",
+    # the hours of a customer's events of a name that reached BUSY events: their meters' hours are kept
+    # without waiting for a report (usage_hours.keep_busy), then the mark goes
+    """CREATE TABLE IF NOT EXISTS tally_usage_busy (
+        tenant_id TEXT NOT NULL, customer TEXT NOT NULL, event_name TEXT NOT NULL, hour_us BIGINT NOT NULL,
+        PRIMARY KEY (tenant_id, customer, event_name, hour_us)) WITHOUT ROWID""",
 )
 COLUMNS = "tenant_id, customer, event_name, hour_us, position, timestamp_us, event_id, properties"
 KEY = "tenant_id, customer, event_name, hour_us, position"
@@ -53,6 +59,10 @@ DELETE = ("DELETE FROM tally_usage_readings WHERE tenant_id = ? AND customer = ?
           "AND (timestamp_us, event_id) IN (VALUES {})")
 VOIDS_A_STATEMENT = 500
 SPAN = "hour_us >= ? AND hour_us < ? AND timestamp_us >= ? AND timestamp_us < ?"  # rows of a time range: `span`
+BUSY = 1_000  # events in an hour (a customer's, of one name) from which the hour is marked busy
+BUSY_HOURS = 100_000  # hours a process counts at most (past it, it counts afresh)
+MARK = ("INSERT INTO tally_usage_busy (tenant_id, customer, event_name, hour_us) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING")
 # the kept spans holding an hour (never across a day's end): tenant, customer, event name, hour - DAY, hour, hour
 UNKEEP = ("DELETE FROM tally_usage_hours WHERE tenant_id = ? AND customer = ? AND event_name = ? AND start_us > ? "
           "AND start_us <= ? AND end_us > ?")
@@ -139,7 +149,10 @@ def write(cursor: Cursor, puts: dict[Key, Put], deletes: list[Key]) -> None:
     voided: dict[tuple[str, str, str, int], list[int | str]] = {}  # an hour's voided events: time, id, time, ...
     for tenant, customer, name, t, event_id in deletes:
         voided.setdefault((tenant, customer, name, t - t % HOUR), []).extend((t, event_id))
-    hours = {put[:4] for put in puts.values()} | voided.keys()
+    added = Counter(put[:4] for put in puts.values())
+    hours = added.keys() | voided.keys()
+    if busy := _busy.reached(added):
+        cursor.execute_many(MARK, busy)
     if hours:
         cursor.execute_many(UNKEEP, [(*key, hour - DAY, hour, hour) for *key, hour in sorted(hours)])
     for hour, pairs in voided.items():
@@ -148,6 +161,31 @@ def write(cursor: Cursor, puts: dict[Key, Put], deletes: list[Key]) -> None:
             cursor.execute(DELETE.format(", ".join(["(?, ?)"] * (len(some) // 2))), (*hour, *some))
     if puts:
         cursor.insert_new("tally_usage_readings", COLUMNS, KEY, list(puts.values()))
+
+
+class Busy:
+    """How many events this process's writes have put in each hour of a customer's events of a name;
+    an hour reaching BUSY is marked (in the write's transaction). Counted in memory: after a restart
+    (or past BUSY_HOURS hours) it counts afresh, so an hour may be marked late or not at all, and a
+    report still keeps the hours it reads."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str, int], int] = {}
+
+    def reached(self, added: Mapping[tuple[str, str, str, int], int]) -> list[tuple[str, str, str, int]]:
+        """Count these events by hour; the hours they take to BUSY."""
+        counts, reached = self.counts, []
+        if len(counts) > BUSY_HOURS:
+            counts.clear()
+        for hour, count in added.items():
+            before = counts.get(hour, 0)
+            counts[hour] = before + count
+            if before < BUSY <= before + count:
+                reached.append(hour)
+        return reached
+
+
+_busy = Busy()
 
 
 def apply_partition(cursor: Cursor, partition: int, messages: Sequence[Entry]) -> int:

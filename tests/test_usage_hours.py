@@ -162,30 +162,75 @@ def test_late_events_and_voids_in_kept_hours_count_applied_or_not(ledger, metere
     assert ledger.usage_report(metered, "acme", "tokens", *day, ()) == before
 
 
-def test_hours_read_before_the_read_model_moved_on_are_not_kept(ledger, metered, monkeypatch):
-    # Given a day of events, applied
+def kept_hours(ledger: Ledger, tenant: UUID, code: str) -> set[int]:
+    """The hours (microseconds) kept for the meter."""
+    signature = usage_hours.signature(ledger.catalogue.meter(tenant, code).spec)
+    with ledger.database.transaction() as cursor:
+        spans = cursor.execute("SELECT start_us, end_us FROM tally_usage_hours WHERE meter = ?", (signature,)).all()
+    return {hour for start, end in spans for hour in range(start, end, usage_hours.HOUR)}
+
+
+@pytest.mark.parametrize("customer", ["acme", "globex"])
+def test_hours_are_kept_but_those_the_read_model_changed_for_their_customer_after_they_were_read(
+        ledger, metered, monkeypatch, customer):
+    # Given a day of acme's events, applied
     append(ledger, metered, events(200, seed=5, days=1))
     ledger.usage_runner.catch_up()
     day = (DAY0, DAY0 + timedelta(days=1), None)
-    late = UsageEvent(event_id="race", customer="acme", event_name="llm", timestamp=DAY0 + timedelta(hours=3),
-                      properties={"tokens": 7, "model": "m1"})
+    # When a report of acme's day, once it has read its events and the tail, sees the runner apply an event of
+    # 03:00: acme's (late), or globex's (as under any steady ingest)
+    event = UsageEvent(event_id="race", customer=customer, event_name="llm", timestamp=DAY0 + timedelta(hours=3),
+                       properties={"tokens": 7, "model": "m1"})
     tail = ledger.usage.tail
 
-    def meanwhile(*args):  # the report has read its events and the tail; the runner applies a late event now
+    def meanwhile(*args):
         found = tail(*args)
-        append(ledger, metered, [late])
+        append(ledger, metered, [event])
         ledger.usage_runner.catch_up()
         return found
 
     monkeypatch.setattr(ledger.usage, "tail", meanwhile)
-    ledger.usage_report(metered, "acme", "tokens", *day, ())  # reads without the late event
+    ledger.usage_report(metered, "acme", "tokens", *day, ())  # reads without the event
     monkeypatch.setattr(ledger.usage, "tail", tail)
-    # When the day is read again
-    # Then the late event counts: what the first report read was not kept, the read model having moved on
-    assert kept(ledger) == 0
+    # Then every hour of the day is kept but acme's 03:00, and the day read again is what the events give
+    hour = microseconds(DAY0)
+    assert kept_hours(ledger, metered, "tokens") == {
+        hour + n * usage_hours.HOUR for n in range(24) if (n, customer) != (3, "acme")}
     assert ledger.usage_report(metered, "acme", "tokens", *day, ()) == \
         from_events(ledger, metered, "tokens", *day, ())
-    assert kept(ledger) > 0
+    assert len(kept_hours(ledger, metered, "tokens")) == 24
+
+
+def test_a_busy_customer_s_ended_hours_are_kept_for_its_meters_without_a_report(ledger, metered, monkeypatch):
+    # Given acme's 05:00 hour busy (60 events; busy from 50 here), a few more of its events that day, and
+    # globex's few, applied by the runner
+    monkeypatch.setattr(usage_readings, "BUSY", 50)
+    monkeypatch.setattr(usage_readings, "_busy", usage_readings.Busy())
+    busy = [UsageEvent(event_id=f"b{n}", customer="acme", event_name="llm",
+                       timestamp=DAY0 + timedelta(hours=5, seconds=50 * n),
+                       properties={"tokens": n, "model": f"m{n % 3}", "region": "eu", "user": f"u{n % 7}"})
+            for n in range(60)]
+    others = [UsageEvent(event_id=f"g{n}", customer="globex", event_name="llm", timestamp=DAY0 + timedelta(hours=n),
+                         properties={"tokens": 1}) for n in range(5)]
+    append(ledger, metered, busy + events(30, seed=8, days=1) + others)
+    ledger.usage_runner.catch_up()
+    ledger.runner.catch_up()  # the meters' documents, which the keeper reads
+    # When the keeper runs before 05:00 has ended (nothing), then after (acme's), then again (nothing left)
+    ledger.subscriptions.clock = lambda: DAY0 + timedelta(hours=5, minutes=30)
+    assert ledger.keep_busy_hours() == 0
+    ledger.subscriptions.clock = lambda: NOW
+    assert ledger.keep_busy_hours() == 1
+    assert ledger.keep_busy_hours() == 0
+    # Then acme's hours are kept for every meter (hour by hour, from the busy hour's day to the last hour ended),
+    # none of globex's, and each report from them is what the events give
+    with ledger.database.transaction() as cursor:
+        assert cursor.execute("SELECT DISTINCT customer FROM tally_usage_hours").all() == [("acme",)]
+    every = set(range(microseconds(DAY0), microseconds(NOW), usage_hours.HOUR))
+    day = (DAY0, DAY0 + timedelta(days=1), "hour")
+    for code in METERS:
+        assert kept_hours(ledger, metered, code) == every, code
+        assert encode(ledger.usage_report(metered, "acme", code, *day, ("model",) if code == "tokens" else ())) == \
+            encode(from_events(ledger, metered, code, *day, ("model",) if code == "tokens" else ())), code
 
 
 def test_the_worker_s_writes_drop_the_kept_hours_they_touch(ledger, metered):

@@ -191,6 +191,7 @@ class UsageRunner:
         with self.lock, self.database.transaction(write=True) as cursor:
             cursor.execute("DELETE FROM tally_usage_readings")
             cursor.execute("DELETE FROM tally_usage_hours")
+            cursor.execute("DELETE FROM tally_usage_busy")
             cursor.execute("DELETE FROM tally_positions WHERE name = ? OR name LIKE ?",
                            (usage_readings.IN_PROCESS, f"{usage_readings.IN_PROCESS}:%"))
 
