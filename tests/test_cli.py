@@ -13,13 +13,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import client
 
+from api.ledger import store_env
 from ops.services import free_port
+from projections.store import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 TALLY = ROOT / ".venv" / "bin" / "tally"
@@ -358,6 +361,37 @@ def test_serve_runs_the_billing_clock_on_its_own(database_url, tmp_path):
     # Then the clock has billed 2025 (advance and closing, finalized) and 2026 in advance, nobody asking
     assert sorted((i["kind"], i["period_start"][:4], i["status"]) for i in found) == [
         ("advance", "2025", "finalized"), ("advance", "2026", "finalized"), ("closing", "2025", "finalized")]
+
+
+def test_serve_keeps_a_busy_customer_s_ended_hours_on_its_own(database_url, tmp_path):
+    # Given a server whose jobs run every 0.2 s, a meter, and 1,200 events of acme's in an hour that has ended
+    env = tally_env(database_url, TALLY_API_KEY="hours-test-admin-key", TALLY_BILLING_INTERVAL_SECONDS="0.2")
+    hour = (datetime.now(UTC) - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+    events = [{"event_id": f"e{n}", "customer": "acme", "event_name": "llm",
+               "timestamp": f"{hour + timedelta(seconds=n):%FT%TZ}", "properties": {"tokens": 2}} for n in range(1_200)]
+    _, views_url, _ = store_env(database_url)
+    with serving(env, tmp_path) as server, httpx.Client(
+            base_url=server.base_url, headers={"Authorization": "Bearer hours-test-admin-key"}, timeout=10) as api:
+        assert api.post("/v1/meters", json={"code": "tokens", "name": "Tokens", "event_name": "llm",
+                                            "aggregation": "sum", "field": "tokens"}).status_code == 201
+        assert api.post("/v1/customers", json={"external_id": "acme", "name": "Acme", "currency": "USD"}).status_code \
+            == 201
+        assert api.post("/v1/events/batch", json={"events": events}).json()["accepted"] == 1_200
+        # When a moment passes, nobody reading a report
+        views, deadline, kept = Database(views_url), time.monotonic() + 15, []
+        try:
+            while time.monotonic() < deadline and not kept:
+                kept = views.query("SELECT customer, start_us, end_us FROM tally_usage_hours")
+                time.sleep(0.1)
+        finally:
+            views.close()
+        # Then acme's busy hour is kept (nobody else's), and reads what its events give
+        start_us = int(hour.timestamp()) * 10**6
+        assert {customer for customer, _, _ in kept} == {"acme"}
+        assert any(low <= start_us and start_us + 3_600 * 10**6 <= high for _, low, high in kept), kept
+        answer = api.get("/v1/customers/acme/usage", params={"meter_code": "tokens", "from": f"{hour:%FT%TZ}",
+                                                              "to": f"{hour + timedelta(hours=1):%FT%TZ}"})
+        assert answer.json()["total"] == "2400"
 
 
 def listeners(port: int) -> int:
