@@ -23,7 +23,10 @@ For each store it measures, in one run:
    (key) DO NOTHING` (either then inserts the rows whose key a different event holds, if any).
    rows/s = rows / seconds spent in those transactions (building the rows is not timed). The ratio
    printed is HTTP events/s over ceiling rows/s: group commit can take it above 1.0. The server is
-   stopped by then, so the two never compete.
+   stopped by then, so the two never compete. Beside it: the share of the SQLite ceiling's time its
+   CPU took, and what a 4 KiB write and an fsync cost on this disk. Group commit saves commits; when
+   fsync is cheap and the ceiling is all CPU, there is little for it to save, and HTTP, the decoding
+   and the usage read model share the same two cores.
 
 Bodies are pre-built when they fit in `--prebuild-mb` per sender; otherwise (e.g. `--events
 10000000`) each sender keeps one body template and joins fresh random ids into it for each batch
@@ -516,6 +519,7 @@ def count_usage(database_url: str) -> int:
 class Ceiling:
     rows: int
     seconds: float  # inside the transactions only (building the rows is not timed)
+    cpu_seconds: float | None = None  # this process's CPU in them (SQLite, in process; None: PostgreSQL's server)
 
     @property
     def per_second(self) -> float:
@@ -543,16 +547,32 @@ def ceiling_sqlite(path: Path, shape: Shape, batches: int) -> Ceiling:
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA cache_size = -{WRITER_CACHE_MIB * 1024}")  # as the log's writer has
         connection.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
-        inserted, seconds, cursor = 0, 0.0, Cursor(connection.cursor(), postgres=False)
+        inserted, seconds, cpu, cursor = 0, 0.0, 0.0, Cursor(connection.cursor(), postgres=False)
         for batch in range(batches):
             rows = shape.rows(TENANT, batch, time.time_ns() // 1000)
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             connection.execute("BEGIN IMMEDIATE")
             inserted += insert_keyed(cursor, [rows])[0][0]  # the log's own insert: two events may share a key
             connection.execute("COMMIT")
-            seconds += time.perf_counter() - began
+            seconds, cpu = seconds + time.perf_counter() - began, cpu + time.process_time() - began_cpu
     assert inserted == batches * shape.batch_size, (inserted, batches * shape.batch_size)
-    return Ceiling(inserted, seconds)
+    return Ceiling(inserted, seconds, cpu)
+
+
+def fsync_ms(folder: Path, times: int = 200) -> float:
+    """The disk's price of a durable commit's last step: a 4 KiB write and an fsync, the median of `times`."""
+    path, spent = folder / "fsync.probe", []
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        for n in range(times):
+            began = time.perf_counter()
+            os.pwrite(descriptor, b"\0" * 4096, n * 4096)
+            os.fsync(descriptor)
+            spent.append((time.perf_counter() - began) * 1000)
+    finally:
+        os.close(descriptor)
+        path.unlink()
+    return statistics.median(spent)
 
 
 def ceiling_postgres(cluster_url: str, shape: Shape, batches: int) -> Ceiling:
@@ -593,6 +613,7 @@ class Result:
     counted: int | None  # the count meter's totals over the API (None: skipped, too many events)
     server_rss_before_kb: int
     server_peak_rss_kb: int
+    fsync_ms: float  # the disk's: a 4 KiB write and an fsync, in the run's folder
 
     @property
     def ratio(self) -> float:
@@ -624,7 +645,8 @@ def bench(store: str, args: argparse.Namespace) -> Result:
         log(f"{store}: {sent.per_second:,.0f} events/s over HTTP; measuring the raw ceiling")
         ceiling = (ceiling_postgres(url, shape, batches) if store == "postgres"
                    else ceiling_sqlite(folder / "ceiling.sqlite", shape, batches))
-        return Result(store, durability(store, url), sent, ceiling, expected, recorded, counted, rss_before, peak)
+        return Result(store, durability(store, url), sent, ceiling, expected, recorded, counted, rss_before, peak,
+                      fsync_ms(folder))
 
 
 # --- output ----------------------------------------------------------------------------------------------------
@@ -642,14 +664,16 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
              f"processes x {args.inflight} in flight, {args.customers} customers, {args.ids} event ids, "
              f"{args.times} times; {os.cpu_count()} CPUs")
     speed = (f"{'store':<9} {'events/s':>9} {'target':>8} {'seconds':>8} {'p50 ms':>7} {'p99 ms':>7} "
-             f"{'ceiling rows/s':>14} {'ratio':>6} {'target':>6}  durability (both)")
+             f"{'ceiling rows/s':>14} {'its CPU':>7} {'fsync ms':>8} {'ratio':>6} {'target':>6}  durability (both)")
     checks = (f"{'store':<9} {'sent':>11} {'in log':>11} {'meter':>11} {'server RSS MiB before/peak':>27} "
               f"{'sender peak MiB':>15} {'CPU cores: server':>17} {'senders':>7}")
     bench_rss = mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     notes = (f"bench process peak RSS: {bench_rss} MiB. 'sent' includes one warm-up batch (not timed); 'in log' is "
              "COUNT(*) of tally_usage; 'meter' is the count meter's totals over GET .../usage.\n"
              "ceiling: the same rows and batches, one transaction each, one connection, straight into the store; "
-             "ratio = HTTP events/s / ceiling rows/s.\n"
+             "ratio = HTTP events/s / ceiling rows/s. its CPU: the ceiling's CPU seconds / its seconds in the "
+             "transactions (SQLite, in this process): near 1.00, it is bound by the insert's CPU, not by the disk, and "
+             "group commit saves little of it. fsync ms: a 4 KiB write and an fsync on this disk, median of 200.\n"
              "CPU cores: CPU seconds used during the timed run / its wall seconds (server: its process and its "
              "child processes; senders: all).")
     lines = [title, "", speed, *map(speed_row, results), "", checks, *map(check_row, results), "", notes]
@@ -661,8 +685,12 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
 
 def speed_row(r: Result) -> str:
     return (f"{r.store:<9} {r.http.per_second:>9,.0f} {TARGETS[r.store]:>8,} {r.http.seconds:>8.2f} "
-            f"{r.http.p50_ms:>7.1f} {r.http.p99_ms:>7.1f} {r.ceiling.per_second:>14,.0f} {r.ratio:>6.2f} "
-            f"{TARGET_RATIO:>6.1f}  {r.durability}")
+            f"{r.http.p50_ms:>7.1f} {r.http.p99_ms:>7.1f} {r.ceiling.per_second:>14,.0f} {_share(r.ceiling):>7} "
+            f"{r.fsync_ms:>8.2f} {r.ratio:>6.2f} {TARGET_RATIO:>6.1f}  {r.durability}")
+
+
+def _share(ceiling: Ceiling) -> str:
+    return "—" if ceiling.cpu_seconds is None else f"{ceiling.cpu_seconds / ceiling.seconds:.2f}"
 
 
 def check_row(r: Result) -> str:
