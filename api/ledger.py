@@ -128,8 +128,8 @@ def store_env(database_url: str) -> tuple[dict[str, str], str, str]:
             "POSTGRES_USER": unquote(parts.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             # six applications, a pool each: 1 connection held, 4 at most (their appends lock the table, so
-            # more would wait anyway). With eventsourcing's 5 + 10 a process held 37 idle (PostgreSQL's default
-            # max_connections is 100: a compose file's serve, worker and relay under load refused connections)
+            # more would wait anyway). With 4 + 10 a process held 32-37 idle: a serve, a relay and a worker
+            # passed PostgreSQL's default max_connections of 100, which then refused connections
             "POSTGRES_POOL_SIZE": "1",
             "POSTGRES_MAX_OVERFLOW": "3",
             "POSTGRES_LOCK_TIMEOUT": "10",
@@ -235,10 +235,12 @@ class Ledger:
         """Keep the ended hours of customers' busy hours for their meters, before any report reads
         them (usage_hours.keep_busy): their reports and invoices then read the kept hours. How many
         customers' event names were marked busy."""
-        specs: dict[tuple[str, str], list[MeterSpec]] = {}
+        specs: dict[tuple[str, str], list[MeterSpec]] | None = None
 
         def meters(tenant: str, event_name: str) -> list[MeterSpec]:
-            if not specs:  # read once a pass, when some hour is marked
+            nonlocal specs
+            if specs is None:  # read once a pass, when some hour is marked
+                specs = {}
                 for tenant_id, body in self.documents.each("meters"):
                     spec = self._meter_spec(UUID(tenant_id), body["code"])
                     specs.setdefault((tenant_id, spec.event_name), []).append(spec)
