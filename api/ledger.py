@@ -36,7 +36,7 @@ from domain.errors import Conflict, Invalid, NotFound
 from domain.feature import Feature, FeatureSpec
 from domain.invoicing import ChangedMeanwhile, Invoicing, topup_content, topup_invoice
 from domain.meter import MeterSpec
-from domain.metering import Reading, transactions_of
+from domain.metering import Reading, Running, transactions_of
 from domain.money import Amount
 from domain.periods import Period
 from domain.plan_version import PlanVersionSpec
@@ -932,11 +932,12 @@ class Ledger:
         return report(self._usage_reader(tenant, customer, meter), customer, meter, start,
                       resets_at or now + timedelta(days=1), None, ()).total
 
-    def _window_readings(self, tenant: str, customer: str, meter: MeterSpec, start_us: int,
-                         end_us: int) -> list[Reading]:
-        """The counters' source: every acknowledged reading of the meter's event name in the window."""
-        return self._windows_readings(tenant, [customer], [meter.event_name], start_us, end_us)[customer][
-            meter.event_name]
+    def _window_readings(self, tenant: str, customer: str, meter: MeterSpec, start_us: int, end_us: int,
+                         seen: int) -> tuple[Running, list[Reading]]:
+        """The counters' source: the window's kept hours holding entries up to position `seen` only, and
+        every acknowledged reading of the rest (usage_hours.window)."""
+        return usage_hours.window(self.database, self.usage, tenant, customer, meter, start_us, end_us,
+                                  self._partition(tenant, customer), seen)
 
     def _paid_for(self, tenant_id: UUID, customer: str, feature_code: str, now: datetime) -> bool:
         """Whether a wallet that pays for the feature has credits left beyond its overdraft, its usage

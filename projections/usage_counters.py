@@ -2,9 +2,10 @@
 and brought up to date from the usage log at every read: a check reads where the log ends (from
 shared memory on the embedded store, projections/board.py) and, only when it moved, its own entries.
 
-A counter starts from the customer's readings (the read model plus the log's tail: `fresh`) up to
-the position its customer's entries are counted to, then adds each later log entry of its customer,
-event name and window. So it counts every event acknowledged before the read (DESIGN.md
+A counter starts from the customer's readings (the read model plus the log's tail) up to the
+position its customer's entries are counted to, and from the kept hours holding only entries up to
+there (projections/usage_hours.py `window`), then adds each later log entry of its customer, event
+name and window. So it counts every event acknowledged before the read (DESIGN.md
 "Freshness"), once: the log holds each event once, in position order (PostgreSQL makes positions
 visible in order). A void of a watched customer drops its counters, which are then counted afresh.
 A weighted_sum is never kept running (its value needs every reading's neighbours).
@@ -44,7 +45,9 @@ SCAN_LIMIT = 5_000
 FOLLOW_LIMIT = 20_000  # entries read per catch-up; a log further ahead drops the counters instead
 WATCH_LIMIT = 100_000  # customers with counters in one process
 Window = tuple[str, int, int]  # meter code, start and end of the window (µs)
-ReadingsOf = Callable[[str, str, MeterSpec, int, int], list[Reading]]  # tenant, customer, meter, start, end
+# tenant, customer, meter, start, end, seen -> what a window begins from: a state of entries up to `seen`, and
+# readings (those up to `seen` count)
+ReadingsOf = Callable[[str, str, MeterSpec, int, int, int], tuple[Running, list[Reading]]]
 # tenant, customers, event names, start, end -> each customer's readings by event name
 ReadingsOfMany = Callable[[str, list[str], list[str], int, int], Mapping[str, Mapping[str, Iterable[Reading]]]]
 OWN = "position, event_name, timestamp_us, event_id, properties, kind"  # a check's own entries
@@ -93,11 +96,12 @@ class _Watched:
 
 
 def _begin(watched: _Watched, meter: MeterSpec, start_us: int, end_us: int, readings: Iterable[Reading],
-           upto: int) -> tuple[MeterSpec, Running]:
-    """A counter of the meter's window from its readings up to position `upto`: every entry of the
-    customer the other counters have counted or been given (read after them: they hold every one up to
-    there); the later ones come as they are followed. Kept; the meter's past windows go."""
-    running = Running(meter)
+           upto: int, base: Running | None = None) -> tuple[MeterSpec, Running]:
+    """A counter of the meter's window from its readings up to position `upto` (on top of `base`, a state
+    of entries up to there): every entry of the customer the other counters have counted or been given
+    (read after them: they hold every one up to there); the later ones come as they are followed.
+    Kept; the meter's past windows go."""
+    running = base or Running(meter)
     for reading in readings:
         if reading.position <= upto and matches(meter, reading):
             running.add(reading)
@@ -109,8 +113,10 @@ def _begin(watched: _Watched, meter: MeterSpec, start_us: int, end_us: int, read
 
 class UsageCounters:
     def __init__(self, log: UsageLog, readings_of: ReadingsOf) -> None:
-        """`readings_of(tenant, customer, meter, start_us, end_us)`: the customer's readings of the
-        meter's event name in the window, every acknowledged one (the read model and the log's tail)."""
+        """`readings_of(tenant, customer, meter, start_us, end_us, seen)`: what the customer's window of
+        the meter begins from when its entries are counted up to position `seen`: a state of entries up
+        to `seen` (kept hours), and the readings of the rest of the window, every acknowledged one (the
+        read model and the log's tail)."""
         self.log, self.readings_of = log, readings_of
         self._lock = threading.Lock()
         self._ring = Reader(log.recent) if log.recent is not None else None
@@ -144,27 +150,30 @@ class UsageCounters:
             seen = max(watched.through, self._position)  # its entries counted or followed, up to here
         if QUICK.get():
             raise Slow(f"{customer}: the counter of {meter.code} from {start_us} begins from its readings")
-        readings = self.readings_of(tenant, customer, meter, start_us, end_us)
+        base, readings = self.readings_of(tenant, customer, meter, start_us, end_us, seen)
         with self._lock:
             if self._watched.get((tenant, customer)) is watched:  # else dropped meanwhile: counted afresh below
                 if (found := watched.counters.get(window)) is None:
-                    found = self._begin_after_read(tenant, customer, watched, meter, (start_us, end_us), readings, seen)
+                    found = self._begin_after_read(tenant, customer, watched, meter, (start_us, end_us),
+                                                   (base, readings), seen)
                 if found is not None:
                     return found[1].value
             watched = self._watch(tenant, customer, last)  # rare (a void, the counters dropped): under the lock
-            found = watched.counters.get(window) or _begin(watched, meter, start_us, end_us, self.readings_of(
-                tenant, customer, meter, start_us, end_us), max(watched.through, self._position))
+            if (found := watched.counters.get(window)) is None:
+                upto = max(watched.through, self._position)
+                base, readings = self.readings_of(tenant, customer, meter, start_us, end_us, upto)
+                found = _begin(watched, meter, start_us, end_us, readings, upto, base)
             return found[1].value
 
     def _begin_after_read(self, tenant: str, customer: str, watched: _Watched, meter: MeterSpec,
-                          window: tuple[int, int], readings: Iterable[Reading],
+                          window: tuple[int, int], read: tuple[Running, list[Reading]],
                           seen: int) -> tuple[MeterSpec, Running] | None:
-        """Begin a window from readings read (without the lock) after its customer's entries were counted
-        up to `seen`: those up to `seen`, then the customer's entries followed since, from the log (the
-        lock held). None if one of those is a void (its counters are counted afresh)."""
-        (start_us, end_us), upto = window, max(watched.through, self._position)
+        """Begin a window from what was read (without the lock) after its customer's entries were counted
+        up to `seen`: a state and the readings up to `seen`, then the customer's entries followed since,
+        from the log (the lock held). None if one of those is a void (its counters are counted afresh)."""
+        (start_us, end_us), upto, (base, readings) = window, max(watched.through, self._position), read
         if watched.stamp <= seen:  # none of its entries followed during the read
-            return _begin(watched, meter, start_us, end_us, readings, seen)
+            return _begin(watched, meter, start_us, end_us, readings, seen, base)
         since = []
         for position, name, timestamp_us, event_id, properties, kind in self.log.database.query_rows(
                 OWN, self._own, (seen, upto, tenant, customer)):
@@ -172,7 +181,8 @@ class UsageCounters:
                 return None
             if name == meter.event_name and start_us <= timestamp_us < end_us:
                 since.append(Reading(timestamp_us, position, _properties.decode(properties), event_id))
-        return _begin(watched, meter, start_us, end_us, [*(r for r in readings if r.position <= seen), *since], upto)
+        return _begin(watched, meter, start_us, end_us, [*(r for r in readings if r.position <= seen), *since], upto,
+                      base)
 
     def prime(self, tenant: str, wanted: Mapping[str, Collection[tuple[MeterSpec, int, int]]],
               read: ReadingsOfMany, at_least: int = 0) -> int:

@@ -93,6 +93,38 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
             for low, high in zip(bounds, bounds[1:], strict=False)]
 
 
+def window(database: Database, log: UsageLog, tenant_id: str, customer: str, meter: MeterSpec, start_us: int,
+           end_us: int, partition: int | None, seen: int) -> tuple[Running, list[Reading]]:
+    """What an entitlement counter of [start_us, end_us) begins from, counting the customer's entries up
+    to position `seen` (projections/usage_counters.py): the meter's state of the kept hours that hold
+    only entries up to `seen`, groups merged; and the readings of the rest (the read model and the
+    log's tail, every position: the counter takes those up to `seen`). A kept hour that still exists
+    holds its hours' applied entries (a later write would have deleted it); those an entry of the
+    customer's event name after `seen` touches (applied or not) are read from their events instead."""
+    key = (tenant_id, customer, meter.event_name)
+    first, last = -(-start_us // HOUR) * HOUR, end_us // HOUR * HOUR
+    with database.transaction() as cursor:
+        found = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (position_name(partition),)).one()
+        applied = int(found[0]) if found else 0
+        kept = _spans(cursor, key, meter, signature(meter), first, last)
+        rows = _rows(cursor, key, _gaps(start_us, end_us, kept))
+    tail = log.tail(min(applied, seen), tenant_id, (customer,), (meter.event_name,))
+    if touched := {entry.timestamp_us - entry.timestamp_us % HOUR for entry in tail} & kept.keys():
+        with database.transaction() as cursor:
+            rows += _rows(cursor, key, [(hour, hour + HOUR) for hour in touched])
+    if tail:  # the rows hold the tail's entries up to `applied`
+        found_rows = merged({(customer, meter.event_name, event_id): rest for event_id, *rest in rows},
+                            [entry for entry in tail if entry.position > applied])
+        rows = [(event_id, *rest) for (_, _, event_id), rest in found_rows.items()]
+    base = Running(meter)
+    for hour, states in kept.items():
+        if hour not in touched:
+            for running in states.values():
+                base.merge(running)
+    return base, sorted((Reading(t, p, _properties.decode(properties), event_id)
+                         for event_id, t, p, properties in rows if start_us <= t < end_us), key=lambda r: r.position)
+
+
 def keep_busy(database: Database, log: UsageLog, meters: Callable[[str, str], Sequence[MeterSpec]],
               partition_of: Callable[[str, str], int | None], now_us: int) -> int:
     """Keep, without waiting for a report, the ended hours of each customer's events of a name marked

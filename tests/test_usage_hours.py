@@ -23,6 +23,7 @@ from domain.tenant import TenantSettings
 from domain.usage import UsageEvent
 from projections import usage_hours, usage_readings
 from projections.usage import report
+from projections.usage_counters import UsageCounters
 from projections.usage_log import Entry, microseconds
 
 SETUP = Actor("test:setup")
@@ -372,3 +373,50 @@ def test_an_invoice_takes_its_quantities_from_kept_hours_and_bills_what_the_even
     quantities = {(line.meter_code, str(line.quantity)) for line in recorded.lines if line.meter_code}
     assert {("calls", str(from_events(ledger, metered, "calls", *month).total)),
             ("tokens", str(from_events(ledger, metered, "tokens", *month).total))} < quantities  # and the percentage
+
+
+@pytest.mark.parametrize("code", list(METERS))
+def test_an_entitlement_counter_begins_from_kept_hours_and_counts_what_the_events_give(ledger, metered, monkeypatch,
+                                                                                        code):
+    # Given three days of events, applied, their hours kept by a report
+    append(ledger, metered, events(300, seed=21))
+    ledger.usage_runner.catch_up()
+    ledger.usage_report(metered, "acme", code, DAY0, DAY0 + timedelta(days=3), None, ())
+    assert kept_hours(ledger, metered, code)
+    # When a counter of an odd window begins (a check after a restart), its reads of events noted
+    start, end = DAY0 + timedelta(minutes=17), DAY0 + timedelta(days=2, hours=5, minutes=3)
+    read, rows = [], usage_hours._rows
+    monkeypatch.setattr(usage_hours, "_rows", lambda cursor, key, ranges: read.extend(ranges) or rows(cursor, key,
+                                                                                                        ranges))
+    meter = ledger.catalogue.meter(metered, code).spec
+    used = ledger.counters.used(str(metered), "acme", meter, microseconds(start), microseconds(end))
+    # Then it counts what the events give, having read the events of the window's partial hours only
+    assert used == from_events(ledger, metered, code, start, end, None, ()).total
+    assert sum(high - low for low, high in read) < 2 * usage_hours.HOUR
+
+
+@pytest.mark.parametrize("code", ["calls", "tokens"])
+def test_a_counter_counting_from_an_earlier_position_reads_a_kept_hour_holding_a_later_entry_from_its_events(
+        ledger, metered, code):
+    # Given a day of events, applied; then a late event of 03:00 applied, and the day's hours kept after it
+    append(ledger, metered, events(200, seed=22, days=1))
+    ledger.usage_runner.catch_up()
+    day = (DAY0, DAY0 + timedelta(days=1))
+    before = from_events(ledger, metered, code, *day, None, ()).total
+    earlier = ledger.usage.last_position()
+    append(ledger, metered, [UsageEvent(event_id="late", customer="acme", event_name="llm",
+                                        timestamp=DAY0 + timedelta(hours=3), properties={"tokens": 7, "model": "m1"})])
+    ledger.usage_runner.catch_up()
+    ledger.usage_report(metered, "acme", code, *day, None, ())
+    assert microseconds(DAY0 + timedelta(hours=3)) in kept_hours(ledger, metered, code)
+    # When a counter of the day begins counting the customer's entries up to the position before the late one
+    # (another process's counters, behind), then catches up
+    counters = UsageCounters(ledger.usage, ledger._window_readings)
+    counters._position = earlier
+    meter, window = ledger.catalogue.meter(metered, code).spec, (microseconds(day[0]), microseconds(day[1]))
+    first = counters.used(str(metered), "acme", meter, *window, last=earlier)
+    # Then it counted the day as of that position (03:00 from its events, not from its kept state), and the late
+    # event once when it came to it
+    assert first == before
+    assert counters.used(str(metered), "acme", meter, *window) == from_events(ledger, metered, code, *day, None,
+                                                                                ()).total
