@@ -241,12 +241,16 @@ class Ledger:
             nonlocal specs
             if specs is None:  # read once a pass, when some hour is marked
                 specs = {}
-                for tenant_id, body in self.documents.each("meters"):
-                    spec = self._meter_spec(UUID(tenant_id), body["code"])
+                for tenant_id, spec in self.meters():
                     specs.setdefault((tenant_id, spec.event_name), []).append(spec)
             return specs.get((tenant, event_name), [])
 
         return usage_hours.keep_busy(self.database, self.usage, meters, self._partition, microseconds(self.now()))
+
+    def meters(self) -> Iterator[tuple[str, MeterSpec]]:
+        """Every tenant's meters: (tenant id, definition)."""
+        for tenant_id, body in self.documents.each("meters"):
+            yield tenant_id, self._meter_spec(UUID(tenant_id), body["code"])
 
     def _hours(self, tenant: str, customer: str, meter: MeterSpec) -> Segments:
         """The meter's values hour by hour, from the hours kept (projections/usage_hours.py)."""
@@ -259,7 +263,7 @@ class Ledger:
         if as_of is not None:
             return lambda start_us, end_us: usage_readings.as_of(
                 self.usage, tenant, customer, meter.event_name, start_us, end_us, microseconds(as_of))
-        partition = usage_readings.partition_of(tenant, customer) if self.distributed else None
+        partition = self._partition(tenant, customer)
         levels = meter.aggregation == "weighted_sum"  # only a level held from before the range needs earlier rows
         return lambda start_us, end_us: usage_readings.fresh(
             self.database, self.usage, tenant, customer, (meter.event_name,), start_us, end_us, partition,

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import msgspec
 from eventsourcing.utils import get_topic
@@ -168,8 +167,7 @@ def _key(table: Table, row: Any) -> str:
 
 def _kept_hours(ledger: Ledger) -> Iterator[Difference]:
     """Each hour usage reports keep against the read model's events in it (checked against the logs above)."""
-    meters = {(tenant_id, usage_hours.signature(spec)): spec for tenant_id, body in ledger.documents.each("meters")
-              for spec in (ledger.catalogue.meter(UUID(tenant_id), body["code"]).spec,)}
+    meters = {(tenant_id, usage_hours.signature(spec)): spec for tenant_id, spec in ledger.meters()}
     for key, detail in usage_hours.differences(ledger.database, lambda tenant_id, code: meters.get((tenant_id, code))):
         yield Difference("usage_hours", key, f"tally_usage_hours: {detail}")
 

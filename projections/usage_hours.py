@@ -65,24 +65,9 @@ def segments(database: Database, log: UsageLog, tenant_id: str, customer: str, m
     Whole hours ended by `now_us` that were read from their events are kept for the next report, when
     it read KEEP_FROM events or more."""
     assert meter.aggregation != "weighted_sum", "a weighted_sum needs the level held across hours"
-    key = (tenant_id, customer, meter.event_name)
+    key, name, code = (tenant_id, customer, meter.event_name), position_name(partition), signature(meter)
+    applied, kept, rows, read, touched = _read(database, log, key, meter, code, name, start_us, end_us)
     first, last = -(-start_us // HOUR) * HOUR, end_us // HOUR * HOUR  # the whole hours: [first, last)
-    name, code = position_name(partition), signature(meter)
-    with database.transaction() as cursor:
-        found = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (name,)).one()
-        applied = int(found[0]) if found else 0
-        kept = _spans(cursor, key, meter, code, first, last)
-        rows = _rows(cursor, key, _gaps(start_us, end_us, kept))
-    tail = log.tail(applied, tenant_id, (customer,), (meter.event_name,))
-    touched = {entry.timestamp_us - entry.timestamp_us % HOUR for entry in tail}
-    if touched & kept.keys():  # late events in kept hours, not applied yet: those hours from their events
-        with database.transaction() as cursor:
-            rows += _rows(cursor, key, [(hour, hour + HOUR) for hour in touched & kept.keys()])
-        kept = {hour: states for hour, states in kept.items() if hour not in touched}
-    read = len(rows)
-    if tail:  # the rows may hold some of the tail's events (read after the read model applied them)
-        found = merged({(customer, meter.event_name, event_id): rest for event_id, *rest in rows}, tail)
-        rows = [(event_id, *rest) for (_, _, event_id), rest in found.items()]
     computed = _hourly(meter, rows, start_us, end_us)
     skip, ended = kept.keys() | touched, min(last, now_us // HOUR * HOUR)
     if read >= KEEP_FROM:
@@ -101,28 +86,41 @@ def window(database: Database, log: UsageLog, tenant_id: str, customer: str, met
     log's tail, every position: the counter takes those up to `seen`). A kept hour that still exists
     holds its hours' applied entries (a later write would have deleted it); those an entry of the
     customer's event name after `seen` touches (applied or not) are read from their events instead."""
-    key = (tenant_id, customer, meter.event_name)
-    first, last = -(-start_us // HOUR) * HOUR, end_us // HOUR * HOUR
-    with database.transaction() as cursor:
-        found = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (position_name(partition),)).one()
-        applied = int(found[0]) if found else 0
-        kept = _spans(cursor, key, meter, signature(meter), first, last)
-        rows = _rows(cursor, key, _gaps(start_us, end_us, kept))
-    tail = log.tail(min(applied, seen), tenant_id, (customer,), (meter.event_name,))
-    if touched := {entry.timestamp_us - entry.timestamp_us % HOUR for entry in tail} & kept.keys():
-        with database.transaction() as cursor:
-            rows += _rows(cursor, key, [(hour, hour + HOUR) for hour in touched])
-    if tail:  # the rows hold the tail's entries up to `applied`
-        found_rows = merged({(customer, meter.event_name, event_id): rest for event_id, *rest in rows},
-                            [entry for entry in tail if entry.position > applied])
-        rows = [(event_id, *rest) for (_, _, event_id), rest in found_rows.items()]
+    _, kept, rows, _, _ = _read(database, log, (tenant_id, customer, meter.event_name), meter, signature(meter),
+                                position_name(partition), start_us, end_us, seen)
     base = Running(meter)
-    for hour, states in kept.items():
-        if hour not in touched:
-            for running in states.values():
-                base.merge(running)
+    for states in kept.values():
+        for running in states.values():
+            base.merge(running)
     return base, sorted((Reading(t, p, _properties.decode(properties), event_id)
                          for event_id, t, p, properties in rows if start_us <= t < end_us), key=lambda r: r.position)
+
+
+def _read(database: Database, log: UsageLog, key: tuple[str, str, str], meter: MeterSpec, code: str, name: str,
+          start_us: int, end_us: int, after: int | None = None) -> tuple[int, dict[int, States], list[tuple], int,
+                                                                          set[int]]:
+    """What [start_us, end_us) holds: the read model's position (`name`'s), the meter's kept whole hours
+    that no entry of the log's tail after `after` (default: that position) touches, the rows (event id,
+    time, position, properties) of the rest with the tail's unapplied entries merged in, how many rows
+    the read model gave, and the hours the tail touches."""
+    first, last = -(-start_us // HOUR) * HOUR, end_us // HOUR * HOUR
+    with database.transaction() as cursor:
+        found = cursor.execute("SELECT position FROM tally_positions WHERE name = ?", (name,)).one()
+        applied = int(found[0]) if found else 0
+        kept = _spans(cursor, key, meter, code, first, last)
+        rows = _rows(cursor, key, _gaps(start_us, end_us, kept))
+    tail = log.tail(applied if after is None else min(applied, after), key[0], (key[1],), (key[2],))
+    touched = {entry.timestamp_us - entry.timestamp_us % HOUR for entry in tail}
+    if touched & kept.keys():  # kept hours with later entries: those hours from their events
+        with database.transaction() as cursor:
+            rows += _rows(cursor, key, [(hour, hour + HOUR) for hour in touched & kept.keys()])
+        kept = {hour: states for hour, states in kept.items() if hour not in touched}
+    read = len(rows)
+    if tail:  # the rows hold the tail's entries up to `applied` (some read after the read model applied them)
+        found_rows = merged({(key[1], key[2], event_id): rest for event_id, *rest in rows},
+                            [entry for entry in tail if entry.position > applied])
+        rows = [(event_id, *rest) for (_, _, event_id), rest in found_rows.items()]
+    return applied, kept, rows, read, touched
 
 
 def keep_busy(database: Database, log: UsageLog, meters: Callable[[str, str], Sequence[MeterSpec]],
